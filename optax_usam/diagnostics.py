@@ -1,0 +1,42 @@
+"""Reading Unified SAM's diagnostics out of any optimizer state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import chex
+import jax
+
+from optax_usam.transform import UnifiedSAMState
+
+
+def find_state(opt_state: Any) -> UnifiedSAMState:
+  """Returns the single :class:`UnifiedSAMState` nested anywhere in ``opt_state``.
+
+  Works through ``optax.chain`` tuples, ``optax.inject_hyperparams``,
+  ``optax.MultiSteps`` and any other pytree of states.
+  """
+  found = [
+      s
+      for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, UnifiedSAMState))
+      if isinstance(s, UnifiedSAMState)
+  ]
+  if len(found) != 1:
+    raise ValueError(
+        "opt_state must contain exactly one UnifiedSAMState (from optax_usam.unified_sam); "
+        f"found {len(found)}."
+    )
+  return found[0]
+
+
+def get_diagnostics(opt_state: Any) -> dict[str, chex.Array]:
+  """The last step's Unified SAM diagnostics, as a dict ready for a logger.
+
+  Keys: ``count``, ``grad_norm``, ``lambd``, ``rho``, ``perturbation_norm``.
+  Usable inside ``jit`` (the values are arrays) and outside::
+
+    opt_state = tx.init(params)
+    ...
+    metrics = optax_usam.get_diagnostics(opt_state)
+  """
+  return find_state(opt_state)._asdict()

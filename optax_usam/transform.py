@@ -1,0 +1,177 @@
+"""``unified_sam``: Unified SAM as an optax gradient transformation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from optax_usam import schedules
+from optax_usam._checks import check_matches_params
+from optax_usam.perturbation import accumulation_dtype, perturb
+
+GradFn = Callable[[optax.Params], optax.Updates]
+
+
+class UnifiedSAMState(NamedTuple):
+  """State of :func:`unified_sam`: the step count and the last step's diagnostics.
+
+  Attributes:
+    count: number of updates applied so far (int32).
+    grad_norm: :math:`\\|g_t\\|`, the global norm of the incoming gradient
+      (after averaging over ``axis_name`` when ``sync_perturbation``).
+    lambd: :math:`\\lambda_t` used by the last update.
+    rho: :math:`\\rho_t` used by the last update.
+    perturbation_norm: :math:`\\|e_t\\|`.
+
+  The floating fields are float32, or float64 when the parameters are.
+  Read them with :func:`optax_usam.get_diagnostics` from any optimizer state.
+  """
+
+  count: chex.Array
+  grad_norm: chex.Array
+  lambd: chex.Array
+  rho: chex.Array
+  perturbation_norm: chex.Array
+
+
+def _pmean(tree: Any, axis_name: Hashable) -> Any:
+  try:
+    return jax.lax.pmean(tree, axis_name)
+  except NameError as err:
+    raise ValueError(
+        f"axis_name={axis_name!r} is not bound here: call update inside jax.pmap or "
+        f"jax.shard_map over that axis, or build unified_sam with axis_name=None."
+    ) from err
+
+
+def unified_sam(
+    rho: float | optax.ScalarOrSchedule,
+    lambd_schedule: float | str | Callable[[chex.Numeric], chex.Numeric],
+    *,
+    eps: float = 1e-12,
+    axis_name: Hashable | None = None,
+    sync_perturbation: bool = True,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Unified SAM (Oikonomou & Loizou, ICLR 2025).
+
+  Replaces the gradient :math:`g_t` at :math:`x_t` by the gradient at the
+  ascent point,
+
+  .. math::
+    e_t = \rho_t \left(1 - \lambda_t + \frac{\lambda_t}{\|g_t\| + \epsilon}\right) g_t,
+    \qquad \text{output} = \nabla f(x_t + e_t),
+
+  where :math:`\nabla f` is evaluated by the ``grad_fn`` passed to ``update``
+  (on the same batch as :math:`g_t`). :math:`\lambda = 0` is USAM,
+  :math:`\lambda = 1` is SAM; ``'1/t'`` and ``'1-1/t'`` move from one to the
+  other, with t = 1 on the first update.
+
+  Put it first in a chain so it sees the raw loss gradient; weight decay,
+  clipping and momentum go after it and act on the SAM gradient::
+
+    tx = optax.chain(
+        optax_usam.unified_sam(rho=0.05, lambd_schedule="1-1/t"),
+        optax.add_decayed_weights(5e-4),
+        optax.sgd(learning_rate, momentum=0.9),
+    )
+    grads = jax.grad(loss_fn)(params, batch)
+    updates, opt_state = tx.update(
+        grads, opt_state, params, grad_fn=lambda p: jax.grad(loss_fn)(p, batch))
+
+  Args:
+    rho: perturbation radius, a non-negative float or an optax schedule
+      ``count -> rho`` (count starts at 0).
+    lambd_schedule: a float in [0, 1], ``'1/t'``, ``'1-1/t'``, or a callable
+      ``count -> lambda`` (count starts at 0).
+    eps: added to :math:`\|g_t\|` in the denominator; a zero gradient gives a
+      zero perturbation, never NaN.
+    axis_name: inside ``pmap``/``shard_map`` over this axis, the returned
+      gradient is averaged over it.
+    sync_perturbation: with ``axis_name``, whether to average the incoming
+      gradient before perturbing (one global perturbation, equal to
+      single-device SAM on the full batch) or to perturb each device along its
+      own gradient (m-sharpness) and only average the result.
+
+  Returns:
+    An :class:`optax.GradientTransformationExtraArgs` whose ``update`` takes
+    ``grad_fn`` (params -> gradients, same tree, shapes and dtypes) as a
+    keyword argument. Parameters that are not floating point (integer step
+    counters, say) are left untouched: they are not perturbed and do not enter
+    the norm.
+
+  References:
+    Oikonomou & Loizou, `Sharpness-Aware Minimization: General Analysis and
+    Improved Rates <https://arxiv.org/abs/2410.03345>`_, ICLR 2025.
+    Foret et al., `Sharpness-Aware Minimization for Efficiently Improving
+    Generalization <https://arxiv.org/abs/2010.01412>`_, ICLR 2021.
+  """
+  rho_fn = schedules.rho_schedule(rho)
+  lambd_fn = schedules.lambda_schedule(lambd_schedule)
+  eps = schedules.check_eps(eps)
+  if axis_name is not None and not isinstance(axis_name, Hashable):
+    raise TypeError(f"axis_name must be None or a hashable axis name; got {axis_name!r}.")
+  if not isinstance(sync_perturbation, bool):
+    raise TypeError(f"sync_perturbation must be a bool; got {sync_perturbation!r}.")
+
+  def init_fn(params: optax.Params) -> UnifiedSAMState:
+    if params is None:
+      raise ValueError("unified_sam.init needs the parameters; got params=None.")
+    zero = jnp.zeros((), accumulation_dtype(params))
+    return UnifiedSAMState(jnp.zeros((), jnp.int32), zero, zero, zero, zero)
+
+  def update_fn(
+      updates: optax.Updates,
+      state: UnifiedSAMState,
+      params: optax.Params | None = None,
+      *,
+      grad_fn: GradFn | None = None,
+      **extra_args: Any,
+  ) -> tuple[optax.Updates, UnifiedSAMState]:
+    del extra_args
+    if params is None:
+      raise ValueError("unified_sam.update needs params (the point the gradients were taken at); got None.")
+    if grad_fn is None:
+      raise ValueError(
+          "unified_sam.update needs grad_fn=, a function params -> gradients on the "
+          "current batch, to evaluate the gradient at the perturbed point."
+      )
+    if not callable(grad_fn):
+      raise TypeError(f"grad_fn must be callable (params -> gradients); got {type(grad_fn).__name__}.")
+    check_matches_params(updates, params, "updates", dtypes=False)
+
+    dtype = state.grad_norm.dtype
+    rho_t = jnp.asarray(rho_fn(state.count), dtype)
+    lambd_t = jnp.asarray(lambd_fn(state.count), dtype)
+    if axis_name is not None and sync_perturbation:
+      updates = _pmean(updates, axis_name)
+    ascent = perturb(params, updates, rho_t, lambd_t, eps)
+    sam_grads = grad_fn(ascent.params)
+    check_matches_params(sam_grads, params, "grad_fn(params + e)", dtypes=True)
+    if axis_name is not None:
+      sam_grads = _pmean(sam_grads, axis_name)
+
+    new_state = UnifiedSAMState(
+        count=optax.safe_increment(state.count),
+        grad_norm=ascent.grad_norm.astype(dtype),
+        lambd=lambd_t,
+        rho=rho_t,
+        perturbation_norm=ascent.perturbation_norm.astype(dtype),
+    )
+    return sam_grads, new_state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def sam(rho: float | optax.ScalarOrSchedule, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
+  """SAM (Foret et al. 2021): :func:`unified_sam` with ``lambd_schedule=1``."""
+  return unified_sam(rho, 1.0, **kwargs)
+
+
+def usam(rho: float | optax.ScalarOrSchedule, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
+  """USAM (Andriushchenko & Flammarion 2022): :func:`unified_sam` with ``lambd_schedule=0``."""
+  return unified_sam(rho, 0.0, **kwargs)
