@@ -26,7 +26,9 @@ def is_float_leaf(leaf: Any) -> bool:
 def accumulation_dtype(tree: Params) -> jnp.dtype:
   """The dtype the global norm is accumulated in: float32, or float64 if any leaf is."""
   dtypes = [jnp.result_type(x) for x in jax.tree.leaves(tree) if is_float_leaf(x)]
-  return jnp.result_type(jnp.float32, *dtypes) if dtypes else jnp.dtype(jnp.float32)
+  widest = jnp.result_type(jnp.float32, *dtypes) if dtypes else jnp.dtype(jnp.float32)
+  # NumPy float64 leaves become float32 arrays when x64 is off; accumulate in what JAX will use.
+  return jax.dtypes.canonicalize_dtype(widest)
 
 
 def global_norm(tree: Params, dtype: jnp.dtype | None = None) -> chex.Array:
@@ -103,6 +105,7 @@ def perturb(
   def move(x: chex.Array, g: chex.Array) -> chex.Array:
     if not is_float_leaf(x):
       return x
+    x = jnp.asarray(x)
     step = scale.astype(jnp.promote_types(x.dtype, jnp.float32)) * g
     return x + step.astype(x.dtype)
 

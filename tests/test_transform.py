@@ -1,0 +1,350 @@
+"""Tests of optax_usam.unified_sam against independent references."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optax_usam
+from tests import numpy_reference as ref
+
+LAMBDAS = [0.0, 0.5, 1.0, "1/t", "1-1/t", "callable"]
+
+
+def _problem(seed: int = 0):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(16, 5))
+  y = rng.normal(size=(16, 3))
+  p = {
+      "w1": rng.normal(size=(5, 4)) * 0.5,
+      "b1": rng.normal(size=(4,)) * 0.1,
+      "w2": rng.normal(size=(4, 3)) * 0.5,
+      "b2": np.zeros(3),
+  }
+  return p, x, y
+
+
+def _jax_loss(p, x, y):
+  h = jnp.tanh(x @ p["w1"] + p["b1"])
+  r = h @ p["w2"] + p["b2"] - y
+  return 0.5 * jnp.sum(r**2) / x.shape[0]
+
+
+def _lambda_args(lambd):
+  """The same lambda for the library (jnp) and the reference (NumPy)."""
+  if lambd == "callable":
+    # Values exact in float32: schedules get optax's int32 count, so they may compute in float32.
+    return (lambda c: 0.25 + 0.5 * (c % 2)), (lambda c: 0.25 + 0.5 * (c % 2))
+  return lambd, lambd
+
+
+def _rho_args(scheduled: bool):
+  if not scheduled:
+    return 0.1, 0.1
+  # Knots on a 1/64 grid so the float32 arithmetic inside optax's schedule is exact.
+  return optax.linear_schedule(0.25, 0.0625, 4), (lambda c: 0.25 + (0.0625 - 0.25) * min(c, 4) / 4)
+
+
+@pytest.mark.parametrize("scheduled_rho", [False, True])
+@pytest.mark.parametrize("lambd", LAMBDAS)
+def test_matches_numpy_reference_in_a_chain(lambd, scheduled_rho):
+  steps, lr, momentum, wd = 6, 0.3, 0.9, 5e-2
+  p0, x, y = _problem()
+  lam_jax, lam_np = _lambda_args(lambd)
+  _, rho_np = _rho_args(scheduled_rho)
+  want, logs = ref.unified_sam_sgd(
+      p0, lambda p: ref.mlp_grad(p, x, y), steps, rho_np, lam_np, lr, momentum, wd
+  )
+
+  with jax.enable_x64(True):
+    rho_jax, _ = _rho_args(scheduled_rho)
+    tx = optax.chain(
+        optax_usam.unified_sam(rho_jax, lam_jax),
+        optax.add_decayed_weights(wd),
+        optax.sgd(lr, momentum=momentum),
+    )
+    params = jax.tree.map(jnp.asarray, p0)
+    state = tx.init(params)
+    grad = jax.grad(_jax_loss)
+
+    @jax.jit
+    def step(params, state):
+      updates, state = tx.update(
+          grad(params, x, y), state, params, grad_fn=lambda q: grad(q, x, y)
+      )
+      return optax.apply_updates(params, updates), state
+
+    for t in range(steps):
+      params, state = step(params, state)
+      diag = optax_usam.get_diagnostics(state)
+      assert int(diag["count"]) == t + 1
+      for key in ("grad_norm", "lambd", "rho", "perturbation_norm"):
+        np.testing.assert_allclose(diag[key], logs[t][key], rtol=1e-10, atol=1e-14, err_msg=key)
+
+    assert params["w1"].dtype == jnp.float64
+    for k in want:
+      np.testing.assert_allclose(params[k], want[k], rtol=1e-10, atol=1e-13, err_msg=k)
+    # The perturbation mattered: plain SGD from the same start ends elsewhere.
+    plain, _ = ref.unified_sam_sgd(p0, lambda p: ref.mlp_grad(p, x, y), steps, 0.0, 0.0, lr, momentum, wd)
+    assert max(np.max(np.abs(plain[k] - want[k])) for k in want) > 1e-4
+
+
+def test_sam_equals_optax_contrib_sam():
+  p0, x, y = _problem(1)
+  rho, lr = 0.1, 0.2
+  with jax.enable_x64(True):
+    params = jax.tree.map(jnp.asarray, p0)
+    grad = jax.grad(_jax_loss)
+    ours = optax.chain(optax_usam.unified_sam(rho, 1.0), optax.sgd(lr))
+    theirs = optax.contrib.sam(
+        optax.sgd(lr),
+        optax.chain(optax.contrib.normalize(), optax.sgd(rho)),
+        opaque_mode=True,
+    )
+    a, b = params, params
+    sa, sb = ours.init(a), theirs.init(b)
+    for _ in range(5):
+      ua, sa = ours.update(grad(a, x, y), sa, a, grad_fn=lambda q: grad(q, x, y))
+      ub, sb = theirs.update(grad(b, x, y), sb, b, grad_fn=lambda q, _: grad(q, x, y))
+      a, b = optax.apply_updates(a, ua), optax.apply_updates(b, ub)
+    chex.assert_trees_all_close(a, b, rtol=1e-10, atol=1e-14)
+    assert not np.allclose(a["w1"], p0["w1"])
+
+
+def _run_quadratic(h, gamma, rho, lambd, x0, steps):
+  with jax.enable_x64(True):
+    tx = optax.chain(optax_usam.unified_sam(rho, lambd), optax.sgd(gamma))
+    x = jnp.asarray(x0)
+    state = tx.init(x)
+    grad = lambda z: h * z
+
+    def body(carry, _):
+      x, state = carry
+      u, state = tx.update(grad(x), state, x, grad_fn=grad)
+      x = optax.apply_updates(x, u)
+      return (x, state), x
+
+    _, xs = jax.lax.scan(body, (x, state), None, length=steps)
+    return np.asarray(xs)
+
+
+@pytest.mark.parametrize("h,gamma,rho", [(4.0, 0.1, 0.05), (2.0, 0.3, 0.5), (10.0, 0.05, 0.05)])
+def test_usam_contraction_on_quadratic(h, gamma, rho):
+  xs = _run_quadratic(h, gamma, rho, 0.0, 1.5, 30)
+  factor = 1 - gamma * h - gamma * rho * h**2
+  np.testing.assert_allclose(xs, 1.5 * factor ** np.arange(1, 31), rtol=1e-12)
+
+
+@pytest.mark.parametrize("lambd,xbar", [(1.0, 0.0125), (0.5, 0.00641)])
+def test_period_two_orbit(lambd, xbar):
+  h, gamma, rho = 4.0, 0.1, 0.05
+  closed_form = gamma * h * rho * lambd / (2 - gamma * h - gamma * rho * (1 - lambd) * h**2)
+  np.testing.assert_allclose(closed_form, xbar, rtol=1e-3)
+  xs = _run_quadratic(h, gamma, rho, lambd, 1.0, 200)
+  np.testing.assert_allclose(np.abs(xs[-10:]), closed_form, rtol=1e-9)
+  assert np.all(np.sign(xs[-10:-1]) == -np.sign(xs[-9:]))
+
+
+@pytest.mark.parametrize("schedule,constant", [("1/t", 1.0), ("1-1/t", 0.0)])
+def test_time_varying_lambda_first_step(schedule, constant):
+  p0, x, y = _problem(2)
+  params = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), p0)
+  grad = jax.grad(_jax_loss)
+  g = grad(params, x, y)
+  gf = lambda q: grad(q, x, y)
+  a = optax_usam.unified_sam(0.2, schedule)
+  b = optax_usam.unified_sam(0.2, constant)
+  ua, sa = a.update(g, a.init(params), params, grad_fn=gf)
+  ub, _ = b.update(g, b.init(params), params, grad_fn=gf)
+  chex.assert_trees_all_equal(ua, ub)
+  assert int(sa.count) == 1 and float(sa.lambd) == constant
+  # From the second step on the schedule is at 1/2 and differs from the constant.
+  ua2, sa2 = a.update(g, sa, params, grad_fn=gf)
+  assert float(sa2.lambd) == 0.5 and int(sa2.count) == 2
+  assert not np.allclose(ua2["w1"], ub["w1"])
+
+
+def test_sam_and_usam_aliases():
+  p0, x, y = _problem(3)
+  params = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), p0)
+  grad = jax.grad(_jax_loss)
+  g, gf = grad(params, x, y), (lambda q: grad(q, x, y))
+  for alias, lambd in ((optax_usam.sam, 1.0), (optax_usam.usam, 0.0)):
+    ua, _ = alias(0.1).update(g, alias(0.1).init(params), params, grad_fn=gf)
+    tx = optax_usam.unified_sam(0.1, lambd)
+    ub, _ = tx.update(g, tx.init(params), params, grad_fn=gf)
+    chex.assert_trees_all_equal(ua, ub)
+
+
+def test_jit_and_eager_agree():
+  p0, x, y = _problem(4)
+  params = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), p0)
+  grad = jax.grad(_jax_loss)
+  tx = optax.chain(optax_usam.unified_sam(0.1, "1-1/t"), optax.sgd(0.1, momentum=0.9))
+
+  def step(params, state):
+    u, state = tx.update(grad(params, x, y), state, params, grad_fn=lambda q: grad(q, x, y))
+    return optax.apply_updates(params, u), state
+
+  a = b = params
+  sa = sb = tx.init(params)
+  jitted = jax.jit(step)
+  for _ in range(4):
+    a, sa = step(a, sa)
+    b, sb = jitted(b, sb)
+  chex.assert_trees_all_close(a, b, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(sa, sb, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("lambd", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_zero_gradient_gives_finite_result(lambd, dtype):
+  params = {"w": jnp.ones((3,), dtype), "b": jnp.zeros((), dtype)}
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  seen = []
+
+  def grad_fn(q):
+    seen.append(q)
+    return jax.tree.map(jnp.zeros_like, q)
+
+  tx = optax_usam.unified_sam(0.1, lambd)
+  out, state = tx.update(zeros, tx.init(params), params, grad_fn=grad_fn)
+  chex.assert_tree_all_finite((out, state))
+  chex.assert_trees_all_equal(jax.tree.map(np.asarray, seen[0]), jax.tree.map(np.asarray, params))
+  assert float(state.perturbation_norm) == 0.0
+
+
+def test_integer_leaves_left_untouched():
+  params = {"w": jnp.array([1.0, -2.0]), "step": jnp.array(7, jnp.int32)}
+  loss = lambda p: jnp.sum(p["w"] ** 2) * p["step"]
+  grad = jax.grad(loss, allow_int=True)
+  seen = []
+
+  def grad_fn(q):
+    seen.append(q)
+    return grad(q)
+
+  tx = optax_usam.sam(0.5)
+  out, state = tx.update(grad(params), tx.init(params), params, grad_fn=grad_fn)
+  assert seen[0]["step"] is params["step"]
+  # The norm ignores the integer leaf: ||e|| = rho and e points along dw = 14 w.
+  np.testing.assert_allclose(float(state.grad_norm), 14 * np.sqrt(5.0), rtol=1e-6)
+  np.testing.assert_allclose(seen[0]["w"], params["w"] * (1 + 0.5 / np.sqrt(5.0)), rtol=1e-6)
+  np.testing.assert_allclose(out["w"], grad(seen[0])["w"], rtol=1e-6)
+
+
+def _shard_problem():
+  p0, x, y = _problem(5)
+  return p0, x.reshape(4, 4, 5), y.reshape(4, 4, 3)
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_pmap_matches_hand_computed_reference(sync):
+  assert jax.device_count() >= 4
+  p0, xs, ys = _shard_problem()
+  rho, lambd = 0.3, 0.5
+  # NumPy reference for one step, computed by hand from the per-shard gradients.
+  shard_grads = [ref.mlp_grad(p0, xs[k], ys[k]) for k in range(4)]
+  mean = lambda trees: {k: np.mean([t[k] for t in trees], axis=0) for k in p0}
+  if sync:
+    e, _ = ref.perturbation(mean(shard_grads), rho, lambd)
+    want = mean([ref.mlp_grad({k: p0[k] + e[k] for k in p0}, xs[j], ys[j]) for j in range(4)])
+  else:
+    es = [ref.perturbation(g, rho, lambd)[0] for g in shard_grads]
+    want = mean([ref.mlp_grad({k: p0[k] + es[j][k] for k in p0}, xs[j], ys[j]) for j in range(4)])
+
+  tx = optax_usam.unified_sam(rho, lambd, axis_name="batch", sync_perturbation=sync)
+  params = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), p0)
+  grad = jax.grad(_jax_loss)
+
+  def step(params, state, x, y):
+    return tx.update(grad(params, x, y), state, params, grad_fn=lambda q: grad(q, x, y))
+
+  replicate = lambda t: jax.tree.map(lambda v: jnp.stack([v] * 4), t)
+  out, state = jax.pmap(step, axis_name="batch", devices=jax.devices()[:4])(
+      replicate(params), replicate(tx.init(params)), xs.astype(np.float32), ys.astype(np.float32)
+  )
+  for k in p0:
+    for d in range(4):
+      np.testing.assert_allclose(out[k][d], want[k], rtol=2e-5, atol=1e-6, err_msg=k)
+  if sync:
+    np.testing.assert_allclose(state.grad_norm, state.grad_norm[0])
+  else:
+    assert np.ptp(np.asarray(state.grad_norm)) > 0
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        ({"rho": -0.1, "lambd_schedule": 1.0}, ValueError, "rho"),
+        ({"rho": float("nan"), "lambd_schedule": 1.0}, ValueError, "rho"),
+        ({"rho": float("inf"), "lambd_schedule": 1.0}, ValueError, "rho"),
+        ({"rho": "0.1", "lambd_schedule": 1.0}, TypeError, "rho"),
+        ({"rho": None, "lambd_schedule": 1.0}, TypeError, "rho"),
+        ({"rho": True, "lambd_schedule": 1.0}, TypeError, "rho"),
+        ({"rho": lambda c: -1.0 + 0 * c, "lambd_schedule": 1.0}, ValueError, "rho"),
+        ({"rho": 0.1, "lambd_schedule": 1.5}, ValueError, "lambd_schedule"),
+        ({"rho": 0.1, "lambd_schedule": -0.1}, ValueError, "lambd_schedule"),
+        ({"rho": 0.1, "lambd_schedule": float("nan")}, ValueError, "lambd_schedule"),
+        ({"rho": 0.1, "lambd_schedule": "1/t^2"}, ValueError, "unknown string '1/t\\^2'"),
+        ({"rho": 0.1, "lambd_schedule": None}, TypeError, "lambd_schedule"),
+        ({"rho": 0.1, "lambd_schedule": lambda c: 2.0 + 0 * c}, ValueError, "lambd_schedule"),
+        ({"rho": 0.1, "lambd_schedule": 1.0, "eps": 0.0}, ValueError, "eps"),
+        ({"rho": 0.1, "lambd_schedule": 1.0, "eps": -1e-12}, ValueError, "eps"),
+        ({"rho": 0.1, "lambd_schedule": 1.0, "eps": "small"}, TypeError, "eps"),
+        ({"rho": 0.1, "lambd_schedule": 1.0, "sync_perturbation": "yes"}, TypeError, "sync_perturbation"),
+        ({"rho": 0.1, "lambd_schedule": 1.0, "axis_name": ["batch"]}, TypeError, "axis_name"),
+    ],
+)
+def test_bad_construction_arguments(kwargs, error, match):
+  with pytest.raises(error, match=match):
+    optax_usam.unified_sam(**kwargs)
+
+
+def _update_args():
+  params = {"w": jnp.ones((2, 3)), "b": jnp.zeros((3,))}
+  grads = jax.tree.map(lambda v: 0.5 * jnp.ones_like(v), params)
+  return params, grads
+
+
+@pytest.mark.parametrize(
+    "grad_fn,error,match",
+    [
+        (None, ValueError, "grad_fn"),
+        ("not callable", TypeError, "grad_fn"),
+        (lambda q: {"w": q["w"]}, ValueError, "tree structure"),
+        (lambda q: {"w": q["w"][0], "b": q["b"]}, ValueError, r"\['w'\] has shape \(3,\)"),
+        (lambda q: {"w": q["w"].astype(jnp.bfloat16), "b": q["b"]}, TypeError, r"\['w'\] has dtype bfloat16"),
+    ],
+)
+@pytest.mark.parametrize("jit", [False, True])
+def test_bad_grad_fn(grad_fn, error, match, jit):
+  params, grads = _update_args()
+  tx = optax.chain(optax_usam.sam(0.1), optax.sgd(0.1))
+  state = tx.init(params)
+  update = lambda g, s, p: tx.update(g, s, p, grad_fn=grad_fn)
+  with pytest.raises(error, match=match):
+    (jax.jit(update) if jit else update)(grads, state, params)
+
+
+def test_params_none_and_mismatched_updates():
+  params, grads = _update_args()
+  tx = optax_usam.sam(0.1)
+  with pytest.raises(ValueError, match="params=None"):
+    tx.init(None)
+  state = tx.init(params)
+  with pytest.raises(ValueError, match="needs params"):
+    tx.update(grads, state, None, grad_fn=lambda q: q)
+  with pytest.raises(ValueError, match="updates must have the tree structure"):
+    tx.update({"w": grads["w"]}, state, params, grad_fn=lambda q: q)
+
+
+def test_axis_name_outside_mapped_context():
+  params, grads = _update_args()
+  tx = optax_usam.sam(0.1, axis_name="batch")
+  with pytest.raises(ValueError, match="axis_name='batch' is not bound"):
+    jax.jit(lambda g, s, p: tx.update(g, s, p, grad_fn=lambda q: q))(grads, tx.init(params), params)
