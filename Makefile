@@ -18,11 +18,11 @@ train: $(STAMP)
 	$(BIN)/python examples/train.py $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/ruff check optax_usam tests examples benchmarks
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n 2 -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check optax_usam tests examples benchmarks
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,7 +1,8 @@
 """The Unified SAM ascent step as a pure function.
 
 This is the whole algorithm: everything else in the package (the optax
-transformation, the Flax glue, the distributed helpers) calls :func:`perturb`.
+transformation, the Flax glue, the distributed helpers, the cheaper variants)
+calls :func:`perturb`.
 """
 
 from __future__ import annotations
@@ -31,20 +32,41 @@ def accumulation_dtype(tree: Params) -> jnp.dtype:
   return jax.dtypes.canonicalize_dtype(widest)
 
 
+def _sum_of_squares(
+    leaves: list[chex.Array], dtype: jnp.dtype, scale: chex.Array | None = None
+) -> chex.Array:
+  total = jnp.zeros((), dtype)
+  for x in leaves:
+    x = jnp.abs(x).astype(dtype)
+    total = total + jnp.sum(jnp.square(x if scale is None else x * scale))
+  return total
+
+
 def global_norm(tree: Params, dtype: jnp.dtype | None = None) -> chex.Array:
-  """Global L2 norm over the floating leaves of ``tree``.
+  """Global L2 norm over the floating leaves of ``tree``, safe from overflow and underflow.
 
   Each leaf is squared and summed in ``dtype`` (default:
-  :func:`accumulation_dtype`), so bfloat16 and float16 gradients neither
-  overflow nor lose the sum to rounding. Non-floating leaves are ignored.
+  :func:`accumulation_dtype`), so bfloat16 and float16 gradients do not lose
+  the sum to rounding. When the plain sum of squares overflows or drops below
+  the smallest normal number (gradients of 1e30 or 1e-30 in float32), the norm
+  is recomputed on the tree rescaled by its largest entry; that branch is a
+  ``lax.cond``, so ordinary steps pay one reduction. Non-floating leaves are
+  ignored.
   """
   dtype = accumulation_dtype(tree) if dtype is None else dtype
-  squares = [
-      jnp.sum(jnp.square(jnp.abs(x).astype(dtype)))
-      for x in jax.tree.leaves(tree)
-      if is_float_leaf(x)
-  ]
-  return jnp.sqrt(sum(squares, jnp.zeros((), dtype)))
+  leaves = [x for x in jax.tree.leaves(tree) if is_float_leaf(x)]
+  if not leaves:
+    return jnp.zeros((), dtype)
+  sum_sq = _sum_of_squares(leaves, dtype)
+
+  def rescaled() -> chex.Array:
+    largest = jnp.max(jnp.stack([jnp.max(jnp.abs(x)).astype(dtype) for x in leaves]))
+    # An all-zero tree (a minimum) has norm 0; keep the division well defined.
+    largest = jnp.where(largest > 0, largest, jnp.ones((), dtype))
+    return largest * jnp.sqrt(_sum_of_squares(leaves, dtype, 1 / largest))
+
+  in_range = jnp.isfinite(sum_sq) & (sum_sq >= jnp.finfo(dtype).tiny)
+  return jax.lax.cond(in_range, lambda: jnp.sqrt(sum_sq), rescaled)
 
 
 class Perturbed(NamedTuple):
@@ -55,12 +77,33 @@ class Perturbed(NamedTuple):
   perturbation_norm: chex.Array
 
 
+def adaptive_scales(params: Params, eta: float, mask: Any = None) -> Params:
+  r"""ASAM's elementwise scale :math:`T_w = |w| + \eta`, or None where ``mask`` is False.
+
+  ``mask`` is a tree of bools with the structure of ``params`` (or a prefix of
+  it), or a callable ``params -> such a tree``, as in :func:`optax.masked`:
+  True means adapted. None adapts every floating leaf.
+  """
+  if callable(mask):
+    mask = mask(params)
+  if mask is None:
+    mask = jax.tree.map(lambda _: True, params)
+  return jax.tree.map(
+      lambda adapt, x: (jnp.abs(x) + eta) if adapt and is_float_leaf(x) else None,
+      mask,
+      params,
+      is_leaf=lambda m: isinstance(m, bool),
+  )
+
+
 def perturb(
     params: Params,
     grads: Params,
     rho: chex.Numeric,
     lambd: chex.Numeric,
     eps: float = 1e-12,
+    *,
+    scales: Params | None = None,
 ) -> Perturbed:
   r"""Moves ``params`` to the Unified SAM ascent point.
 
@@ -73,6 +116,11 @@ def perturb(
   USAM. A zero gradient gives ``e = 0`` (no division by zero: :math:`\epsilon`
   is in the denominator). Non-floating leaves of ``params`` are returned
   unchanged and their gradients are ignored.
+
+  With ``scales`` :math:`T` (adaptive SAM, Kwon et al. 2021; see
+  :func:`adaptive_scales`), the step is taken in the adapted space:
+  :math:`e = \rho (1 - \lambda + \lambda / (\|T g\| + \epsilon))\, T^2 g`,
+  which is the formula above when :math:`T = 1`.
 
   Use it to write the two passes by hand::
 
@@ -87,27 +135,41 @@ def perturb(
     rho: the perturbation radius :math:`\rho \ge 0` (a scalar, may be traced).
     lambd: the normalization weight :math:`\lambda \in [0, 1]` (may be traced).
     eps: added to :math:`\|g\|` in the denominator.
+    scales: optional elementwise :math:`T`, a tree like ``params`` whose
+      leaves are arrays or None (None means 1).
 
   Returns:
-    A :class:`Perturbed` with the perturbed parameters, :math:`\|g\|` and
+    A :class:`Perturbed` with the perturbed parameters, :math:`\|T g\|` and
     :math:`\|e\|`, both in the accumulation dtype (float32 or float64).
   """
   dtype = accumulation_dtype(params)
-  # Gradients of non-floating parameters (float0 from jax.grad) carry no direction.
-  float_grads = jax.tree.map(
-      lambda x, g: g if is_float_leaf(x) else None, params, grads
-  )
-  grad_norm = global_norm(float_grads, dtype)
+  if scales is None:
+    scales = jax.tree.map(lambda _: None, params)
+  is_none = lambda s: s is None
+
+  def adapted(x: Any, g: Any, t: Any) -> Any:
+    # Gradients of non-floating parameters (float0 from jax.grad) carry no direction.
+    if not is_float_leaf(x):
+      return None
+    return g if t is None else t * g
+
+  tg = jax.tree.map(adapted, params, grads, scales, is_leaf=is_none)
+  grad_norm = global_norm(tg, dtype)
   rho = jnp.asarray(rho, dtype)
   lambd = jnp.asarray(lambd, dtype)
   scale = rho * (1 - lambd + lambd / (grad_norm + eps))
 
-  def move(x: chex.Array, g: chex.Array) -> chex.Array:
+  def move(x: Any, t: Any, tgx: Any) -> Any:
     if not is_float_leaf(x):
       return x
     x = jnp.asarray(x)
-    step = scale.astype(jnp.promote_types(x.dtype, jnp.float32)) * g
+    direction = tgx if t is None else t * tgx
+    step = scale.astype(jnp.promote_types(x.dtype, jnp.float32)) * direction
     return x + step.astype(x.dtype)
 
-  perturbed = jax.tree.map(move, params, grads)
-  return Perturbed(perturbed, grad_norm, scale * grad_norm)
+  perturbed = jax.tree.map(move, params, scales, tg, is_leaf=is_none)
+  if all(t is None for t in jax.tree.leaves(scales, is_leaf=is_none)):
+    # ||e|| = scale * ||g||: no second reduction over the parameters.
+    return Perturbed(perturbed, grad_norm, scale * grad_norm)
+  t2g = jax.tree.map(lambda t, v: v if t is None else t * v, scales, tg, is_leaf=is_none)
+  return Perturbed(perturbed, grad_norm, scale * global_norm(t2g, dtype))

@@ -94,3 +94,11 @@ def check_eps(eps: Any) -> float:
   if not (math.isfinite(value) and value > 0):
     raise ValueError(f"eps must be a positive finite float; got {value}.")
   return value
+
+
+def check_nonnegative(value: Any, name: str) -> float:
+  """Returns ``value`` as a float after checking it is finite and non-negative."""
+  number = _as_float(value, name, "a non-negative finite float")
+  if not (math.isfinite(number) and number >= 0):
+    raise ValueError(f"{name} must be a non-negative finite float; got {number}.")
+  return number

@@ -12,7 +12,7 @@ import optax
 
 from optax_usam import schedules
 from optax_usam._checks import check_matches_params
-from optax_usam.perturbation import accumulation_dtype, perturb
+from optax_usam.perturbation import accumulation_dtype, adaptive_scales, perturb
 
 GradFn = Callable[[optax.Params], optax.Updates]
 
@@ -23,7 +23,8 @@ class UnifiedSAMState(NamedTuple):
   Attributes:
     count: number of updates applied so far (int32).
     grad_norm: :math:`\\|g_t\\|`, the global norm of the incoming gradient
-      (after averaging over ``axis_name`` when ``sync_perturbation``).
+      (after averaging over ``axis_name`` when ``sync_perturbation``;
+      :math:`\\|T g_t\\|` with ``adaptive=True``).
     lambd: :math:`\\lambda_t` used by the last update.
     rho: :math:`\\rho_t` used by the last update.
     perturbation_norm: :math:`\\|e_t\\|`.
@@ -56,6 +57,9 @@ def unified_sam(
     eps: float = 1e-12,
     axis_name: Hashable | None = None,
     sync_perturbation: bool = True,
+    adaptive: bool = False,
+    adaptive_eta: float = 0.01,
+    adaptive_mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Unified SAM (Oikonomou & Loizou, ICLR 2025).
 
@@ -96,6 +100,15 @@ def unified_sam(
       gradient before perturbing (one global perturbation, equal to
       single-device SAM on the full batch) or to perturb each device along its
       own gradient (m-sharpness) and only average the result.
+    adaptive: adaptive SAM (ASAM, Kwon et al. 2021): scale the perturbation
+      elementwise by :math:`T_w = |w| + \eta`, with the norm taken in the
+      adapted space, :math:`e = \rho (1 - \lambda + \lambda / (\|T g\| +
+      \epsilon))\, T^2 g`. ASAM papers use a larger ``rho`` (e.g. 0.5-2).
+    adaptive_eta: :math:`\eta \ge 0` in :math:`T_w`.
+    adaptive_mask: which leaves are adapted, as in :func:`optax.masked`: a tree
+      of bools like ``params`` (or a prefix), or a callable ``params -> tree``;
+      False leaves (biases, normalization scales) use :math:`T = 1`. None
+      adapts every leaf.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` whose ``update`` takes
@@ -117,6 +130,11 @@ def unified_sam(
     raise TypeError(f"axis_name must be None or a hashable axis name; got {axis_name!r}.")
   if not isinstance(sync_perturbation, bool):
     raise TypeError(f"sync_perturbation must be a bool; got {sync_perturbation!r}.")
+  if not isinstance(adaptive, bool):
+    raise TypeError(f"adaptive must be a bool; got {adaptive!r}.")
+  adaptive_eta = schedules.check_nonnegative(adaptive_eta, "adaptive_eta")
+  if adaptive_mask is not None and not adaptive:
+    raise ValueError("adaptive_mask only applies with adaptive=True.")
 
   def init_fn(params: optax.Params) -> UnifiedSAMState:
     if params is None:
@@ -149,7 +167,8 @@ def unified_sam(
     lambd_t = jnp.asarray(lambd_fn(state.count), dtype)
     if axis_name is not None and sync_perturbation:
       updates = _pmean(updates, axis_name)
-    ascent = perturb(params, updates, rho_t, lambd_t, eps)
+    scales = adaptive_scales(params, adaptive_eta, adaptive_mask) if adaptive else None
+    ascent = perturb(params, updates, rho_t, lambd_t, eps, scales=scales)
     sam_grads = grad_fn(ascent.params)
     check_matches_params(sam_grads, params, "grad_fn(params + e)", dtypes=True)
     if axis_name is not None:

@@ -74,3 +74,67 @@ def test_two_pass_loop_equals_transformation():
   tx = optax.chain(optax_usam.unified_sam(0.05, 0.5), base)
   chained, _ = tx.update(g, tx.init(params), params, grad_fn=jax.grad(loss))
   chex.assert_trees_all_equal(by_hand, chained)
+
+
+def _asam_reference(params, grads, rho, lambd, eta, adapted, eps=1e-12):
+  """ASAM (Kwon et al. 2021) with the unified lambda, in float64 NumPy."""
+  t = {k: (np.abs(v) + eta) if adapted[k] else np.ones_like(v) for k, v in params.items()}
+  norm = np.sqrt(sum(np.sum((t[k] * grads[k]) ** 2) for k in params))
+  scale = rho * (1 - lambd + lambd / (norm + eps))
+  return {k: params[k] + scale * t[k] ** 2 * grads[k] for k in params}, norm
+
+
+@pytest.mark.parametrize("lambd", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("adapted", [{"w": True, "b": True, "c": True}, {"w": True, "b": False, "c": False}])
+def test_adaptive_perturbation_matches_asam_reference(lambd, adapted):
+  params, grads = _tree(3)
+  want, norm = _asam_reference(params, grads, 0.5, lambd, 0.01, adapted)
+  with jax.enable_x64(True):
+    p, g = jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, grads)
+    scales = optax_usam.adaptive_scales(p, 0.01, adapted)
+    out = optax_usam.perturb(p, g, 0.5, lambd, scales=scales)
+    for k in params:
+      np.testing.assert_allclose(out.params[k], want[k], rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(out.grad_norm, norm, rtol=1e-13)
+    e_norm = np.sqrt(sum(np.sum((want[k] - params[k]) ** 2) for k in params))
+    np.testing.assert_allclose(out.perturbation_norm, e_norm, rtol=1e-12)
+
+
+def test_adaptive_with_unit_scales_is_unified_sam():
+  params, grads = _tree(4)
+  ones = jax.tree.map(np.ones_like, params)
+  a = optax_usam.perturb(params, grads, 0.2, 0.5, scales=ones)
+  b = optax_usam.perturb(params, grads, 0.2, 0.5)
+  chex.assert_trees_all_close(a, b, rtol=1e-6)
+
+
+@pytest.mark.parametrize("magnitude", [1e30, 1e-30])
+@pytest.mark.parametrize("lambd", [0.0, 0.5, 1.0])
+def test_extreme_gradient_scales_stay_finite_and_exact(magnitude, lambd):
+  rng = np.random.default_rng(5)
+  direction = {"w": rng.normal(size=(64,)), "b": rng.normal(size=(3,))}
+  grads = {k: jnp.asarray(v * magnitude, jnp.float32) for k, v in direction.items()}
+  params = {k: jnp.zeros(v.shape, jnp.float32) for k, v in direction.items()}
+  out = optax_usam.perturb(params, grads, 1e-3, lambd)
+  chex.assert_tree_all_finite(out)
+  # Reference in float64 from the float32 gradients actually passed.
+  g64 = {k: np.asarray(v, np.float64) for k, v in grads.items()}
+  norm = np.sqrt(sum(np.sum(v**2) for v in g64.values()))
+  np.testing.assert_allclose(out.grad_norm, norm, rtol=1e-5)
+  e, _ = ref.perturbation(g64, 1e-3, lambd)
+  for k in e:
+    np.testing.assert_allclose(out.params[k], e[k], rtol=1e-5, atol=1e-45)
+  if lambd == 1.0 and magnitude > 1:
+    # (For tiny gradients eps = 1e-12 dominates the denominator, as the formula says.)
+    np.testing.assert_allclose(out.perturbation_norm, 1e-3, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_huge_and_tiny(dtype):
+  big = 1e30 if dtype == jnp.bfloat16 else 6e4
+  for magnitude in (big, 1e-6):
+    grads = {"w": jnp.full((1000,), magnitude, dtype)}
+    out = optax_usam.perturb({"w": jnp.zeros((1000,), dtype)}, grads, 0.1, 1.0)
+    chex.assert_tree_all_finite(out)
+    assert out.params["w"].dtype == dtype
+    np.testing.assert_allclose(out.perturbation_norm, 0.1, rtol=1e-3)
