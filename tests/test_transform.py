@@ -93,6 +93,37 @@ def test_matches_numpy_reference_in_a_chain(lambd, scheduled_rho):
     assert max(np.max(np.abs(plain[k] - want[k])) for k in want) > 1e-4
 
 
+def test_adaptive_in_a_chain_matches_numpy():
+  """ASAM x unified lambda with a callable mask leaving vectors out, two steps of plain SGD."""
+  p0, x, y = _problem(6)
+  rho, lambd, eta, lr = 0.5, 0.5, 0.01, 0.1
+  p = {k: v.copy() for k, v in p0.items()}
+  for _ in range(2):
+    g = ref.mlp_grad(p, x, y)
+    t = {k: np.abs(v) + eta if v.ndim > 1 else np.ones_like(v) for k, v in p.items()}
+    norm = np.sqrt(sum(np.sum((t[k] * g[k]) ** 2) for k in p))
+    scale = rho * (1 - lambd + lambd / (norm + 1e-12))
+    g_sam = ref.mlp_grad({k: p[k] + scale * t[k] ** 2 * g[k] for k in p}, x, y)
+    p = {k: p[k] - lr * g_sam[k] for k in p}
+  with jax.enable_x64(True):
+    tx = optax.chain(
+        optax_usam.unified_sam(
+            rho, lambd, adaptive=True, adaptive_eta=eta,
+            adaptive_mask=lambda q: jax.tree.map(lambda v: v.ndim > 1, q),
+        ),
+        optax.sgd(lr),
+    )
+    params = jax.tree.map(jnp.asarray, p0)
+    state = tx.init(params)
+    grad = jax.grad(_jax_loss)
+    for _ in range(2):
+      u, state = tx.update(grad(params, x, y), state, params, grad_fn=lambda q: grad(q, x, y))
+      params = optax.apply_updates(params, u)
+    for k in p:
+      np.testing.assert_allclose(params[k], p[k], rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(optax_usam.get_diagnostics(state)["grad_norm"], norm, rtol=1e-10)
+
+
 def test_sam_equals_optax_contrib_sam():
   p0, x, y = _problem(1)
   rho, lr = 0.1, 0.2
@@ -298,6 +329,13 @@ def test_pmap_matches_hand_computed_reference(sync):
         ({"rho": 0.1, "lambd_schedule": 1.0, "eps": "small"}, TypeError, "eps"),
         ({"rho": 0.1, "lambd_schedule": 1.0, "sync_perturbation": "yes"}, TypeError, "sync_perturbation"),
         ({"rho": 0.1, "lambd_schedule": 1.0, "axis_name": ["batch"]}, TypeError, "axis_name"),
+        ({"rho": 0.1, "lambd_schedule": 1.0, "adaptive": 1}, TypeError, "adaptive"),
+        (
+            {"rho": 0.1, "lambd_schedule": 1.0, "adaptive": True, "adaptive_eta": -0.1},
+            ValueError,
+            "adaptive_eta",
+        ),
+        ({"rho": 0.1, "lambd_schedule": 1.0, "adaptive_mask": {"w": True}}, ValueError, "adaptive_mask"),
     ],
 )
 def test_bad_construction_arguments(kwargs, error, match):
