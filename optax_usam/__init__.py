@@ -1,6 +1,7 @@
 """optax_usam: Unified SAM (Oikonomou & Loizou, ICLR 2025) for JAX and Optax."""
 
 from optax_usam.diagnostics import find_state, get_diagnostics
+from optax_usam.efficient import RandomizedState, ReuseState, randomized_sam, reuse_sam, sub_batch
 from optax_usam.perturbation import Perturbed, adaptive_scales, global_norm, perturb
 from optax_usam.transform import UnifiedSAMState, sam, unified_sam, usam
 
@@ -8,13 +9,18 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Perturbed",
+    "RandomizedState",
+    "ReuseState",
     "UnifiedSAMState",
     "adaptive_scales",
     "find_state",
     "get_diagnostics",
     "global_norm",
     "perturb",
+    "randomized_sam",
+    "reuse_sam",
     "sam",
+    "sub_batch",
     "unified_sam",
     "usam",
 ]

@@ -1,8 +1,8 @@
-"""Validation of the ``rho`` and ``lambd_schedule`` hyperparameters.
+"""Validation of hyperparameters that may be numbers or schedules.
 
-Both become functions of the optax step ``count`` (0 on the first update).
-Bad values are rejected here, when the transformation is built, not inside a
-trace where they would surface as NaN.
+Each becomes a function of the optax step ``count`` (an int32, 0 on the first
+update). Bad values are rejected here, when a transformation is built, not
+inside a trace where they would surface as NaN.
 """
 
 from __future__ import annotations
@@ -34,15 +34,13 @@ def _as_float(value: Any, name: str, allowed: str) -> float:
           f"{name} must be a concrete number when the transformation is built; "
           "pass a schedule (a callable of the step count) for a traced value."
       )
-    if jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(
-        value.dtype, jnp.integer
-    ):
+    if jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer):
       return float(value)
   raise TypeError(f"{name} must be {allowed}; got {value!r} of type {type(value).__name__}.")
 
 
 def _concrete_at_zero(schedule: Schedule) -> float | None:
-  """The schedule's value at count 0 when it can be read eagerly, else None."""
+  """The schedule's value at count 0 when it can be read eagerly, else None (e.g. under a trace)."""
   value = schedule(jnp.zeros((), jnp.int32))
   try:
     return float(np.asarray(value))
@@ -50,18 +48,32 @@ def _concrete_at_zero(schedule: Schedule) -> float | None:
     return None
 
 
+def _in_range(value: float, low: float, high: float) -> bool:
+  return math.isfinite(value) and low <= value <= high
+
+
+def bounded_schedule(value: float | Schedule, name: str, low: float, high: float) -> Schedule:
+  """Returns ``count -> value`` for a number in [low, high] or a schedule whose value at 0 is.
+
+  A schedule is checked at count 0 when that value can be computed eagerly;
+  later values are the schedule's responsibility.
+  """
+  bounds = f"[{low}, {high}]" if math.isfinite(high) else f"[{low}, inf)"
+  allowed = f"a finite float in {bounds} or a schedule (callable count -> {name})"
+  if callable(value):
+    first = _concrete_at_zero(value)
+    if first is not None and not _in_range(first, low, high):
+      raise ValueError(f"{name} schedule must give values in {bounds}; {name}(0) = {first}.")
+    return value
+  number = _as_float(value, name, allowed)
+  if not _in_range(number, low, high):
+    raise ValueError(f"{name} must be {allowed}; got {number}.")
+  return lambda count: number
+
+
 def rho_schedule(rho: float | Schedule) -> Schedule:
-  """Returns ``count -> rho_t`` after checking ``rho`` is a non-negative number or a schedule."""
-  allowed = "a non-negative finite float or a schedule (callable count -> rho)"
-  if callable(rho):
-    first = _concrete_at_zero(rho)
-    if first is not None and not (math.isfinite(first) and first >= 0):
-      raise ValueError(f"rho schedule must give non-negative finite values; rho(0) = {first}.")
-    return rho
-  value = _as_float(rho, "rho", allowed)
-  if not (math.isfinite(value) and value >= 0):
-    raise ValueError(f"rho must be {allowed}; got {value}.")
-  return lambda count: value
+  """Returns ``count -> rho_t`` for a non-negative number or a schedule."""
+  return bounded_schedule(rho, "rho", 0.0, math.inf)
 
 
 def lambda_schedule(lambd: float | str | Schedule) -> Schedule:
@@ -70,35 +82,29 @@ def lambda_schedule(lambd: float | str | Schedule) -> Schedule:
   For the strings, t = count + 1, so t = 1 on the first update as in the
   official implementation: ``'1/t'`` starts as SAM and ``'1-1/t'`` as USAM.
   """
-  allowed = f"a float in [0, 1], one of {LAMBDA_STRINGS}, or a callable count -> lambda"
   if isinstance(lambd, str):
     if lambd == "1/t":
       return lambda count: 1.0 / (count + 1.0)
     if lambd == "1-1/t":
       return lambda count: 1.0 - 1.0 / (count + 1.0)
-    raise ValueError(f"lambd_schedule must be {allowed}; got the unknown string {lambd!r}.")
-  if callable(lambd):
-    first = _concrete_at_zero(lambd)
-    if first is not None and not 0.0 <= first <= 1.0:
-      raise ValueError(f"lambd_schedule must give values in [0, 1]; lambd_schedule(0) = {first}.")
-    return lambd
-  value = _as_float(lambd, "lambd_schedule", allowed)
-  if not 0.0 <= value <= 1.0:
-    raise ValueError(f"lambd_schedule must be {allowed}; got {value}.")
-  return lambda count: value
-
-
-def check_eps(eps: Any) -> float:
-  """Returns ``eps`` as a float after checking it is finite and positive."""
-  value = _as_float(eps, "eps", "a positive finite float")
-  if not (math.isfinite(value) and value > 0):
-    raise ValueError(f"eps must be a positive finite float; got {value}.")
-  return value
+    raise ValueError(
+        f"lambd_schedule must be a float in [0, 1], one of {LAMBDA_STRINGS}, or a callable "
+        f"count -> lambda; got the unknown string {lambd!r}."
+    )
+  return bounded_schedule(lambd, "lambd_schedule", 0.0, 1.0)
 
 
 def check_nonnegative(value: Any, name: str) -> float:
   """Returns ``value`` as a float after checking it is finite and non-negative."""
   number = _as_float(value, name, "a non-negative finite float")
-  if not (math.isfinite(number) and number >= 0):
+  if not _in_range(number, 0.0, math.inf):
     raise ValueError(f"{name} must be a non-negative finite float; got {number}.")
+  return number
+
+
+def check_eps(eps: Any) -> float:
+  """Returns ``eps`` as a float after checking it is finite and positive."""
+  number = _as_float(eps, "eps", "a positive finite float")
+  if not (math.isfinite(number) and number > 0):
+    raise ValueError(f"eps must be a positive finite float; got {number}.")
   return number

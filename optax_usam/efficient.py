@@ -1,0 +1,188 @@
+"""Unified SAM at less than two gradients per step.
+
+Each wrapper takes a :func:`optax_usam.unified_sam` transformation and decides,
+step by step, whether to run it (two gradients) or to return a cheaper
+gradient (one). The decision is a ``lax.cond``, so a skipped ``grad_fn`` is
+never computed. The wrapped transformation's ``count`` (and so the ``'1/t'``
+schedules) advances on SAM steps only.
+
+Under ``vmap`` a batched predicate turns ``lax.cond`` into a select that runs
+both branches: the saving needs an unbatched decision (e.g. the same step
+count, or the same random key, for every vmapped member).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from optax_usam import schedules
+from optax_usam.perturbation import accumulation_dtype, global_norm, is_float_leaf
+
+
+class ReuseState(NamedTuple):
+  """State of :func:`reuse_sam`: step count, the stored SAM correction, the SAM state."""
+
+  count: chex.Array
+  correction: optax.Updates
+  inner: Any
+
+
+class RandomizedState(NamedTuple):
+  """State of :func:`randomized_sam`: step count, PRNG key, and the SAM state."""
+
+  count: chex.Array
+  key: chex.PRNGKey
+  inner: Any
+
+
+def _check_positive_int(value: Any, name: str) -> int:
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ValueError(f"{name} must be a positive int; got {value!r}.")
+  return value
+
+
+def _like_params(tree: optax.Updates, params: optax.Params) -> optax.Updates:
+  """Casts floating leaves to the parameters' dtypes, as the SAM branch returns them."""
+  return jax.tree.map(lambda u, p: u.astype(p.dtype) if is_float_leaf(p) else u, tree, params)
+
+
+def _vdot(a: optax.Updates, b: optax.Updates, dtype: jnp.dtype) -> chex.Array:
+  pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+  return sum((jnp.vdot(x.astype(dtype), y.astype(dtype)) for x, y in pairs), jnp.zeros((), dtype))
+
+
+def reuse_sam(
+    sam: optax.GradientTransformationExtraArgs,
+    every_k: int,
+    alpha: float = 0.7,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Runs ``sam`` every ``every_k`` steps and reuses its correction in between (LookSAM).
+
+  On a SAM step, with :math:`g` the plain gradient and :math:`g_s` the SAM
+  gradient, it stores the part of :math:`g_s` orthogonal to :math:`g`,
+  :math:`g_v = g_s - \frac{\langle g_s, g\rangle}{\|g\|^2} g`. On the other
+  steps it returns :math:`g + \alpha \frac{\|g\|}{\|g_v\|} g_v` at the cost of
+  the one gradient the caller already computed. Average cost per step:
+  :math:`1 + 1/k` gradients; memory: one parameter-sized buffer.
+
+  Example::
+
+    tx = optax.chain(
+        optax_usam.reuse_sam(optax_usam.sam(0.05), every_k=5),
+        optax.sgd(0.1, momentum=0.9),
+    )
+
+  Args:
+    sam: a :func:`optax_usam.unified_sam` transformation.
+    every_k: run ``sam`` on steps 0, k, 2k, ...
+    alpha: weight of the reused correction (LookSAM's default, 0.7).
+
+  References:
+    Liu et al., `Towards Efficient and Scalable Sharpness-Aware Minimization
+    <https://arxiv.org/abs/2203.02714>`_, CVPR 2022.
+  """
+  every_k = _check_positive_int(every_k, "every_k")
+  alpha = schedules.check_nonnegative(alpha, "alpha")
+
+  def init_fn(params: optax.Params) -> ReuseState:
+    inner = sam.init(params)
+    zeros = jax.tree.map(lambda p: jnp.zeros_like(p) if is_float_leaf(p) else p, params)
+    return ReuseState(jnp.zeros((), jnp.int32), zeros, inner)
+
+  def update_fn(
+      updates: optax.Updates, state: ReuseState, params: optax.Params | None = None, **extra_args: Any
+  ) -> tuple[optax.Updates, ReuseState]:
+    dtype = accumulation_dtype(params)
+    tiny = jnp.finfo(dtype).tiny
+
+    def sam_step(_: None) -> tuple[optax.Updates, optax.Updates, Any]:
+      g_s, inner = sam.update(updates, state.inner, params, **extra_args)
+      coef = _vdot(g_s, updates, dtype) / jnp.maximum(_vdot(updates, updates, dtype), tiny)
+      g_v = jax.tree.map(lambda s, g: (s - coef.astype(s.dtype) * g).astype(s.dtype), g_s, updates)
+      return g_s, _like_params(g_v, params), inner
+
+    def reuse_step(_: None) -> tuple[optax.Updates, optax.Updates, Any]:
+      ratio = global_norm(updates, dtype) / jnp.maximum(global_norm(state.correction, dtype), tiny)
+      out = jax.tree.map(lambda g, v: g + (alpha * ratio).astype(v.dtype) * v, updates, state.correction)
+      return _like_params(out, params), state.correction, state.inner
+
+    out, correction, inner = jax.lax.cond(state.count % every_k == 0, sam_step, reuse_step, None)
+    return out, ReuseState(optax.safe_increment(state.count), correction, inner)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def randomized_sam(
+    sam: optax.GradientTransformationExtraArgs,
+    probability: float | optax.Schedule,
+    seed: int = 0,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Runs ``sam`` with probability :math:`p_t` and returns the plain gradient otherwise.
+
+  Average cost per step: :math:`1 + p` gradients. The decision comes from a
+  PRNG key kept in the state, so it is reproducible, survives checkpoints and
+  is the same on every device of a ``pmap`` (required: the SAM branch may
+  communicate over ``axis_name``).
+
+  Example::
+
+    tx = optax.chain(
+        optax_usam.randomized_sam(optax_usam.unified_sam(0.05, "1-1/t"), 0.25),
+        optax.sgd(0.1, momentum=0.9),
+    )
+
+  Args:
+    sam: a :func:`optax_usam.unified_sam` transformation.
+    probability: :math:`p_t \in [0, 1]`, a float or a schedule of the count.
+    seed: seed of the PRNG key that draws the decisions.
+
+  References:
+    Zhao et al., `Randomized Sharpness-Aware Training for Boosting
+    Computational Efficiency in Deep Learning <https://arxiv.org/abs/2203.09962>`_, 2022.
+  """
+  prob_fn = schedules.bounded_schedule(probability, "probability", 0.0, 1.0)
+  if isinstance(seed, bool) or not isinstance(seed, int):
+    raise TypeError(f"seed must be an int; got {seed!r}.")
+
+  def init_fn(params: optax.Params) -> RandomizedState:
+    key = jax.random.key_data(jax.random.key(seed))
+    return RandomizedState(jnp.zeros((), jnp.int32), key, sam.init(params))
+
+  def update_fn(
+      updates: optax.Updates, state: RandomizedState, params: optax.Params | None = None, **extra_args: Any
+  ) -> tuple[optax.Updates, RandomizedState]:
+    key, draw = jax.random.split(jax.random.wrap_key_data(state.key))
+    take_sam = jax.random.uniform(draw) < prob_fn(state.count)
+    out, inner = jax.lax.cond(
+        take_sam,
+        lambda: sam.update(updates, state.inner, params, **extra_args),
+        lambda: (_like_params(updates, params), state.inner),
+    )
+    return out, RandomizedState(optax.safe_increment(state.count), jax.random.key_data(key), inner)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def sub_batch(batch: Any, fraction: float) -> Any:
+  """The first ``ceil(fraction * n)`` examples of every leaf of ``batch`` (leading axis n).
+
+  For sub-batch ascent: pass the gradient on ``sub_batch(batch, f)`` as the
+  ``updates`` of :func:`optax_usam.unified_sam` and keep the full batch in
+  ``grad_fn``. The ascent direction is noisier; a step costs
+  :math:`f + 1` gradients instead of 2. Shapes are static, so the
+  result compiles once.
+  """
+  fraction = schedules.check_nonnegative(fraction, "fraction")
+  if not 0 < fraction <= 1:
+    raise ValueError(f"fraction must be in (0, 1]; got {fraction}.")
+  sizes = {x.shape[0] for x in jax.tree.leaves(batch)}
+  if len(sizes) != 1:
+    raise ValueError(f"batch leaves must share their leading axis; got sizes {sorted(sizes)}.")
+  keep = max(1, math.ceil(fraction * sizes.pop()))
+  return jax.tree.map(lambda x: x[:keep], batch)
