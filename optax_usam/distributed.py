@@ -245,13 +245,13 @@ class SAMTrainStep(NamedTuple):
     tx: the optimizer, ``optax.chain(unified_sam(...), base_optimizer)``.
     init: ``params -> opt_state``, with the state's parameter-shaped leaves
       (momentum, ...) sharded like the parameters.
-    step: ``(params, opt_state, batch) -> (params, opt_state, loss)``, jitted;
-      it donates ``params`` and ``opt_state``.
+    step: ``(params, opt_state, batch) -> (params, opt_state, loss)``, jitted
+      (a :class:`ShardedStep`); it donates ``params`` and ``opt_state``.
   """
 
   tx: optax.GradientTransformationExtraArgs
   init: Callable[[optax.Params], optax.OptState]
-  step: Step
+  step: ShardedStep
 
 
 def sam_train_step(
@@ -309,7 +309,10 @@ def sam_train_step(
     raise TypeError(f"per_device_perturbation must be a bool; got {per_device_perturbation!r}.")
   if not callable(loss_fn):
     raise TypeError(f"loss_fn must be callable (params, batch) -> loss; got {type(loss_fn).__name__}.")
-  axis_name = data_axis if per_device_perturbation else None
+  # With a single data shard both forms coincide; a manual axis of size 1 also
+  # trips an XLA partitioner check, so that case takes the jit path.
+  per_device = per_device_perturbation and mesh.shape[data_axis] > 1
+  axis_name = data_axis if per_device else None
   sam_tx = unified_sam(rho, lambd_schedule, eps=eps, axis_name=axis_name, sync_perturbation=False)
   tx = optax.chain(sam_tx, base_optimizer)
   replicated = NamedSharding(mesh, PartitionSpec())
@@ -326,7 +329,7 @@ def sam_train_step(
     updates, base_state = base_optimizer.update(sam_grads, base_state, params)
     return optax.apply_updates(params, updates), (sam_state, base_state), loss
 
-  if per_device_perturbation:
+  if per_device:
 
     def local_step(params: optax.Params, opt_state: optax.OptState, batch: Any) -> Any:
       # Replicated inputs differentiated against a per-device loss get their
@@ -366,26 +369,55 @@ def sam_train_step(
     _check_layout(params, _placeholders(params, p_sh), "params", "param_shardings")
     return jax.jit(tx.init, out_shardings=s_sh)(params)
 
-  cache: dict[Any, Callable[..., Any]] = {}
+  step = ShardedStep(body, shardings_of, batch_sharding(mesh, data_axis=data_axis), replicated)
+  return SAMTrainStep(tx, init, step)
 
-  def step(params: optax.Params, opt_state: optax.OptState, batch: Any) -> Any:
+
+class ShardedStep:
+  """The jitted step of :func:`sam_train_step`, compiled once per tree structure.
+
+  Call it as ``step(params, opt_state, batch)``; ``step.lower(params,
+  opt_state, batch)`` gives the :class:`jax.stages.Lowered` program, for
+  ``.compile().as_text()`` or ``.compile().memory_analysis()``.
+  """
+
+  def __init__(
+      self,
+      body: Step,
+      shardings_of: Callable[[optax.Params], tuple[Any, Any]],
+      batch_sharding: NamedSharding,
+      replicated: NamedSharding,
+  ) -> None:
+    self._body = body
+    self._shardings_of = shardings_of
+    self._batch_sharding = batch_sharding
+    self._replicated = replicated
+    self._cache: dict[Any, tuple[Any, Callable[..., Any]]] = {}
+
+  def _jitted(self, params: optax.Params, opt_state: optax.OptState, batch: Any) -> Any:
     key = jax.tree.structure((params, opt_state, batch))
-    if key not in cache:
-      p_sh, s_sh = shardings_of(params)
-      cache[key] = (
+    if key not in self._cache:
+      p_sh, s_sh = self._shardings_of(params)
+      self._cache[key] = (
           p_sh,
           jax.jit(
-              body,
-              in_shardings=(p_sh, s_sh, batch_sharding(mesh, data_axis=data_axis)),
-              out_shardings=(p_sh, s_sh, replicated),
+              self._body,
+              in_shardings=(p_sh, s_sh, self._batch_sharding),
+              out_shardings=(p_sh, s_sh, self._replicated),
               donate_argnums=(0, 1),
           ),
       )
-    p_sh, jitted = cache[key]
+    p_sh, jitted = self._cache[key]
     _check_layout(params, _placeholders(params, p_sh), "params", "param_shardings")
-    return jitted(params, opt_state, batch)
+    return jitted
 
-  return SAMTrainStep(tx, init, step)
+  def __call__(
+      self, params: optax.Params, opt_state: optax.OptState, batch: Any
+  ) -> tuple[optax.Params, optax.OptState, chex.Array]:
+    return self._jitted(params, opt_state, batch)(params, opt_state, batch)
+
+  def lower(self, params: optax.Params, opt_state: optax.OptState, batch: Any) -> jax.stages.Lowered:
+    return self._jitted(params, opt_state, batch).lower(params, opt_state, batch)
 
 
 def _placeholders(params: optax.Params, shardings: Any) -> Any:
