@@ -49,6 +49,7 @@ import chex
 import jax
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, Sharding
 
 from optax_usam._checks import check_matches_params
@@ -159,6 +160,21 @@ def shard_batch(local_batch: Any, mesh: Mesh, *, data_axis: str = "data") -> Any
     return jax.make_array_from_process_local_data(sharding, x)
 
   return jax.tree.map(put, local_batch)
+
+
+def to_host(tree: Any) -> Any:
+  """Copies every array of ``tree`` to a NumPy array holding its full global value.
+
+  Works for arrays sharded over the devices of several processes (it gathers
+  them across processes, so every process must call it) as well as for local
+  arrays. Use it to save or evaluate FSDP-sharded parameters.
+  """
+  def fetch(x: Any) -> np.ndarray:
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+  return jax.tree.map(fetch, tree)
 
 
 def _sharding_of(x: Any) -> Sharding | None:

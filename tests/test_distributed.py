@@ -112,7 +112,7 @@ def single_device(params: dict, x: np.ndarray, y: np.ndarray, shards: int) -> di
 
 def train_sharded(mesh, params, x, y, per_device: bool, min_size: int = 0):
   shardings = distributed.fsdp_shardings(params, mesh, min_size=min_size)
-  tx, init, step = distributed.sam_train_step(
+  _, init, step = distributed.sam_train_step(
       loss_fn,
       base_optimizer(),
       rho=RHO,
