@@ -34,29 +34,37 @@ def np_grad(p: dict, x: np.ndarray, y: np.ndarray) -> dict:
   return {"w1": x.T @ dh, "b1": dh.sum(0), "w2": h.T @ r, "b2": r.sum(0)}
 
 
-def np_reference(p: dict, x: np.ndarray, y: np.ndarray, shards: int) -> tuple[dict, float]:
-  """Float64 Unified SAM with each of ``shards`` sub-batches perturbed along its own gradient.
+def np_sam_grad(p: dict, x: np.ndarray, y: np.ndarray, shards: int) -> tuple[dict, float]:
+  """Float64 Unified SAM gradient with each of ``shards`` sub-batches perturbed along its own gradient.
 
-  ``shards=1`` is the global perturbation. Base optimizer: weight decay, then
-  momentum SGD (optax's conventions). Returns the parameters after STEPS and
-  the mean over shards of the last step's ``||g||``.
+  ``shards=1`` is the global perturbation. Returns the mean over shards of the
+  gradient at the perturbed points and of ``||g||``.
+  """
+  g_sam = {k: np.zeros_like(v) for k, v in p.items()}
+  norms = []
+  for xs, ys in zip(np.split(x, shards), np.split(y, shards), strict=True):
+    g = np_grad(p, xs, ys)
+    norm = np.sqrt(sum(np.sum(v**2) for v in g.values()))
+    scale = RHO * (1 - LAMBD + LAMBD / (norm + 1e-12))
+    g_local = np_grad({k: p[k] + scale * g[k] for k in p}, xs, ys)
+    g_sam = {k: g_sam[k] + g_local[k] / shards for k in p}
+    norms.append(norm)
+  return g_sam, float(np.mean(norms))
+
+
+def np_reference(p: dict, x: np.ndarray, y: np.ndarray, shards: int) -> tuple[dict, float]:
+  """STEPS of :func:`np_sam_grad` through weight decay and momentum SGD (optax's conventions).
+
+  Returns the parameters and the last step's mean ``||g||``.
   """
   p = {k: v.astype(np.float64) for k, v in p.items()}
   trace = {k: np.zeros_like(v) for k, v in p.items()}
   for _ in range(STEPS):
-    g_sam = {k: np.zeros_like(v) for k, v in p.items()}
-    norms = []
-    for xs, ys in zip(np.split(x, shards), np.split(y, shards), strict=True):
-      g = np_grad(p, xs, ys)
-      norm = np.sqrt(sum(np.sum(v**2) for v in g.values()))
-      scale = RHO * (1 - LAMBD + LAMBD / (norm + 1e-12))
-      g_local = np_grad({k: p[k] + scale * g[k] for k in p}, xs, ys)
-      g_sam = {k: g_sam[k] + g_local[k] / shards for k in p}
-      norms.append(norm)
+    g_sam, norm = np_sam_grad(p, x, y, shards)
     for k in p:
       trace[k] = g_sam[k] + WD * p[k] + MOMENTUM * trace[k]
       p[k] = p[k] - LR * trace[k]
-  return p, float(np.mean(norms))
+  return p, norm
 
 
 def base_optimizer() -> optax.GradientTransformation:
@@ -145,6 +153,38 @@ def test_sharded_step_matches_single_device_and_float64(num_devices, num_model, 
     np.testing.assert_allclose(p[k], ref[k], rtol=1e-5, atol=1e-6)
   assert not np.allclose(ref["w1"], np_reference(params, x, y, 2 if shards == 1 else 1)[0]["w1"])
   np.testing.assert_allclose(optax_usam.get_diagnostics(s)["grad_norm"], ref_norm, rtol=1e-5)
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["global", "per_device"])
+@pytest.mark.parametrize("recipe", ["pmap", "shard_map"])
+def test_documented_recipes_without_the_helper(recipe, sync):
+  """The pmap and shard_map snippets of docs/distributed.md, on 4 devices."""
+  params, x, y = make_problem()
+  tx = optax_usam.unified_sam(RHO, LAMBD, axis_name="data", sync_perturbation=sync)
+
+  def sam_grad(p: dict, batch: tuple) -> dict:
+    g = jax.grad(loss_fn)(p, batch)
+    out, _ = tx.update(g, tx.init(p), p, grad_fn=lambda q: jax.grad(loss_fn)(q, batch))
+    return out
+
+  if recipe == "pmap":
+    split = lambda a: a.reshape(4, -1, a.shape[-1])
+    out = jax.pmap(sam_grad, axis_name="data", in_axes=(None, 0), devices=jax.devices()[:4])(
+        params, (split(x), split(y)))
+    out = jax.tree.map(lambda a: a[0], out)
+  else:
+    mesh = jax.make_mesh((4,), ("data",), devices=jax.devices()[:4])
+
+    def local(p: dict, batch: tuple) -> dict:
+      # Per-device copies, so that grad gives each device's own gradient.
+      return sam_grad(jax.tree.map(lambda a: jax.lax.pcast(a, "data", to="varying"), p), batch)
+
+    batch = jax.device_put((x, y), NamedSharding(mesh, PartitionSpec("data")))
+    out = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec("data")),
+                                out_specs=PartitionSpec()))(params, batch)
+  ref, _ = np_sam_grad({k: v.astype(np.float64) for k, v in params.items()}, x, y, 1 if sync else 4)
+  for k in params:
+    np.testing.assert_allclose(out[k], ref[k], rtol=1e-5, atol=1e-6)
 
 
 def collectives(hlo: str, op: str) -> list[list[tuple[int, ...]]]:
