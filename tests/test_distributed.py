@@ -238,6 +238,28 @@ def test_sam_step_gathers_parameters_no_more_than_two_plain_steps(num_devices, n
       plain_hlo, params, shardings)
 
 
+def collective_bytes(hlo: str, op: str) -> int:
+  return sum(4 * int(np.prod(shape)) for shapes in collectives(hlo, op) for shape in shapes)
+
+
+@pytest.mark.parametrize(("per_device", "gradient_reduces"), [(False, 2), (True, 1)],
+                         ids=["global", "per_device"])
+def test_all_reduced_bytes_per_step(per_device, gradient_reduces):
+  """Data parallel: global SAM all-reduces both gradients, m-sharpness only the second."""
+  params, x, y = make_problem(d=64, h=256, o=64, n=16)
+  mesh = distributed.make_mesh(1)
+  p = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
+  _, init, step = distributed.sam_train_step(
+      loss_fn, optax.sgd(LR), rho=RHO, lambd_schedule=LAMBD, mesh=mesh,
+      per_device_perturbation=per_device)
+  hlo = step.lower(p, init(p), distributed.shard_batch((x, y), mesh)).compile().as_text()
+  grad_bytes = sum(v.nbytes for v in params.values())
+  scalars = collective_bytes(hlo, "all-reduce") - gradient_reduces * grad_bytes
+  # Beyond the gradients: the loss and the norms, a few float32 scalars.
+  assert 0 <= scalars <= 4 * 8
+  assert collective_bytes(hlo, "all-gather") == 0
+
+
 @pytest.mark.parametrize("per_device", [False, True], ids=["global", "per_device"])
 def test_per_device_memory_shrinks_as_parameter_axis_grows(per_device):
   params, x, y = make_problem(d=64, h=256, o=64, n=16)
