@@ -9,16 +9,16 @@ Two ways to spread the batch over a ``data`` mesh axis:
   device and the step equals single-device Unified SAM on the full batch. The
   global norm reduces each parameter shard locally and all-reduces one scalar,
   so it works with parameters sharded FSDP-style over a ``model`` axis without
-  gathering them. Communication per step: the two gradient all-reduces any
-  data-parallel step with two backward passes has, plus one scalar.
+  gathering them. Communication per step: two gradient all-reduces (one per
+  backward pass) and a few scalars.
 * **Per-device perturbation** (``per_device_perturbation=True``, m-sharpness,
   Foret et al. 2021, m = per-device batch size): ``jax.shard_map`` over the
   ``data`` axis; each device perturbs along its own gradient and only the
   gradients at the perturbed points are averaged
   (``unified_sam(..., axis_name="data", sync_perturbation=False)``). It saves
   the first gradient all-reduce (one all-reduce of gradients per step instead
-  of two), but it optimizes a different objective than the paper's analysis,
-  which is about one perturbation from the (mini)batch gradient.
+  of two), but it is not the update the paper's theorems analyse: those take
+  one perturbation from the gradient of the whole (global) minibatch.
 
 Both run unchanged on several hosts after ``jax.distributed.initialize()``:
 each process feeds its own slice of the global batch with :func:`shard_batch`.
@@ -26,12 +26,14 @@ each process feeds its own slice of the global batch with :func:`shard_batch`.
 Example::
 
   mesh = optax_usam.distributed.make_mesh(num_model=2)
-  tx, step = optax_usam.distributed.sam_train_step(
+  shardings = optax_usam.distributed.fsdp_shardings(params, mesh)
+  tx, init, step = optax_usam.distributed.sam_train_step(
       loss_fn, optax.sgd(0.1, momentum=0.9), rho=0.05, lambd_schedule="1-1/t",
-      mesh=mesh)
-  params = jax.device_put(params, optax_usam.distributed.fsdp_shardings(params, mesh))
-  opt_state = jax.jit(tx.init)(params)
-  params, opt_state, loss = step(params, opt_state, shard_batch(batch, mesh))
+      mesh=mesh, param_shardings=shardings)
+  params = jax.device_put(params, shardings)
+  opt_state = init(params)
+  batch = optax_usam.distributed.shard_batch(local_batch, mesh)
+  params, opt_state, loss = step(params, opt_state, batch)
 
 References:
   Foret et al., `Sharpness-Aware Minimization for Efficiently Improving
