@@ -75,8 +75,9 @@ def make_mesh(
   """A 2-D ``(data, model)`` mesh over ``devices`` (default: every device of every process).
 
   The ``model`` axis (parameter sharding) runs over neighbouring devices, which
-  ``jax.devices()`` lists process by process, so parameter gathers stay inside
-  a host and only the ``data`` axis crosses hosts.
+  ``jax.devices()`` lists process by process: when ``num_model`` divides the
+  number of devices per process, the collectives over parameter shards stay
+  inside a host and only the ``data`` axis crosses hosts.
 
   Args:
     num_model: size of the parameter (FSDP) axis; must divide the device count.
@@ -150,6 +151,16 @@ def shard_batch(local_batch: Any, mesh: Mesh, *, data_axis: str = "data") -> Any
   """
   sharding = batch_sharding(mesh, data_axis=data_axis)
   num_shards = mesh.shape[data_axis]
+  data_dim = mesh.axis_names.index(data_axis)
+  owners: dict[int, set[int]] = {}
+  for index, device in np.ndenumerate(mesh.devices):
+    owners.setdefault(index[data_dim], set()).add(device.process_index)
+  if any(len(procs) > 1 for procs in owners.values()):
+    raise ValueError(
+        f"each slice of {data_axis!r} must live on one process, so that processes hold "
+        "disjoint parts of the batch; make the other mesh axes fit within a process "
+        "(e.g. make_mesh(num_model=k) with k dividing jax.local_device_count())."
+    )
 
   def put(x: Any) -> jax.Array:
     x = np.asarray(x)
@@ -192,15 +203,12 @@ def _sharding_of(x: Any) -> Sharding | None:
 
 
 def _same_sharding(a: Sharding, b: Sharding, ndim: int) -> bool:
-  if isinstance(a, NamedSharding) and isinstance(b, NamedSharding):
-    if a.mesh.shape_tuple != b.mesh.shape_tuple:
-      return False
-    if isinstance(a.mesh, Mesh) and isinstance(b.mesh, Mesh):
-      return a.is_equivalent_to(b, ndim)
-    # Abstract meshes (inside jit) carry no devices: compare the layouts.
-    pad = lambda s: tuple(s.spec) + (None,) * (ndim - len(s.spec))
-    return pad(a) == pad(b)
-  return a.is_equivalent_to(b, ndim)
+  concrete = lambda s: not isinstance(s, NamedSharding) or isinstance(s.mesh, Mesh)
+  if concrete(a) and concrete(b):
+    return a.is_equivalent_to(b, ndim)
+  # Abstract meshes (inside jit) carry no devices: compare mesh shapes and layouts.
+  pad = lambda s: tuple(s.spec) + (None,) * (ndim - len(s.spec))
+  return a.mesh.shape_tuple == b.mesh.shape_tuple and pad(a) == pad(b)
 
 
 def check_shardings(grads: optax.Updates, params: optax.Params, *, name: str = "grads") -> None:

@@ -65,6 +65,13 @@ def main() -> None:
     for _ in range(STEPS):
       p, s, _ = step(p, s, batch)
     results.update({f"{mode}/{k}": v for k, v in distributed.to_host(p).items()})
+  if args.num_processes > 1:
+    # A data slice spread over two processes would need the same rows on both.
+    try:
+      distributed.shard_batch((x[rows], y[rows]), distributed.make_mesh(num_model=4))
+      results["cross_process_error"] = np.array("")
+    except ValueError as err:
+      results["cross_process_error"] = np.array(str(err))
   if jax.process_index() == 0:
     np.savez(args.out, **results)
   if args.num_processes > 1:
