@@ -147,8 +147,10 @@ def test_sharded_step_matches_single_device_and_float64(num_devices, num_model, 
   shards = mesh.shape["data"] if per_device else 1
   ref, ref_norm = np_reference(params, x, y, shards)
   one = single_device(params, x, y, shards)
+  momentum = optax.tree_utils.tree_get(s, "trace")
   for k in params:
     assert p[k].sharding.is_equivalent_to(shardings[k], p[k].ndim)
+    assert momentum[k].sharding.is_equivalent_to(shardings[k], p[k].ndim)
     np.testing.assert_allclose(p[k], one[k], rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(p[k], ref[k], rtol=1e-5, atol=1e-6)
   assert not np.allclose(ref["w1"], np_reference(params, x, y, 2 if shards == 1 else 1)[0]["w1"])
@@ -161,30 +163,38 @@ def test_documented_recipes_without_the_helper(recipe, sync):
   """The pmap and shard_map snippets of docs/distributed.md, on 4 devices."""
   params, x, y = make_problem()
   tx = optax_usam.unified_sam(RHO, LAMBD, axis_name="data", sync_perturbation=sync)
+  state = tx.init(params)
 
-  def sam_grad(p: dict, batch: tuple) -> dict:
+  def sam_grad(p: dict, state: optax_usam.UnifiedSAMState, batch: tuple) -> tuple:
     g = jax.grad(loss_fn)(p, batch)
-    out, _ = tx.update(g, tx.init(p), p, grad_fn=lambda q: jax.grad(loss_fn)(q, batch))
-    return out
+    return tx.update(g, state, p, grad_fn=lambda q: jax.grad(loss_fn)(q, batch))
 
   if recipe == "pmap":
     split = lambda a: a.reshape(4, -1, a.shape[-1])
-    out = jax.pmap(sam_grad, axis_name="data", in_axes=(None, 0), devices=jax.devices()[:4])(
-        params, (split(x), split(y)))
-    out = jax.tree.map(lambda a: a[0], out)
+    out, state = jax.pmap(sam_grad, axis_name="data", in_axes=(None, None, 0),
+                          devices=jax.devices()[:4])(params, state, (split(x), split(y)))
+    out, state = jax.tree.map(lambda a: a[0], (out, state))
   else:
     mesh = jax.make_mesh((4,), ("data",), devices=jax.devices()[:4])
 
-    def local(p: dict, batch: tuple) -> dict:
-      # Per-device copies, so that grad gives each device's own gradient.
-      return sam_grad(jax.tree.map(lambda a: jax.lax.pcast(a, "data", to="varying"), p), batch)
+    def local(p: dict, state: optax_usam.UnifiedSAMState, batch: tuple) -> tuple:
+      p = jax.tree.map(lambda a: jax.lax.pcast(a, "data", to="varying"), p)
+      grads, state = sam_grad(p, state, batch)
+      mean = lambda v: jax.lax.pmean(v, "data")
+      return grads, state._replace(grad_norm=mean(state.grad_norm),
+                                   perturbation_norm=mean(state.perturbation_norm))
 
     batch = jax.device_put((x, y), NamedSharding(mesh, PartitionSpec("data")))
-    out = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec("data")),
-                                out_specs=PartitionSpec()))(params, batch)
-  ref, _ = np_sam_grad({k: v.astype(np.float64) for k, v in params.items()}, x, y, 1 if sync else 4)
+    out, state = jax.jit(jax.shard_map(
+        local, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec(), PartitionSpec("data")),
+        out_specs=PartitionSpec()))(params, state, batch)
+    assert int(state.count) == 1
+  ref, ref_norm = np_sam_grad({k: v.astype(np.float64) for k, v in params.items()}, x, y,
+                              1 if sync else 4)
   for k in params:
     np.testing.assert_allclose(out[k], ref[k], rtol=1e-5, atol=1e-6)
+  if sync or recipe == "shard_map":
+    np.testing.assert_allclose(state.grad_norm, ref_norm, rtol=1e-5)
 
 
 def collectives(hlo: str, op: str) -> list[list[tuple[int, ...]]]:
