@@ -1,5 +1,6 @@
 """optax_usam: Unified SAM (Oikonomou & Loizou, ICLR 2025) for JAX and Optax."""
 
+from optax_usam import distributed
 from optax_usam.diagnostics import find_state, get_diagnostics
 from optax_usam.efficient import RandomizedState, ReuseState, randomized_sam, reuse_sam, sub_batch
 from optax_usam.perturbation import Perturbed, adaptive_scales, global_norm, perturb
@@ -13,6 +14,7 @@ __all__ = [
     "ReuseState",
     "UnifiedSAMState",
     "adaptive_scales",
+    "distributed",
     "find_state",
     "get_diagnostics",
     "global_norm",
