@@ -44,7 +44,7 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import chex
@@ -56,7 +56,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec, Sharding
 
 from optax_usam._checks import check_matches_params
 from optax_usam.perturbation import is_float_leaf
-from optax_usam.transform import UnifiedSAMState, unified_sam
+from optax_usam.transform import unified_sam
 
 LossFn = Callable[[optax.Params, Any], chex.Array]
 Step = Callable[[optax.Params, optax.OptState, Any], tuple[optax.Params, optax.OptState, chex.Array]]
@@ -249,21 +249,6 @@ def _check_layout(tree: Any, reference: Any, name: str, reference_name: str) -> 
       )
 
 
-def _average_diagnostics(opt_state: optax.OptState, axis_name: Hashable) -> optax.OptState:
-  """Averages the per-device norms in the UnifiedSAMState so the state stays replicated."""
-  is_state = lambda s: isinstance(s, UnifiedSAMState)
-
-  def average(s: Any) -> Any:
-    if not is_state(s):
-      return s
-    return s._replace(
-        grad_norm=jax.lax.pmean(s.grad_norm, axis_name),
-        perturbation_norm=jax.lax.pmean(s.perturbation_norm, axis_name),
-    )
-
-  return jax.tree.map(average, opt_state, is_leaf=is_state)
-
-
 class SAMTrainStep(NamedTuple):
   """What :func:`sam_train_step` builds.
 
@@ -363,7 +348,6 @@ def sam_train_step(
       # keeps each device's own gradient, which m-sharpness perturbs along.
       local = jax.tree.map(lambda x: jax.lax.pcast(x, data_axis, to="varying"), params)
       params, opt_state, loss = one_step(params, opt_state, batch, local)
-      opt_state = _average_diagnostics(opt_state, data_axis)
       return params, opt_state, jax.lax.pmean(loss, data_axis)
 
     # Only the data axis is manual: a parameter axis stays under the compiler's

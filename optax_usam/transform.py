@@ -23,8 +23,9 @@ class UnifiedSAMState(NamedTuple):
   Attributes:
     count: number of updates applied so far (int32).
     grad_norm: :math:`\\|g_t\\|`, the global norm of the incoming gradient
-      (after averaging over ``axis_name`` when ``sync_perturbation``;
-      :math:`\\|T g_t\\|` with ``adaptive=True``).
+      (after averaging over ``axis_name`` when ``sync_perturbation``; the
+      mean of the per-device norms without it; :math:`\\|T g_t\\|` with
+      ``adaptive=True``).
     lambd: :math:`\\lambda_t` used by the last update.
     rho: :math:`\\rho_t` used by the last update.
     perturbation_norm: :math:`\\|e_t\\|`.
@@ -171,15 +172,19 @@ def unified_sam(
     ascent = perturb(params, updates, rho_t, lambd_t, eps, scales=scales)
     sam_grads = grad_fn(ascent.params)
     check_matches_params(sam_grads, params, "grad_fn(params + e)", dtypes=True)
+    grad_norm, perturbation_norm = ascent.grad_norm, ascent.perturbation_norm
     if axis_name is not None:
       sam_grads = _pmean(sam_grads, axis_name)
+      if not sync_perturbation:
+        # Per-device norms differ; averaging keeps the state replicated across the axis.
+        grad_norm, perturbation_norm = _pmean((grad_norm, perturbation_norm), axis_name)
 
     new_state = UnifiedSAMState(
         count=optax.safe_increment(state.count),
-        grad_norm=ascent.grad_norm.astype(dtype),
+        grad_norm=grad_norm.astype(dtype),
         lambd=lambd_t,
         rho=rho_t,
-        perturbation_norm=ascent.perturbation_norm.astype(dtype),
+        perturbation_norm=perturbation_norm.astype(dtype),
     )
     return sam_grads, new_state
 
