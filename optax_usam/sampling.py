@@ -218,7 +218,7 @@ def importance(smoothness: Any, *, reweight: bool = True, delta_inf: float | Non
     raise TypeError(f"reweight must be a bool; got {reweight!r}.")
   n = values.size
   probs = values / values.sum()
-  log_probs = np.log(probs)
+  cdf = np.cumsum(probs)
   weights = 1.0 / (n * probs) if reweight else np.ones(n)
   if reweight:
     a = float(values.mean())
@@ -227,7 +227,10 @@ def importance(smoothness: Any, *, reweight: bool = True, delta_inf: float | Non
 
   def sample(key: chex.PRNGKey) -> Batch:
     dtype = _float_dtype()
-    index = jax.random.categorical(key, jnp.asarray(log_probs, dtype), shape=(1,)).astype(jnp.int32)
+    # Inverse CDF: one uniform per draw (categorical would draw n Gumbels).
+    u = jax.random.uniform(key, (1,), dtype)
+    index = jnp.minimum(jnp.searchsorted(jnp.asarray(cdf, dtype), u, side="right"), n - 1)
+    index = index.astype(jnp.int32)
     return Batch(index, jnp.asarray(weights, dtype)[index])
 
   name = "importance" if reweight else "importance_unweighted"

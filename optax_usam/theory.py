@@ -53,7 +53,7 @@ class StepSchedules(NamedTuple):
 
 def _number(value: Any, name: str, *, positive: bool) -> float:
   allowed = f"a {'positive' if positive else 'non-negative'} finite float"
-  if isinstance(value, (bool, np.bool_, jax.core.Tracer)) or np.ndim(value) != 0:
+  if isinstance(value, (bool, np.bool_, str, bytes, jax.core.Tracer)) or np.ndim(value) != 0:
     raise TypeError(f"{name} must be {allowed}; got {value!r}.")
   try:
     number = float(value)
