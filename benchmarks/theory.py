@@ -43,6 +43,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 LAMBDA_SWEEP = tuple(round(0.1 * i, 1) for i in range(11))
 LAMBDA_SUBSET = (0.0, 0.5, 1.0)
 GD_STEPS = 20_000
+UNROLL = 1
 PAPER_EPOCHS = 10_000  # the official notebook's ridge runs: 10,000 epochs of n = 100 iterations
 
 
@@ -141,37 +142,41 @@ def minimum_value(problem: Problem, x0: jax.Array) -> float:
   return float(problem.full_loss(x))
 
 
-class Group(NamedTuple):
-  """Curves that share a sampler and a step-size kind, simulated in one compiled call."""
+class Curves(NamedTuple):
+  """One entry per curve, all simulated by one compiled program (vmapped over curves and trials)."""
 
-  sampler: sampling.Sampler
-  decreasing: bool
-  lambdas: tuple[float, ...]
+  lambdas: np.ndarray
+  decreasing: np.ndarray  # bool: Theorem 3.5's schedules instead of Theorem 3.2's constants
+  importance: np.ndarray  # bool: importance instead of uniform sampling
 
 
 def simulate(
-    problem: Problem, group: Group, x0: jax.Array, epochs: int, trials: int, key: jax.Array
-) -> np.ndarray:
-  """Full losses f(x_t) at every epoch, shape (len(lambdas), trials, epochs + 1)."""
+    problem: Problem, curves: Curves, x0: jax.Array, epochs: int, trials: int, key: jax.Array,
+    unroll: int = UNROLL,
+) -> tuple[np.ndarray, float, float]:
+  """Full losses f(x_t) at every epoch, shape (curves, trials, epochs + 1), compile and run seconds."""
   n = problem.features.shape[0]
-  sampler = group.sampler
+  samplers = (sampling.uniform(problem.smoothness), sampling.importance(problem.smoothness))
+  l_max = float(problem.smoothness.max())
   steps = [
-      theory.pl_constant_steps(problem.mu, float(problem.smoothness.max()), sampler.A, sampler.B, lam)
-      for lam in group.lambdas
+      theory.pl_constant_steps(problem.mu, l_max, samplers[int(imp)].A, samplers[int(imp)].B, float(lam))
+      for lam, imp in zip(curves.lambdas, curves.importance, strict=True)
   ]
-  lambdas = jnp.asarray(group.lambdas)
   rhos = jnp.asarray([s.rho for s in steps])
   gammas = jnp.asarray([s.gamma for s in steps])
 
-  def one_run(lam: jax.Array, rho: jax.Array, gamma: jax.Array, run_key: jax.Array) -> jax.Array:
-    if group.decreasing:
-      rho_t, gamma_t = theory.pl_decreasing_schedules(rho, gamma, problem.mu)
-    else:
-      rho_t, gamma_t = (lambda count: rho), gamma
-    # Closing over the traced lambda is what lets one compiled program cover every lambda.
+  def one_run(
+      lam: jax.Array, rho: jax.Array, gamma: jax.Array, decreasing: jax.Array, importance: jax.Array,
+      run_key: jax.Array,
+  ) -> jax.Array:
+    dec = theory.pl_decreasing_schedules(rho, gamma, problem.mu)
+    # Closing over traced hyperparameters is what lets one compiled program cover every curve.
     tx = optax.chain(
-        optax_usam.unified_sam(rho=rho_t, lambd_schedule=lambda count: lam),
-        optax.sgd(learning_rate=gamma_t),
+        optax_usam.unified_sam(
+            rho=lambda count: jnp.where(decreasing, dec.rho(count), rho),
+            lambd_schedule=lambda count: lam,
+        ),
+        optax.sgd(learning_rate=lambda count: jnp.where(decreasing, dec.gamma(count), gamma)),
     )
 
     def step(carry: tuple[jax.Array, Any], batch: sampling.Batch) -> tuple[tuple[jax.Array, Any], None]:
@@ -181,16 +186,24 @@ def simulate(
       return (optax.apply_updates(x, updates), opt_state), None
 
     def epoch(carry: tuple[jax.Array, Any], epoch_key: jax.Array) -> tuple[tuple[jax.Array, Any], jax.Array]:
-      batches = jax.vmap(sampler.sample)(jax.random.split(epoch_key, n))
-      carry, _ = jax.lax.scan(step, carry, batches)
+      keys = jax.random.split(epoch_key, n)
+      uniform, imp = (jax.vmap(s.sample)(keys) for s in samplers)
+      batches = jax.tree.map(lambda u, i: jnp.where(importance, i, u), uniform, imp)
+      carry, _ = jax.lax.scan(step, carry, batches, unroll=unroll)
       return carry, problem.full_loss(carry[0])
 
     _, losses = jax.lax.scan(epoch, (x0, tx.init(x0)), jax.random.split(run_key, epochs))
     return jnp.concatenate([problem.full_loss(x0)[None], losses])
 
-  keys = jax.random.split(key, (len(group.lambdas), trials))
-  runs = jax.jit(jax.vmap(jax.vmap(one_run, in_axes=(None, None, None, 0))))
-  return np.asarray(runs(lambdas, rhos, gammas, keys))
+  keys = jax.random.split(key, (len(curves.lambdas), trials))
+  per_trial = jax.vmap(one_run, in_axes=(None, None, None, None, None, 0))
+  args = (jnp.asarray(curves.lambdas), rhos, gammas, jnp.asarray(curves.decreasing),
+          jnp.asarray(curves.importance), keys)
+  start = time.perf_counter()
+  runs = jax.jit(jax.vmap(per_trial)).lower(*args).compile()
+  compiled = time.perf_counter()
+  losses = np.asarray(runs(*args))
+  return losses, compiled - start, time.perf_counter() - compiled
 
 
 def numpy_loop(problem: Problem, x0: np.ndarray, lam: float, iterations: int, seed: int) -> float:
@@ -247,42 +260,57 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   records: list[dict[str, Any]] = []
   timing: dict[str, Any] = {}
   total_iterations = 0
+  compute_s = 0.0
+  numpy_per_iter: list[float] = []
+  baseline = ridge(np.random.default_rng(args.seed), args.n, args.n, 10.0, 3.0 / args.n)
+
+  def time_numpy() -> None:
+    # Interleaved with the JAX runs so both see the same machine load; the median is reported.
+    if args.numpy_baseline:
+      x0 = np.random.default_rng(args.seed).standard_normal(args.n)
+      numpy_per_iter.append(numpy_loop(baseline, x0, 0.5, args.numpy_baseline, args.seed))
+
   start_all = time.perf_counter()
   for make in (ridge, logistic):
+    time_numpy()
     problem = make(rng, args.n, args.n, 10.0, 3.0 / args.n)
     x0 = jnp.asarray(rng.standard_normal(args.n))
+    start = time.perf_counter()
     f_star = minimum_value(problem, x0)
-    uniform = sampling.uniform(problem.smoothness)
-    imp = sampling.importance(problem.smoothness)
-    groups = {
-        ("constant", "uniform"): Group(uniform, False, LAMBDA_SWEEP),
-        ("decreasing", "uniform"): Group(uniform, True, LAMBDA_SUBSET),
-        ("constant", "importance"): Group(imp, False, LAMBDA_SUBSET),
-    }
-    stats: dict[tuple[str, str, float], tuple[np.ndarray, np.ndarray, float]] = {}
-    for (steps, sampler_name), group in groups.items():
-      key, sub = jax.random.split(key)
-      start = time.perf_counter()
-      losses = simulate(problem, group, x0, args.epochs, args.trials, sub)
-      seconds = time.perf_counter() - start
-      total_iterations += len(group.lambdas) * args.trials * args.epochs * args.n
-      for lam, curve in zip(group.lambdas, losses, strict=True):
-        mean, std = curve_stats(curve, f_star)
-        stats[steps, sampler_name, lam] = (mean, std, seconds)
-      print(f"{problem.name:8s} {steps:10s} {sampler_name:10s} {len(group.lambdas):2d} curves x "
-            f"{args.trials} trials x {args.epochs * args.n} iterations: {seconds:.1f} s", flush=True)
+    compute_s += time.perf_counter() - start
+    members = (
+        [("constant", "uniform", lam) for lam in LAMBDA_SWEEP]
+        + [("decreasing", "uniform", lam) for lam in LAMBDA_SUBSET]
+        + [("constant", "importance", lam) for lam in LAMBDA_SUBSET]
+    )
+    curves = Curves(
+        np.array([lam for _, _, lam in members]),
+        np.array([steps == "decreasing" for steps, _, _ in members]),
+        np.array([name == "importance" for _, name, _ in members]),
+    )
+    key, sub = jax.random.split(key)
+    losses, compile_s, run_s = simulate(problem, curves, x0, args.epochs, args.trials, sub)
+    seconds = compile_s + run_s
+    compute_s += seconds
+    iterations = len(members) * args.trials * args.epochs * args.n
+    total_iterations += iterations
+    timing[problem.name] = {"curves": len(members), "trials": args.trials, "iterations": iterations,
+                            "compile_s": round(compile_s, 2), "run_s": round(run_s, 2)}
+    stats = {m: (*curve_stats(curve, f_star), seconds) for m, curve in zip(members, losses, strict=True)}
+    print(f"{problem.name:8s} {len(members)} curves x {args.trials} trials x {args.epochs * args.n} "
+          f"iterations: compile {compile_s:.1f} s, run {run_s:.1f} s", flush=True)
 
     figures = {
         "lambda_sweep": [("constant", "uniform", lam) for lam in LAMBDA_SWEEP],
         "steps": [(s, "uniform", lam) for lam in LAMBDA_SUBSET for s in ("constant", "decreasing")],
         "sampling": [("constant", s, lam) for lam in LAMBDA_SUBSET for s in ("uniform", "importance")],
     }
-    for figure, members in figures.items():
-      curves = []
-      for steps, sampler_name, lam in members:
+    for figure, figure_members in figures.items():
+      lines = []
+      for steps, sampler_name, lam in figure_members:
         mean, std, seconds = stats[steps, sampler_name, lam]
         label = f"lambda={lam}" if figure == "lambda_sweep" else f"lambda={lam}, {steps}, {sampler_name}"
-        curves.append((label, mean, std))
+        lines.append((label, mean, std))
         records.append({
             "figure": figure, "problem": problem.name, "lambd": lam, "steps": steps,
             "sampling": sampler_name, "iterations": args.epochs * args.n,
@@ -292,17 +320,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       if not args.no_plots:
         title = (f"{problem.name}: n=d={args.n}, cond 10, reg 3/n, batch 1, {args.trials} trials "
                  f"(mu={problem.mu:.3g}, L_max={problem.smoothness.max():.3g})")
-        plot(args.out / f"theory_{problem.name}_{figure}.png", title, curves, args.n)
-  timing["jax_total_s"] = round(time.perf_counter() - start_all, 2)
+        plot(args.out / f"theory_{problem.name}_{figure}.png", title, lines, args.n)
+  time_numpy()
+  timing["script_wall_s"] = round(time.perf_counter() - start_all, 2)
+  timing["jax_total_s"] = round(compute_s, 2)
   timing["jax_iterations"] = total_iterations
-  timing["jax_us_per_iteration"] = round(1e6 * timing["jax_total_s"] / total_iterations, 4)
-  if args.numpy_baseline:
-    problem = ridge(np.random.default_rng(args.seed), args.n, args.n, 10.0, 3.0 / args.n)
-    per_iter = numpy_loop(problem, rng.standard_normal(args.n), 0.5, args.numpy_baseline, args.seed)
+  timing["jax_us_per_iteration"] = round(1e6 * compute_s / total_iterations, 4)
+  if numpy_per_iter:
+    per_iter = float(np.median(numpy_per_iter))
     timing["numpy_iterations_timed"] = args.numpy_baseline
+    timing["numpy_us_per_iteration_samples"] = [round(1e6 * t, 2) for t in numpy_per_iter]
     timing["numpy_us_per_iteration"] = round(1e6 * per_iter, 2)
     timing["numpy_estimated_total_s"] = round(per_iter * total_iterations, 1)
-    timing["speedup"] = round(per_iter * total_iterations / timing["jax_total_s"], 1)
+    timing["speedup"] = round(per_iter * total_iterations / compute_s, 1)
   return {
       "config": {"n": args.n, "d": args.n, "cond": 10.0, "reg": 3.0 / args.n, "batch_size": 1,
                  "epochs": args.epochs, "trials": args.trials, "seed": args.seed, "quick": args.quick},
