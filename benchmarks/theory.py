@@ -256,6 +256,12 @@ def curve_stats(losses: np.ndarray, f_star: float) -> tuple[np.ndarray, np.ndarr
   return rel.mean(axis=0), rel.std(axis=0)
 
 
+def first_below(mean: np.ndarray, level: float, n: int) -> int | None:
+  """Iterations until the mean relative suboptimality first drops below ``level`` (epoch resolution)."""
+  below = np.flatnonzero(mean < level)
+  return int(below[0]) * n if below.size else None
+
+
 def plot(path: Path, title: str, lines: list[tuple[str, np.ndarray, np.ndarray, Any, str]], n: int) -> None:
   """One figure: (label, mean, std, color, linestyle) per curve, +-1 std band, log y axis."""
   import matplotlib
@@ -351,6 +357,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "figure": figure, "problem": problem.name, "lambd": lam, "steps": steps,
             "sampling": sampler_name, "iterations": args.epochs * args.n,
             "final_rel_subopt_mean": float(mean[-1]), "final_rel_subopt_std": float(std[-1]),
+            "iterations_to_rel_subopt": {f"{level:.0e}": first_below(mean, level, args.n)
+                                         for level in (1e-2, 1e-3, 1e-4)},
             "wall_time_s": round(seconds, 3),
         })
       if not args.no_plots:
