@@ -26,3 +26,7 @@ __all__ = [
     "unified_sam",
     "usam",
 ]
+
+from optax_usam import sampling, theory
+
+__all__ += ["sampling", "theory"]

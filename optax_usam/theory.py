@@ -1,0 +1,145 @@
+r"""Step sizes from the convergence theory of Unified SAM on PL functions.
+
+For an :math:`L`-smooth :math:`\mu`-PL function and a sampler satisfying the
+Expected Residual condition with constants :math:`(A, B)` (see
+:mod:`optax_usam.sampling`):
+
+* Theorem 3.2 (constant steps): linear convergence to a neighbourhood of the
+  minimum, with :func:`pl_constant_steps`.
+* Theorem 3.5 (decreasing steps): :math:`\rho_t, \gamma_t = O(1/t)` give an
+  :math:`O(1/t)` rate to the exact minimum, with :func:`pl_decreasing_schedules`.
+
+The formulas are those of the official experiment script (with :math:`L` the
+smoothness constant the theorems ask for: :math:`L_{\max}` for single-sample
+stochastic runs). Both plug into the library and into optax directly::
+
+  steps = optax_usam.theory.pl_constant_steps(mu, L, sampler.A, sampler.B, lambd=0.5)
+  sched = optax_usam.theory.pl_decreasing_schedules(steps.rho, steps.gamma, mu)
+  tx = optax.chain(
+      optax_usam.unified_sam(rho=sched.rho, lambd_schedule=0.5),
+      optax.sgd(learning_rate=sched.gamma),
+  )
+
+References:
+  Oikonomou & Loizou, `Sharpness-Aware Minimization: General Analysis and
+  Improved Rates <https://arxiv.org/abs/2410.03345>`_, ICLR 2025.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+
+class StepSizes(NamedTuple):
+  """Constant perturbation radius ``rho`` and learning rate ``gamma``."""
+
+  rho: float
+  gamma: float
+
+
+class StepSchedules(NamedTuple):
+  """Optax schedules ``count -> rho_t`` and ``count -> gamma_t`` (count starts at 0)."""
+
+  rho: optax.Schedule
+  gamma: optax.Schedule
+
+
+def _number(value: Any, name: str, *, positive: bool) -> float:
+  allowed = f"a {'positive' if positive else 'non-negative'} finite float"
+  if isinstance(value, (bool, np.bool_, str, bytes, jax.core.Tracer)) or np.ndim(value) != 0:
+    raise TypeError(f"{name} must be {allowed}; got {value!r}.")
+  try:
+    number = float(value)
+  except (TypeError, ValueError) as err:
+    raise TypeError(f"{name} must be {allowed}; got {value!r}.") from err
+  if not math.isfinite(number) or number < 0 or (positive and number == 0):
+    raise ValueError(f"{name} must be {allowed}; got {number}.")
+  return number
+
+
+def pl_constant_steps(mu: float, L: float, A: float, B: float, lambd: float) -> StepSizes:
+  r"""Theorem 3.2's constant :math:`\rho` and :math:`\gamma`.
+
+  .. math::
+    \rho = \frac{1}{4L} \min\left(1, \frac{\mu}{2 (B\mu + A)(1-\lambda)^2}\right),
+    \qquad
+    \gamma = \frac{1}{L} \min\left(2, \frac{\mu}{8 (B\mu + A)}\right),
+
+  where a zero denominator counts as :math:`+\infty` (so :math:`\lambda = 1`
+  gives :math:`\rho = 1/(4L)`, and a noiseless full batch with
+  :math:`A = 0, B = 1` gives :math:`\min(2, 1/8)/L`).
+
+  Args:
+    mu: the PL constant :math:`\mu > 0`.
+    L: the smoothness constant, :math:`L \ge \mu` (:math:`L_{\max}` for
+      single-sample stochastic runs, as in the paper's experiments).
+    A: ER constant :math:`A \ge 0` of the sampler.
+    B: ER constant :math:`B \ge 0` of the sampler.
+    lambd: the Unified SAM :math:`\lambda \in [0, 1]`.
+
+  Returns:
+    :class:`StepSizes` ``(rho, gamma)`` as Python floats.
+
+  Example::
+
+    >>> pl_constant_steps(mu=1.0, L=4.0, A=4.0, B=0.0, lambd=0.0)
+    StepSizes(rho=0.0078125, gamma=0.0078125)
+  """
+  mu = _number(mu, "mu", positive=True)
+  L = _number(L, "L", positive=True)
+  A = _number(A, "A", positive=False)
+  B = _number(B, "B", positive=False)
+  lambd = _number(lambd, "lambd", positive=False)
+  if L < mu:
+    raise ValueError(f"L must be >= mu (an L-smooth mu-PL function has mu <= L); got L={L}, mu={mu}.")
+  if lambd > 1:
+    raise ValueError(f"lambd must be in [0, 1]; got {lambd}.")
+  noise = B * mu + A
+  rho_den = 2 * noise * (1 - lambd) ** 2
+  rho = min(1.0, mu / rho_den if rho_den > 0 else math.inf) / (4 * L)
+  gamma = min(2.0, mu / (8 * noise) if noise > 0 else math.inf) / L
+  return StepSizes(rho, gamma)
+
+
+def pl_decreasing_schedules(rho: chex.Numeric, gamma: chex.Numeric, mu: chex.Numeric) -> StepSchedules:
+  r"""Theorem 3.5's decreasing steps, capped by the constant ones, as optax schedules.
+
+  For the k-th update (optax count k = 0, 1, ...):
+
+  .. math::
+    \rho_k = \min\left(\rho, \frac{1}{2k+1}\right), \qquad
+    \gamma_k = \min\left(\gamma, \frac{2k+1}{(k+1)^2 \mu}\right),
+
+  so both start at the constant values of :func:`pl_constant_steps` and decay
+  as :math:`O(1/k)`. ``rho``, ``gamma`` and ``mu`` may be traced (to
+  ``vmap`` over hyperparameters); concrete values are checked here.
+
+  Args:
+    rho: the cap :math:`\rho \ge 0`.
+    gamma: the cap :math:`\gamma > 0`.
+    mu: the PL constant :math:`\mu > 0`.
+
+  Returns:
+    :class:`StepSchedules`; pass ``.rho`` to :func:`optax_usam.unified_sam`
+    and ``.gamma`` to ``optax.sgd(learning_rate=...)``.
+  """
+  for value, name, positive in ((rho, "rho", False), (gamma, "gamma", True), (mu, "mu", True)):
+    if not isinstance(value, jax.core.Tracer):
+      _number(value, name, positive=positive)
+
+  def rho_schedule(count: chex.Numeric) -> chex.Numeric:
+    k = jnp.asarray(count, jnp.result_type(float))
+    return jnp.minimum(rho, 1.0 / (2 * k + 1))
+
+  def gamma_schedule(count: chex.Numeric) -> chex.Numeric:
+    k = jnp.asarray(count, jnp.result_type(float))
+    return jnp.minimum(gamma, (2 * k + 1) / ((k + 1) ** 2 * mu))
+
+  return StepSchedules(rho_schedule, gamma_schedule)
