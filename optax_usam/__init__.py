@@ -1,6 +1,6 @@
 """optax_usam: Unified SAM (Oikonomou & Loizou, ICLR 2025) for JAX and Optax."""
 
-from optax_usam import distributed
+from optax_usam import distributed, sampling, theory
 from optax_usam.diagnostics import find_state, get_diagnostics
 from optax_usam.efficient import RandomizedState, ReuseState, randomized_sam, reuse_sam, sub_batch
 from optax_usam.perturbation import Perturbed, adaptive_scales, global_norm, perturb
@@ -22,11 +22,9 @@ __all__ = [
     "randomized_sam",
     "reuse_sam",
     "sam",
+    "sampling",
     "sub_batch",
+    "theory",
     "unified_sam",
     "usam",
 ]
-
-from optax_usam import sampling, theory
-
-__all__ += ["sampling", "theory"]

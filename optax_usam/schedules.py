@@ -40,11 +40,15 @@ def _as_float(value: Any, name: str, allowed: str) -> float:
 
 
 def _concrete_at_zero(schedule: Schedule) -> float | None:
-  """The schedule's value at count 0 when it can be read eagerly, else None (e.g. under a trace)."""
+  """The schedule's value at count 0 when it can be read eagerly, else None.
+
+  None when the schedule closes over traced values, e.g. a lambda vmapped
+  over in a sweep: its values can only be checked by the caller.
+  """
   value = schedule(jnp.zeros((), jnp.int32))
   try:
     return float(np.asarray(value))
-  except (TypeError, jax.errors.ConcretizationTypeError):
+  except (TypeError, jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
     return None
 
 
