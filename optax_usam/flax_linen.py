@@ -45,12 +45,12 @@ class SAMTrainState(train_state.TrainState):
   batch_stats: BatchStats = None
 
   def apply_gradients(
-      self,
-      *,
-      grads: optax.Updates,
-      grad_fn: Callable[[Params], optax.Updates] | None = None,
-      update_kwargs: dict[str, Any] | None = None,
-      **kwargs: Any,
+    self,
+    *,
+    grads: optax.Updates,
+    grad_fn: Callable[[Params], optax.Updates] | None = None,
+    update_kwargs: dict[str, Any] | None = None,
+    **kwargs: Any,
   ) -> SAMTrainState:
     """Applies one optimizer step; ``step`` grows by one.
 
@@ -86,12 +86,12 @@ class StepOutput:
 
 
 def sam_train_step(
-    state: SAMTrainState,
-    batch: Any,
-    loss_fn: LossFn,
-    rng: chex.PRNGKey | None = None,
-    *,
-    axis_name: Hashable | None = None,
+  state: SAMTrainState,
+  batch: Any,
+  loss_fn: LossFn,
+  rng: chex.PRNGKey | None = None,
+  *,
+  axis_name: Hashable | None = None,
 ) -> tuple[SAMTrainState, StepOutput]:
   """One Unified SAM step for a Linen model with BatchNorm and/or dropout.
 
@@ -138,7 +138,7 @@ def sam_train_step(
     return grads
 
   (loss, (new_batch_stats, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params, batch_stats, batch, rng
+    state.params, batch_stats, batch, rng
   )
   if axis_name is not None:
     new_batch_stats, loss = jax.lax.pmean((new_batch_stats, loss), axis_name)

@@ -22,11 +22,11 @@ from flax import nnx
 
 
 def sam_update(
-    model: nnx.Module,
-    optimizer: nnx.Optimizer,
-    loss_fn: Callable[..., Any],
-    *args: Any,
-    has_aux: bool = False,
+  model: nnx.Module,
+  optimizer: nnx.Optimizer,
+  loss_fn: Callable[..., Any],
+  *args: Any,
+  has_aux: bool = False,
 ) -> Any:
   """One Unified SAM step: two passes of ``loss_fn(model, *args)``, then ``optimizer.update``.
 

@@ -4,7 +4,6 @@ import functools
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -30,8 +29,11 @@ class Net(nn.Module):
 
 def _loss_fn(params, batch_stats, batch, rng):
   logits, updates = Net().apply(
-      {"params": params, "batch_stats": batch_stats}, batch["x"], train=True,
-      mutable=["batch_stats"], rngs={"dropout": rng},
+    {"params": params, "batch_stats": batch_stats},
+    batch["x"],
+    train=True,
+    mutable=["batch_stats"],
+    rngs={"dropout": rng},
   )
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
   return loss, (updates["batch_stats"], logits)
@@ -42,7 +44,7 @@ def _setup(tx: optax.GradientTransformation, seed: int = 0):
   batch = {"x": jax.random.normal(kx, (32, 5)), "y": jax.random.randint(ky, (32,), 0, 3)}
   variables = Net().init(kinit, batch["x"], train=False)
   state = SAMTrainState.create(
-      apply_fn=Net().apply, params=variables["params"], tx=tx, batch_stats=variables["batch_stats"]
+    apply_fn=Net().apply, params=variables["params"], tx=tx, batch_stats=variables["batch_stats"]
   )
   return state, batch
 
@@ -112,7 +114,7 @@ def test_sam_train_step_batchnorm_and_dropout(lambd):
 
   # Independent reference: the two passes written out, e in float64 NumPy.
   (loss1, (stats1, _)), g1 = jax.value_and_grad(_loss_fn, has_aux=True)(
-      state.params, state.batch_stats, batch, rng
+    state.params, state.batch_stats, batch, rng
   )
   lam1 = {1.0: 1.0, "1-1/t": 0.0}[lambd]
   e = _np_perturbation(g1, RHO, lam1)
@@ -120,7 +122,9 @@ def test_sam_train_step_batchnorm_and_dropout(lambd):
   (_, (stats2, _)), g2 = jax.value_and_grad(_loss_fn, has_aux=True)(ascent, state.batch_stats, batch, rng)
   expected = jax.tree.map(lambda x, g: x - LR * g, state.params, g2)
 
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), new_state.params, expected)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), new_state.params, expected
+  )
   np.testing.assert_allclose(out.loss, loss1, rtol=1e-6)
   # Batch statistics: those of the first pass, not of the perturbed one.
   # (eager reference vs jitted step: equal up to float32 rounding)
@@ -143,18 +147,21 @@ def test_sam_train_step_averages_batch_stats_over_devices():
   shards = jax.tree.map(lambda x: x.reshape(n, -1, *x.shape[1:]), batch)
   rng = jax.random.key(5)
   step = jax.pmap(
-      lambda s, b, r: sam_train_step(s, b, _loss_fn, r, axis_name="d"),
-      axis_name="d", in_axes=(None, 0, None),
+    lambda s, b, r: sam_train_step(s, b, _loss_fn, r, axis_name="d"),
+    axis_name="d",
+    in_axes=(None, 0, None),
   )
   new_state, out = step(state, shards, rng)
   per_device = [
-      _loss_fn(state.params, state.batch_stats, jax.tree.map(lambda x, i=i: x[i], shards), rng)
-      for i in range(n)
+    _loss_fn(state.params, state.batch_stats, jax.tree.map(lambda x, i=i: x[i], shards), rng)
+    for i in range(n)
   ]
   stats = jax.tree.map(lambda *s: np.mean(np.stack(s), axis=0), *[p[1][0] for p in per_device])
   for i in range(n):
     jax.tree.map(
-        lambda a, b, i=i: np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-7), new_state.batch_stats, stats
+      lambda a, b, i=i: np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-7),
+      new_state.batch_stats,
+      stats,
     )
   np.testing.assert_allclose(out.loss, np.mean([p[0] for p in per_device]), rtol=1e-5)
   # Parameters stay replicated: the gradients were averaged by unified_sam.

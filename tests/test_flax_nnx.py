@@ -73,8 +73,8 @@ def test_optimizer_update_forwards_grad_fn_bit_for_bit():
   jax.tree.map(np.testing.assert_array_equal, got, expected)
   assert int(optax_usam.get_diagnostics(nnx.as_pure(optimizer.opt_state))["count"]) == 1
   np.testing.assert_array_equal(
-      optax_usam.get_diagnostics(nnx.as_pure(optimizer.opt_state))["grad_norm"],
-      optax_usam.get_diagnostics(expected_state)["grad_norm"],
+    optax_usam.get_diagnostics(nnx.as_pure(optimizer.opt_state))["grad_norm"],
+    optax_usam.get_diagnostics(expected_state)["grad_norm"],
   )
   assert not np.array_equal(got["dense"]["kernel"], params["dense"]["kernel"])
 
@@ -95,7 +95,9 @@ def test_sam_update_batchnorm_and_dropout(lambd):
   e = _np_perturbation(nnx.as_pure(g1), RHO, lam1)
   params0 = nnx.as_pure(nnx.state(before, nnx.Param))
   second = nnx.clone(before)
-  nnx.update(second, jax.tree.map(lambda p, d: (np.asarray(p, np.float64) + d).astype(np.float32), params0, e))
+  nnx.update(
+    second, jax.tree.map(lambda p, d: (np.asarray(p, np.float64) + d).astype(np.float32), params0, e)
+  )
   g2 = nnx.as_pure(nnx.grad(_loss)(second, x, y))
   expected = jax.tree.map(lambda p, g: p - LR * g, params0, g2)
 
