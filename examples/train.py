@@ -172,6 +172,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
       f"--stop-after-steps must be a positive integer; got {args.stop_after_steps}",
     ),
   ]
+  if args.dataset == "digits" and (args.resume or args.stop_after_steps is not None):
+    checks.append((False, "--resume and --stop-after-steps apply to CIFAR runs only"))
   for ok, message in checks:
     if not ok:
       raise UsageError(message)
@@ -361,6 +363,10 @@ def run_cifar_one(
   done = run_dir / "result.json"
   if args.resume and done.exists():
     return json.loads(done.read_text())
+  if not args.resume and any((run_dir / "checkpoints").glob("*")):
+    raise UsageError(
+      f"{run_dir} holds checkpoints of an earlier run: pass --resume, or delete it to start over"
+    )
   n_train = len(dataset.train.y)
   steps = n_train // args.batch_size
   total_steps = steps * args.epochs

@@ -62,6 +62,7 @@ def test_cifar_models_have_the_published_parameter_counts(name, expected):
     (["--epochs", "-3"], "--epochs must be a positive integer"),
     (["--epochs", "two"], "invalid int value"),
     (["--noise", "1.0"], "--noise must be in [0, 1)"),
+    (["--resume"], "--resume and --stop-after-steps apply to CIFAR runs only"),
   ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
@@ -92,7 +93,7 @@ def test_missing_cifar_says_what_and_where(tmp_path, capsys):
 def test_digits_job_writes_table_png_json_and_shares_order_and_init(tmp_path, capsys):
   # With rho = 0 every SAM variant takes the SGD step, so equal curves show that
   # all methods of a seed see the same initialization and the same batches.
-  argv = ["--methods", "sgd,sam,1-1/t", "--rho", "0", "--epochs", "2", "--seeds", "2", "--no-progress"]
+  argv = ["--methods", "sgd,sam,1-1/t", "--rho", "0", "--epochs", "1", "--seeds", "2", "--no-progress"]
   assert train.main([*argv, "--out", str(tmp_path)]) == 0
   printed = capsys.readouterr().out
   for name in ("SGD", "SAM", "lambda=1-1/t", "test acc (%)"):
@@ -102,13 +103,13 @@ def test_digits_job_writes_table_png_json_and_shares_order_and_init(tmp_path, ca
   results = saved["results"]
   assert saved["config"]["methods"] == ["SGD", "SAM", "lambda=1-1/t"]
   sgd = np.asarray(results["SGD"]["test_acc_curve"])
-  assert sgd.shape == (2, 2) and sgd[:, -1].min() > 30  # learned something in 2 epochs
+  assert sgd.shape == (2, 1) and sgd[:, -1].min() > 20  # learned something in 1 epoch
   for name in ("SAM", "lambda=1-1/t"):
     np.testing.assert_allclose(results[name]["test_acc_curve"], sgd, atol=0.2)
     np.testing.assert_allclose(
       results[name]["train_loss_curve"], results["SGD"]["train_loss_curve"], rtol=1e-4
     )
-  assert results["lambda=1-1/t"]["last_diagnostics"][0]["lambda_t"] == pytest.approx(1 - 1 / 38)
+  assert results["lambda=1-1/t"]["last_diagnostics"][0]["lambda_t"] == pytest.approx(1 - 1 / 19)
   assert not np.allclose(sgd[0], sgd[1])
 
 
@@ -151,6 +152,8 @@ def test_cifar_stop_resume_equals_uninterrupted_run(tmp_path):
   step, stopped = _final_checkpoint(tmp_path / "resumed")
   assert step == 4 and int(stopped["opt_state"][0]["count"]) == 4
   assert not (tmp_path / "resumed" / "cifar10_results.json").exists()
+  # Restarting without --resume would mix two runs' checkpoints: refused.
+  assert _cifar(["--methods", "1-1/t"], tmp_path / "resumed") == 2
   assert _cifar(["--methods", "1-1/t", "--resume"], tmp_path / "resumed") == 0
 
   step_a, a = _final_checkpoint(tmp_path / "straight")
