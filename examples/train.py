@@ -158,6 +158,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     raise UsageError("--lambd takes lambda values only; put sgd in --methods")
   if not args.methods:
     raise UsageError("no method given")
+  names = [m.name for m in args.methods]
+  if len(set(names)) < len(names):
+    raise UsageError(f"a method is given twice: {', '.join(names)}")
   checks = [
     (math.isfinite(args.rho) and args.rho >= 0, f"--rho must be a non-negative number; got {args.rho}"),
     (args.epochs >= 1, f"--epochs must be a positive integer; got {args.epochs}"),
@@ -370,6 +373,10 @@ def run_cifar_one(
   n_train = len(dataset.train.y)
   steps = n_train // args.batch_size
   total_steps = steps * args.epochs
+  train_labels = dataset.train.y
+  if args.noise > 0:
+    rng = np.random.default_rng([seed, len(train_labels)])
+    train_labels = data_lib.symmetric_noise(train_labels, args.noise, dataset.num_classes, rng)
   model = models.get_model(args.model, dataset.num_classes)
   variables = model.init(jax.random.key(seed), jnp.zeros((1, *dataset.train.x.shape[1:])), train=False)
   tx = make_tx(method, args, total_steps, axis_name=AXIS)
@@ -410,7 +417,7 @@ def run_cifar_one(
       epoch_order = epoch_order.reshape(steps, args.batch_size)
     idx = epoch_order[i]
     images = jax.device_put(dataset.train.x[idx], sharded)
-    labels = jax.device_put(dataset.train.y[idx], sharded)
+    labels = jax.device_put(train_labels[idx], sharded)
     state, metrics = train_step(state, images, labels, jax.random.fold_in(key, step))
     bar.update()
     stop = args.stop_after_steps is not None and step + 1 >= args.stop_after_steps
@@ -546,7 +553,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   print(title)
   print(table(results))
   print(f"wall time {seconds:.0f} s on {jax.local_device_count()} {jax.default_backend()} device(s)")
-  config = {k: v for k, v in vars(args).items() if k != "methods"}
+  config = {k: v for k, v in vars(args).items() if k not in ("methods", "out", "no_progress")}
   config["methods"] = [m.name for m in args.methods]
   stem = f"{args.dataset}_results"
   (out / f"{stem}.json").write_text(

@@ -1,6 +1,8 @@
 """Tests of optax_usam.flax_linen: SAMTrainState and sam_train_step."""
 
 import functools
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -55,6 +57,15 @@ def _np_perturbation(grads, rho: float, lambd: float):
   norm = np.sqrt(sum(np.sum(x**2) for x in g))
   scale = rho * (1 - lambd + lambd / (norm + 1e-12))
   return jax.tree.unflatten(jax.tree.structure(grads), [scale * x for x in g])
+
+
+def test_flax_is_optional(monkeypatch):
+  code = "import sys, optax_usam; assert 'flax' not in sys.modules, 'flax imported eagerly'"
+  subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+  monkeypatch.setitem(sys.modules, "flax", None)  # as if flax were not installed
+  monkeypatch.delitem(sys.modules, "optax_usam.flax_linen")
+  with pytest.raises(ImportError, match=r"SAMTrainState needs flax: pip install 'optax_usam\[flax\]'"):
+    _ = optax_usam.SAMTrainState
 
 
 def test_import_is_lazy():

@@ -62,6 +62,7 @@ def test_cifar_models_have_the_published_parameter_counts(name, expected):
     (["--epochs", "-3"], "--epochs must be a positive integer"),
     (["--epochs", "two"], "invalid int value"),
     (["--noise", "1.0"], "--noise must be in [0, 1)"),
+    (["--methods", "sam,1/t,SAM"], "a method is given twice"),
     (["--resume"], "--resume and --stop-after-steps apply to CIFAR runs only"),
   ],
 )
