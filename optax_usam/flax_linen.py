@@ -63,7 +63,15 @@ class SAMTrainState(train_state.TrainState):
 
     Returns:
       The new state.
+
+    Raises:
+      ValueError: ``grads`` holds an ``_overwrite_with_gradient`` collection.
     """
+    if isinstance(grads, dict) and train_state.OVERWRITE_WITH_GRADIENT in grads:
+      raise ValueError(
+        f"SAMTrainState does not support the {train_state.OVERWRITE_WITH_GRADIENT!r} collection "
+        "(fp8 training); use flax.training.train_state.TrainState for it."
+      )
     extra = dict(update_kwargs or {})
     if grad_fn is not None:
       extra["grad_fn"] = grad_fn

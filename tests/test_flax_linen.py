@@ -115,6 +115,13 @@ def test_stock_train_state_cannot_take_grad_fn():
     stock.apply_gradients(grads=grad_fn(state.params), grad_fn=grad_fn)
 
 
+def test_overwrite_with_gradient_is_refused():
+  state, _ = _setup(optax.chain(optax_usam.sam(RHO), optax.sgd(LR)))
+  grads = {"params": state.params, train_state.OVERWRITE_WITH_GRADIENT: {}}
+  with pytest.raises(ValueError, match="does not support the '_overwrite_with_gradient' collection"):
+    state.apply_gradients(grads=grads, grad_fn=lambda p: p)
+
+
 @pytest.mark.parametrize("lambd", [1.0, "1-1/t"])
 def test_sam_train_step_batchnorm_and_dropout(lambd):
   tx = optax.chain(optax_usam.unified_sam(RHO, lambd), optax.sgd(LR))
