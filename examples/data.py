@@ -77,11 +77,17 @@ def load_tfds(name: str, data_dir: str | None) -> Dataset:
       downloads).
   """
   import tensorflow_datasets as tfds
+  from absl import logging as absl_logging
 
+  verbosity = absl_logging.get_verbosity()
+  # tfds warns about the missing files before failing; the error below says it better.
+  absl_logging.set_verbosity(absl_logging.ERROR)
   try:
     sources = tfds.data_source(name, split=["train", "test"], data_dir=data_dir, download=False)
   except Exception as err:  # tfds raises several types for "not there"; all mean the same here.
     raise DataMissingError(prepare_hint(name, data_dir)) from err
+  finally:
+    absl_logging.set_verbosity(verbosity)
   splits = []
   for source in sources:
     records = [source[i] for i in range(len(source))]

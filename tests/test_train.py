@@ -72,15 +72,21 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
   assert err.count("\n") == 1 and err.startswith("train.py: error: ") and message in err
 
 
-def test_bad_input_from_the_command_line_has_no_traceback():
-  proc = subprocess.run(
-    [sys.executable, os.path.join(EXAMPLES, "train.py"), "--rho", "-1"],
-    capture_output=True,
-    text=True,
-    timeout=120,
-  )
+@pytest.mark.parametrize(
+  ("argv", "expected"),
+  [
+    (["--rho", "-1"], "train.py: error: --rho must be a non-negative number; got -1.0"),
+    (
+      ["--dataset", "cifar10", "--data-dir", "/nonexistent"],
+      "train.py: error: dataset 'cifar10' is not prepared",
+    ),
+  ],
+)
+def test_bad_input_from_the_command_line_is_one_line_no_traceback(argv, expected):
+  script = os.path.join(EXAMPLES, "train.py")
+  proc = subprocess.run([sys.executable, script, *argv], capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2
-  assert proc.stderr.strip() == "train.py: error: --rho must be a non-negative number; got -1.0"
+  assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(expected), proc.stderr
 
 
 def test_missing_cifar_says_what_and_where(tmp_path, capsys):
