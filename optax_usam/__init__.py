@@ -26,7 +26,11 @@ _LAZY = {
     "flax_linen": ("optax_usam.flax_linen", None),
     "flax_nnx": ("optax_usam.flax_nnx", None),
 }
-__all__ += list(_LAZY)
+# Not in __all__: `from optax_usam import *` must not need flax.
+
+
+def __dir__() -> list[str]:
+  return sorted([*globals(), *_LAZY])
 
 
 def __getattr__(name: str):

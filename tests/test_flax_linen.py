@@ -60,7 +60,11 @@ def _np_perturbation(grads, rho: float, lambd: float):
 
 
 def test_flax_is_optional(monkeypatch):
-  code = "import sys, optax_usam; assert 'flax' not in sys.modules, 'flax imported eagerly'"
+  code = (
+    "import sys\nfrom optax_usam import *\nimport optax_usam\n"
+    "assert 'flax' not in sys.modules, 'flax imported eagerly'\n"
+    "assert 'SAMTrainState' in dir(optax_usam)"
+  )
   subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
   monkeypatch.setitem(sys.modules, "flax", None)  # as if flax were not installed
   monkeypatch.delitem(sys.modules, "optax_usam.flax_linen")
