@@ -28,3 +28,34 @@ __all__ = [
     "unified_sam",
     "usam",
 ]
+
+# Flax is an optional extra: its glue is imported on first use only.
+_LAZY = {
+    "SAMTrainState": ("optax_usam.flax_linen", "SAMTrainState"),
+    "sam_train_step": ("optax_usam.flax_linen", "sam_train_step"),
+    "sam_update": ("optax_usam.flax_nnx", "sam_update"),
+    "flax_linen": ("optax_usam.flax_linen", None),
+    "flax_nnx": ("optax_usam.flax_nnx", None),
+}
+# Not in __all__: `from optax_usam import *` must not need flax.
+
+
+def __dir__() -> list[str]:
+  return sorted([*globals(), *_LAZY])
+
+
+def __getattr__(name: str):
+  if name not in _LAZY:
+    raise AttributeError(f"module 'optax_usam' has no attribute {name!r}")
+  import importlib
+
+  module_name, attr = _LAZY[name]
+  try:
+    module = importlib.import_module(module_name)
+  except ImportError as err:
+    if (err.name or "").split(".")[0] != "flax":
+      raise
+    raise ImportError(
+        f"optax_usam.{name} needs flax: pip install 'optax_usam[flax]'."
+    ) from err
+  return module if attr is None else getattr(module, attr)

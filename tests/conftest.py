@@ -1,3 +1,5 @@
+"""Test configuration: several virtual CPU devices for the data-parallel tests."""
+
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")

@@ -1,0 +1,154 @@
+"""Flax Linen glue: a ``TrainState`` that forwards ``grad_fn``, and a SAM train step.
+
+The stock :class:`flax.training.train_state.TrainState` calls
+``tx.update(grads, opt_state, params)`` with no extra arguments, so the
+``grad_fn`` that :func:`optax_usam.unified_sam` needs never reaches it.
+:class:`SAMTrainState` passes it on. :func:`sam_train_step` is the whole step
+for models with BatchNorm and dropout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import chex
+import jax
+import optax
+from flax import struct
+from flax.training import train_state
+
+Params = Any
+BatchStats = Any
+# loss_fn(params, batch_stats, batch, rng) -> (loss, (new_batch_stats, aux))
+LossFn = Callable[[Params, BatchStats, Any, chex.PRNGKey | None], tuple[chex.Numeric, tuple[BatchStats, Any]]]
+
+
+class SAMTrainState(train_state.TrainState):
+  """A :class:`~flax.training.train_state.TrainState` for SAM-style optimizers.
+
+  Identical to the stock class except that :meth:`apply_gradients` forwards
+  ``grad_fn`` (and any other optimizer keyword argument) to ``tx.update``, and
+  that it has an optional ``batch_stats`` field for models with BatchNorm.
+
+  Example::
+
+    tx = optax.chain(optax_usam.unified_sam(0.05, "1-1/t"), optax.sgd(0.1, momentum=0.9))
+    state = SAMTrainState.create(apply_fn=model.apply, params=params, tx=tx)
+    grad_fn = lambda p: jax.grad(loss_fn)(p, batch)
+    state = state.apply_gradients(grads=grad_fn(state.params), grad_fn=grad_fn)
+
+  Attributes:
+    batch_stats: the model's ``batch_stats`` collection, or None.
+  """
+
+  batch_stats: BatchStats = None
+
+  def apply_gradients(
+    self,
+    *,
+    grads: optax.Updates,
+    grad_fn: Callable[[Params], optax.Updates] | None = None,
+    update_kwargs: dict[str, Any] | None = None,
+    **kwargs: Any,
+  ) -> SAMTrainState:
+    """Applies one optimizer step; ``step`` grows by one.
+
+    Args:
+      grads: gradients at ``self.params``, same tree.
+      grad_fn: ``params -> gradients`` on the current batch, passed to
+        ``tx.update`` (required by :func:`optax_usam.unified_sam`).
+      update_kwargs: further keyword arguments for ``tx.update``.
+      **kwargs: fields to replace, e.g. ``batch_stats=``, as in the stock class.
+
+    Returns:
+      The new state.
+
+    Raises:
+      ValueError: ``grads`` holds an ``_overwrite_with_gradient`` collection.
+    """
+    if isinstance(grads, dict) and train_state.OVERWRITE_WITH_GRADIENT in grads:
+      raise ValueError(
+        f"SAMTrainState does not support the {train_state.OVERWRITE_WITH_GRADIENT!r} collection "
+        "(fp8 training); use flax.training.train_state.TrainState for it."
+      )
+    extra = dict(update_kwargs or {})
+    if grad_fn is not None:
+      extra["grad_fn"] = grad_fn
+    updates, new_opt_state = self.tx.update(grads, self.opt_state, self.params, **extra)
+    new_params = optax.apply_updates(self.params, updates)
+    return self.replace(step=self.step + 1, params=new_params, opt_state=new_opt_state, **kwargs)
+
+
+@struct.dataclass
+class StepOutput:
+  """What :func:`sam_train_step` returns next to the new state.
+
+  Attributes:
+    loss: the loss of the first (unperturbed) pass.
+    aux: the auxiliary output of that pass (e.g. logits or metrics).
+  """
+
+  loss: chex.Array
+  aux: Any
+
+
+def sam_train_step(
+  state: SAMTrainState,
+  batch: Any,
+  loss_fn: LossFn,
+  rng: chex.PRNGKey | None = None,
+  *,
+  axis_name: Hashable | None = None,
+) -> tuple[SAMTrainState, StepOutput]:
+  """One Unified SAM step for a Linen model with BatchNorm and/or dropout.
+
+  Two forward/backward passes on the same ``batch``: at the parameters and at
+  the ascent point chosen by ``state.tx``. The rules that make this correct:
+
+  * both passes use the same dropout key ``rng``, so the perturbed gradient is
+    taken on the same sub-network;
+  * both passes read the batch statistics held before the step;
+  * the batch statistics after the step are those of the first pass: the
+    perturbed pass's statistics are discarded (its parameters are not the
+    model's, so its running averages would be wrong).
+
+  ``loss_fn(params, batch_stats, batch, rng)`` must return
+  ``(loss, (new_batch_stats, aux))``, typically::
+
+    def loss_fn(params, batch_stats, batch, rng):
+      logits, updates = model.apply(
+          {"params": params, "batch_stats": batch_stats}, batch["x"], train=True,
+          mutable=["batch_stats"], rngs={"dropout": rng})
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
+      return loss, (updates["batch_stats"], logits)
+
+  (a model without BatchNorm returns ``None`` for the statistics).
+  Call it under ``jit``; with ``functools.partial`` for ``loss_fn``.
+
+  Args:
+    state: the train state; ``state.tx`` contains :func:`optax_usam.unified_sam`
+      (any optimizer accepting ``grad_fn`` works).
+    batch: the batch, passed to ``loss_fn`` unchanged.
+    loss_fn: as above.
+    rng: the dropout key of this step, or None.
+    axis_name: inside ``pmap``/``shard_map``, the data-parallel axis: the new
+      batch statistics and the reported loss are averaged over it. The
+      gradients are averaged by ``unified_sam(axis_name=...)`` itself.
+
+  Returns:
+    ``(new_state, StepOutput(loss, aux))``.
+  """
+  batch_stats = state.batch_stats
+
+  def grad_fn(params: Params) -> optax.Updates:
+    grads, _ = jax.grad(loss_fn, has_aux=True)(params, batch_stats, batch, rng)
+    return grads
+
+  (loss, (new_batch_stats, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    state.params, batch_stats, batch, rng
+  )
+  if axis_name is not None:
+    new_batch_stats, loss = jax.lax.pmean((new_batch_stats, loss), axis_name)
+  state = state.apply_gradients(grads=grads, grad_fn=grad_fn, batch_stats=new_batch_stats)
+  return state, StepOutput(loss, aux)

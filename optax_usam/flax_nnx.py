@@ -1,0 +1,81 @@
+"""Flax NNX glue: one Unified SAM step with ``nnx.Optimizer``.
+
+``nnx.Optimizer.update(model, grads, **kwargs)`` forwards its keyword arguments
+to ``tx.update``, so :func:`optax_usam.unified_sam` works with it as is: pass
+``grad_fn=`` taking the pure parameter state (``nnx.State`` of arrays, as
+``nnx.as_pure(nnx.state(model, nnx.Param))``) to its gradient.
+
+Writing that ``grad_fn`` by hand has two traps, which :func:`sam_update`
+handles: the first pass mutates the model (BatchNorm running statistics, the
+dropout RNG counter), so the perturbed pass must start from a snapshot taken
+before it; and the perturbed pass must not write its statistics back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import optax
+from flax import nnx
+
+
+def sam_update(
+  model: nnx.Module,
+  optimizer: nnx.Optimizer,
+  loss_fn: Callable[..., Any],
+  *args: Any,
+  has_aux: bool = False,
+) -> Any:
+  """One Unified SAM step: two passes of ``loss_fn(model, *args)``, then ``optimizer.update``.
+
+  * the first pass runs on ``model`` itself: its BatchNorm statistics and RNG
+    counters move on exactly as in a plain step;
+  * the perturbed pass runs on a copy rebuilt from the state held before the
+    first pass, so it draws the same dropout mask and reads the same
+    statistics, and whatever it writes is discarded.
+
+  Example::
+
+    model = Net(rngs=nnx.Rngs(0, dropout=1))
+    tx = optax.chain(optax_usam.unified_sam(0.05, "1/t"), optax.sgd(0.1, momentum=0.9))
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+    @nnx.jit
+    def train_step(model, optimizer, x, y):
+      def loss_fn(model, x, y):
+        logits = model(x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+      return optax_usam.flax_nnx.sam_update(model, optimizer, loss_fn, x, y)
+
+  Args:
+    model: the model, in training mode; updated in place.
+    optimizer: an ``nnx.Optimizer`` over ``model`` whose ``tx`` accepts
+      ``grad_fn`` (e.g. contains :func:`optax_usam.unified_sam`); its ``wrt``
+      filter selects the perturbed and trained variables.
+    loss_fn: ``loss_fn(model, *args) -> loss``, or ``(loss, aux)`` with
+      ``has_aux=True``.
+    *args: the batch and anything else ``loss_fn`` takes.
+    has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
+
+  Returns:
+    What the first pass of ``loss_fn`` returned (the loss, or ``(loss, aux)``).
+  """
+  wrt = optimizer.wrt
+  graphdef, _, rest = nnx.split(model, wrt, ...)
+  # Arrays are immutable: this snapshot keeps the pre-step statistics and RNG
+  # counts while the first pass updates the model's own variables.
+  rest = nnx.as_pure(rest)
+
+  def perturbed_loss(params: nnx.State) -> Any:
+    return loss_fn(nnx.merge(graphdef, params, rest), *args)
+
+  def grad_fn(params: nnx.State) -> optax.Updates:
+    grads = jax.grad(perturbed_loss, has_aux=has_aux)(params)
+    return grads[0] if has_aux else grads
+
+  diff = nnx.DiffState(0, wrt)
+  out, grads = nnx.value_and_grad(loss_fn, argnums=diff, has_aux=has_aux)(model, *args)
+  optimizer.update(model, grads, grad_fn=grad_fn)
+  return out

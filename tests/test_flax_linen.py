@@ -1,0 +1,191 @@
+"""Tests of optax_usam.flax_linen: SAMTrainState and sam_train_step."""
+
+import functools
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import numpy as np
+import optax
+import pytest
+from flax.training import train_state
+
+import optax_usam
+from optax_usam.flax_linen import SAMTrainState, sam_train_step
+
+RHO, LR = 0.3, 0.1
+
+
+class Net(nn.Module):
+  """Dense -> BatchNorm -> ReLU -> Dropout -> Dense."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    x = nn.Dense(16)(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+    x = nn.relu(x)
+    x = nn.Dropout(0.5, deterministic=not train)(x)
+    return nn.Dense(3)(x)
+
+
+def _loss_fn(params, batch_stats, batch, rng):
+  logits, updates = Net().apply(
+    {"params": params, "batch_stats": batch_stats},
+    batch["x"],
+    train=True,
+    mutable=["batch_stats"],
+    rngs={"dropout": rng},
+  )
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
+  return loss, (updates["batch_stats"], logits)
+
+
+def _setup(tx: optax.GradientTransformation, seed: int = 0):
+  kx, ky, kinit = jax.random.split(jax.random.key(seed), 3)
+  batch = {"x": jax.random.normal(kx, (32, 5)), "y": jax.random.randint(ky, (32,), 0, 3)}
+  variables = Net().init(kinit, batch["x"], train=False)
+  state = SAMTrainState.create(
+    apply_fn=Net().apply, params=variables["params"], tx=tx, batch_stats=variables["batch_stats"]
+  )
+  return state, batch
+
+
+def _np_perturbation(grads, rho: float, lambd: float):
+  """e = rho (1 - lambda + lambda / ||g||) g in float64 NumPy."""
+  g = [np.asarray(x, np.float64) for x in jax.tree.leaves(grads)]
+  norm = np.sqrt(sum(np.sum(x**2) for x in g))
+  scale = rho * (1 - lambd + lambd / (norm + 1e-12))
+  return jax.tree.unflatten(jax.tree.structure(grads), [scale * x for x in g])
+
+
+def test_flax_is_optional(monkeypatch):
+  code = (
+    "import sys\nfrom optax_usam import *\nimport optax_usam\n"
+    "assert 'flax' not in sys.modules, 'flax imported eagerly'\n"
+    "assert 'SAMTrainState' in dir(optax_usam)"
+  )
+  subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+  monkeypatch.setitem(sys.modules, "flax", None)  # as if flax were not installed
+  monkeypatch.delitem(sys.modules, "optax_usam.flax_linen")
+  with pytest.raises(ImportError, match=r"SAMTrainState needs flax: pip install 'optax_usam\[flax\]'"):
+    _ = optax_usam.SAMTrainState
+
+
+def test_import_is_lazy():
+  assert optax_usam.SAMTrainState is SAMTrainState
+  assert optax_usam.sam_train_step is sam_train_step
+  with pytest.raises(AttributeError, match="no attribute 'nope'"):
+    _ = optax_usam.nope
+
+
+@pytest.mark.parametrize("lambd", [0.5, "1/t"])
+def test_apply_gradients_equals_plain_optax_bit_for_bit(lambd):
+  tx = optax.chain(optax_usam.unified_sam(RHO, lambd), optax.sgd(LR, momentum=0.9))
+  state, batch = _setup(tx)
+  rng = jax.random.key(7)
+
+  def grad_fn(params):
+    return jax.grad(_loss_fn, has_aux=True)(params, state.batch_stats, batch, rng)[0]
+
+  @jax.jit
+  def with_state(state):
+    for _ in range(2):
+      state = state.apply_gradients(grads=grad_fn(state.params), grad_fn=grad_fn)
+    return state
+
+  @jax.jit
+  def with_optax(params, opt_state):
+    for _ in range(2):
+      updates, opt_state = tx.update(grad_fn(params), opt_state, params, grad_fn=grad_fn)
+      params = optax.apply_updates(params, updates)
+    return params, opt_state
+
+  new_state = with_state(state)
+  params, opt_state = with_optax(state.params, state.opt_state)
+  assert int(new_state.step) == 2
+  jax.tree.map(np.testing.assert_array_equal, new_state.params, params)
+  jax.tree.map(np.testing.assert_array_equal, new_state.opt_state, opt_state)
+  assert not np.array_equal(params["Dense_0"]["kernel"], state.params["Dense_0"]["kernel"])
+
+
+def test_stock_train_state_cannot_take_grad_fn():
+  # The reason SAMTrainState exists: the stock class treats grad_fn as a field to replace.
+  tx = optax.chain(optax_usam.sam(RHO), optax.sgd(LR))
+  state, batch = _setup(tx)
+  stock = train_state.TrainState.create(apply_fn=state.apply_fn, params=state.params, tx=tx)
+  grad_fn = lambda p: jax.grad(_loss_fn, has_aux=True)(p, state.batch_stats, batch, None)[0]
+  with pytest.raises((TypeError, ValueError)):
+    stock.apply_gradients(grads=grad_fn(state.params), grad_fn=grad_fn)
+
+
+def test_overwrite_with_gradient_is_refused():
+  state, _ = _setup(optax.chain(optax_usam.sam(RHO), optax.sgd(LR)))
+  grads = {"params": state.params, train_state.OVERWRITE_WITH_GRADIENT: {}}
+  with pytest.raises(ValueError, match="does not support the '_overwrite_with_gradient' collection"):
+    state.apply_gradients(grads=grads, grad_fn=lambda p: p)
+
+
+@pytest.mark.parametrize("lambd", [1.0, "1-1/t"])
+def test_sam_train_step_batchnorm_and_dropout(lambd):
+  tx = optax.chain(optax_usam.unified_sam(RHO, lambd), optax.sgd(LR))
+  state, batch = _setup(tx, seed=1)
+  rng = jax.random.key(3)
+  step = jax.jit(functools.partial(sam_train_step, loss_fn=_loss_fn))
+  new_state, out = step(state, batch, rng=rng)
+
+  # Independent reference: the two passes written out, e in float64 NumPy.
+  (loss1, (stats1, _)), g1 = jax.value_and_grad(_loss_fn, has_aux=True)(
+    state.params, state.batch_stats, batch, rng
+  )
+  lam1 = {1.0: 1.0, "1-1/t": 0.0}[lambd]
+  e = _np_perturbation(g1, RHO, lam1)
+  ascent = jax.tree.map(lambda x, d: (np.asarray(x, np.float64) + d).astype(np.float32), state.params, e)
+  (_, (stats2, _)), g2 = jax.value_and_grad(_loss_fn, has_aux=True)(ascent, state.batch_stats, batch, rng)
+  expected = jax.tree.map(lambda x, g: x - LR * g, state.params, g2)
+
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), new_state.params, expected
+  )
+  np.testing.assert_allclose(out.loss, loss1, rtol=1e-6)
+  # Batch statistics: those of the first pass, not of the perturbed one.
+  # (eager reference vs jitted step: equal up to float32 rounding)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), new_state.batch_stats, stats1)
+  assert not np.allclose(stats1["BatchNorm_0"]["mean"], stats2["BatchNorm_0"]["mean"])
+  assert not np.allclose(stats1["BatchNorm_0"]["mean"], state.batch_stats["BatchNorm_0"]["mean"])
+
+  # Same dropout key in both passes: another key for the second pass moves elsewhere.
+  g2_other = jax.grad(_loss_fn, has_aux=True)(ascent, state.batch_stats, batch, jax.random.key(4))[0]
+  other = jax.tree.map(lambda x, g: x - LR * g, state.params, g2_other)
+  assert not np.allclose(other["Dense_0"]["kernel"], new_state.params["Dense_0"]["kernel"], atol=1e-6)
+
+
+def test_sam_train_step_averages_batch_stats_over_devices():
+  n = 4
+  if jax.local_device_count() < n:
+    pytest.skip("needs 4 devices (XLA_FLAGS in conftest.py)")
+  tx = optax.chain(optax_usam.unified_sam(RHO, 0.5, axis_name="d"), optax.sgd(LR))
+  state, batch = _setup(tx, seed=2)
+  shards = jax.tree.map(lambda x: x.reshape(n, -1, *x.shape[1:]), batch)
+  rng = jax.random.key(5)
+  step = jax.pmap(
+    lambda s, b, r: sam_train_step(s, b, _loss_fn, r, axis_name="d"),
+    axis_name="d",
+    in_axes=(None, 0, None),
+  )
+  new_state, out = step(state, shards, rng)
+  per_device = [
+    _loss_fn(state.params, state.batch_stats, jax.tree.map(lambda x, i=i: x[i], shards), rng)
+    for i in range(n)
+  ]
+  stats = jax.tree.map(lambda *s: np.mean(np.stack(s), axis=0), *[p[1][0] for p in per_device])
+  for i in range(n):
+    jax.tree.map(
+      lambda a, b, i=i: np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-7),
+      new_state.batch_stats,
+      stats,
+    )
+  np.testing.assert_allclose(out.loss, np.mean([p[0] for p in per_device]), rtol=1e-5)
+  # Parameters stay replicated: the gradients were averaged by unified_sam.
+  kernel = np.asarray(new_state.params["Dense_0"]["kernel"])
+  np.testing.assert_array_equal(kernel, np.broadcast_to(kernel[0], kernel.shape))

@@ -1,0 +1,133 @@
+"""Tests of Unified SAM with flax.nnx: nnx.Optimizer directly and optax_usam.flax_nnx.sam_update."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import optax_usam
+from optax_usam.flax_nnx import sam_update
+
+RHO, LR = 0.3, 0.1
+
+
+class Net(nnx.Module):
+  """Linear -> BatchNorm -> ReLU -> Dropout -> Linear."""
+
+  def __init__(self, rngs: nnx.Rngs):
+    self.dense = nnx.Linear(5, 16, rngs=rngs)
+    self.bn = nnx.BatchNorm(16, momentum=0.9, rngs=rngs)
+    self.dropout = nnx.Dropout(0.5, rngs=rngs)
+    self.out = nnx.Linear(16, 3, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.out(self.dropout(nnx.relu(self.bn(self.dense(x)))))
+
+
+def _loss(model: Net, x: jax.Array, y: jax.Array) -> jax.Array:
+  return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
+
+
+def _data(seed: int = 0):
+  kx, ky = jax.random.split(jax.random.key(seed))
+  return jax.random.normal(kx, (32, 5)), jax.random.randint(ky, (32,), 0, 3)
+
+
+def _np_perturbation(grads, rho: float, lambd: float):
+  """e = rho (1 - lambda + lambda / ||g||) g in float64 NumPy."""
+  g = [np.asarray(x, np.float64) for x in jax.tree.leaves(grads)]
+  norm = np.sqrt(sum(np.sum(x**2) for x in g))
+  scale = rho * (1 - lambd + lambd / (norm + 1e-12))
+  return jax.tree.unflatten(jax.tree.structure(grads), [scale * x for x in g])
+
+
+def test_optimizer_update_forwards_grad_fn_bit_for_bit():
+  # Without dropout, so a hand-written grad_fn on the pure parameter state suffices.
+  model = Net(nnx.Rngs(0, dropout=1))
+  model.dropout.deterministic = True
+  x, y = _data()
+  tx = optax.chain(optax_usam.unified_sam(RHO, "1-1/t"), optax.sgd(LR, momentum=0.9))
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  params, rest = nnx.as_pure(params), nnx.as_pure(rest)
+
+  def grad_fn(p):
+    return jax.grad(lambda p: _loss(nnx.merge(graphdef, p, rest), x, y))(p)
+
+  @jax.jit
+  def plain(params, opt_state):
+    updates, opt_state = tx.update(grad_fn(params), opt_state, params, grad_fn=grad_fn)
+    return optax.apply_updates(params, updates), opt_state
+
+  expected, expected_state = plain(params, tx.init(params))
+
+  @nnx.jit
+  def step(model, optimizer):
+    grads = nnx.grad(_loss)(model, x, y)
+    optimizer.update(model, grads, grad_fn=grad_fn)
+
+  step(model, optimizer)
+  got = nnx.as_pure(nnx.state(model, nnx.Param))
+  jax.tree.map(np.testing.assert_array_equal, got, expected)
+  assert int(optax_usam.get_diagnostics(nnx.as_pure(optimizer.opt_state))["count"]) == 1
+  np.testing.assert_array_equal(
+    optax_usam.get_diagnostics(nnx.as_pure(optimizer.opt_state))["grad_norm"],
+    optax_usam.get_diagnostics(expected_state)["grad_norm"],
+  )
+  assert not np.array_equal(got["dense"]["kernel"], params["dense"]["kernel"])
+
+
+@pytest.mark.parametrize("lambd", [1.0, "1-1/t"])
+def test_sam_update_batchnorm_and_dropout(lambd):
+  model = Net(nnx.Rngs(0, dropout=1))
+  x, y = _data(1)
+  tx = optax.chain(optax_usam.unified_sam(RHO, lambd), optax.sgd(LR))
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  before = nnx.clone(model)
+
+  # Independent reference, on clones: a plain first pass, then the second pass on a
+  # fresh clone (same RNG count, hence the same dropout mask) with e from float64 NumPy.
+  first = nnx.clone(before)
+  loss1, g1 = nnx.value_and_grad(_loss)(first, x, y)
+  lam1 = {1.0: 1.0, "1-1/t": 0.0}[lambd]
+  e = _np_perturbation(nnx.as_pure(g1), RHO, lam1)
+  params0 = nnx.as_pure(nnx.state(before, nnx.Param))
+  second = nnx.clone(before)
+  nnx.update(
+    second, jax.tree.map(lambda p, d: (np.asarray(p, np.float64) + d).astype(np.float32), params0, e)
+  )
+  g2 = nnx.as_pure(nnx.grad(_loss)(second, x, y))
+  expected = jax.tree.map(lambda p, g: p - LR * g, params0, g2)
+
+  loss = nnx.jit(sam_update, static_argnums=2)(model, optimizer, _loss, x, y)
+
+  got = nnx.as_pure(nnx.state(model, nnx.Param))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, expected)
+  np.testing.assert_allclose(loss, loss1, rtol=1e-6)
+  # Batch statistics and RNG count: those after one plain pass, not two passes.
+  np.testing.assert_allclose(model.bn.mean[...], first.bn.mean[...], rtol=1e-6)
+  np.testing.assert_allclose(model.bn.var[...], first.bn.var[...], rtol=1e-6)
+  assert not np.allclose(second.bn.mean[...], first.bn.mean[...])
+  assert int(model.dropout.rngs.count[...]) == int(first.dropout.rngs.count[...]) == 1
+
+  # The same dropout mask in both passes matters: a different mask moves elsewhere.
+  other = nnx.clone(first)  # its RNG count is one ahead: another mask
+  nnx.update(other, nnx.state(second, nnx.Param))
+  g2_other = nnx.as_pure(nnx.grad(_loss)(other, x, y))
+  assert not np.allclose(g2_other["dense"]["kernel"], g2["dense"]["kernel"], atol=1e-6)
+
+
+def test_sam_update_with_aux():
+  model = Net(nnx.Rngs(0, dropout=1))
+  x, y = _data(2)
+  optimizer = nnx.Optimizer(model, optax.chain(optax_usam.sam(RHO), optax.sgd(LR)), wrt=nnx.Param)
+
+  def loss_aux(model, x, y):
+    logits = model(x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), jnp.argmax(logits, -1)
+
+  loss, preds = sam_update(model, optimizer, loss_aux, x, y, has_aux=True)
+  assert preds.shape == (32,) and np.isfinite(loss)
+  assert int(optimizer.step[...]) == 1

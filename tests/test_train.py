@@ -1,0 +1,178 @@
+"""Tests of the training example: examples/train.py, examples/data.py, examples/models.py."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import tensorflow_datasets as tfds
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+sys.path.insert(0, EXAMPLES)
+
+import data as data_lib  # noqa: E402
+import models  # noqa: E402
+import train  # noqa: E402
+
+
+def test_digits_split_and_symmetric_noise():
+  noisy, clean = data_lib.load_digits(0, 0.4), data_lib.load_digits(0, 0.0)
+  assert noisy.train.x.shape == (1258, 8, 8, 1) and noisy.test.x.shape == (539, 8, 8, 1)
+  assert 0.0 <= noisy.train.x.min() and noisy.train.x.max() <= 1.0
+  np.testing.assert_array_equal(noisy.train.x, clean.train.x)
+  np.testing.assert_array_equal(noisy.test.y, clean.test.y)  # the test labels stay clean
+  changed = noisy.train.y != clean.train.y
+  assert changed.sum() == round(0.4 * 1258)
+  assert set(np.unique(noisy.train.y[changed])) == set(range(10))
+  assert not np.array_equal(data_lib.load_digits(1, 0.4).test.y, noisy.test.y)
+
+
+def test_augment_is_a_padded_crop_or_its_mirror():
+  images = jnp.arange(3 * 6 * 6 * 2, dtype=jnp.float32).reshape(3, 6, 6, 2) + 1
+  out = np.asarray(data_lib.augment(jax.random.key(0), images, pad=2))
+  padded = np.pad(np.asarray(images), ((0, 0), (2, 2), (2, 2), (0, 0)))
+  for n in range(3):
+    candidates = [padded[n, i : i + 6, j : j + 6] for i in range(5) for j in range(5)]
+    candidates += [c[:, ::-1] for c in candidates]
+    assert any(np.array_equal(out[n], c) for c in candidates)
+
+
+@pytest.mark.parametrize(("name", "expected"), [("resnet18", 11_173_962), ("wrn28-10", 36_479_194)])
+def test_cifar_models_have_the_published_parameter_counts(name, expected):
+  # Counts of the reference PyTorch CIFAR implementations (kuangliu/pytorch-cifar, WRN authors).
+  model = models.get_model(name, 10)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+  assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"])) == expected
+
+
+@pytest.mark.parametrize(
+  ("argv", "message"),
+  [
+    (["--dataset", "mnist"], "unknown dataset 'mnist'"),
+    (["--model", "vgg"], "unknown model 'vgg'"),
+    (["--methods", "sgd,adam"], "unknown method or lambda 'adam'"),
+    (["--lambd", "1/t2"], "unknown method or lambda '1/t2'"),
+    (["--lambd", "1.5"], "unknown method or lambda '1.5'"),
+    (["--rho", "-0.1"], "--rho must be a non-negative number"),
+    (["--epochs", "-3"], "--epochs must be a positive integer"),
+    (["--epochs", "two"], "invalid int value"),
+    (["--noise", "1.0"], "--noise must be in [0, 1)"),
+    (["--methods", "sam,1/t,SAM"], "a method is given twice"),
+    (["--resume"], "--resume and --stop-after-steps apply to CIFAR runs only"),
+  ],
+)
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
+  assert train.main([*argv, "--out", str(tmp_path)]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and err.startswith("train.py: error: ") and message in err
+
+
+@pytest.mark.parametrize(
+  ("argv", "expected"),
+  [
+    (["--rho", "-1"], "train.py: error: --rho must be a non-negative number; got -1.0"),
+    (
+      ["--dataset", "cifar10", "--data-dir", "/nonexistent"],
+      "train.py: error: dataset 'cifar10' is not prepared",
+    ),
+  ],
+)
+def test_bad_input_from_the_command_line_is_one_line_no_traceback(argv, expected):
+  script = os.path.join(EXAMPLES, "train.py")
+  proc = subprocess.run([sys.executable, script, *argv], capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2
+  assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(expected), proc.stderr
+
+
+def test_missing_cifar_says_what_and_where(tmp_path, capsys):
+  data_dir = str(tmp_path / "tfds")
+  assert train.main(["--dataset", "cifar100", "--data-dir", data_dir, "--out", str(tmp_path)]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1
+  assert "'cifar100'" in err and data_dir in err and "tfds build cifar100" in err
+
+
+def test_digits_job_writes_table_png_json_and_shares_order_and_init(tmp_path, capsys):
+  # With rho = 0 every SAM variant takes the SGD step, so equal curves show that
+  # all methods of a seed see the same initialization and the same batches.
+  argv = ["--methods", "sgd,sam,1-1/t", "--rho", "0", "--epochs", "1", "--seeds", "2", "--no-progress"]
+  assert train.main([*argv, "--out", str(tmp_path)]) == 0
+  printed = capsys.readouterr().out
+  for name in ("SGD", "SAM", "lambda=1-1/t", "test acc (%)"):
+    assert name in printed
+  saved = json.loads((tmp_path / "digits_results.json").read_text())
+  assert (tmp_path / "digits_results.png").stat().st_size > 0
+  results = saved["results"]
+  assert saved["config"]["methods"] == ["SGD", "SAM", "lambda=1-1/t"]
+  sgd = np.asarray(results["SGD"]["test_acc_curve"])
+  assert sgd.shape == (2, 1) and sgd[:, -1].min() > 20  # learned something in 1 epoch
+  for name in ("SAM", "lambda=1-1/t"):
+    np.testing.assert_allclose(results[name]["test_acc_curve"], sgd, atol=0.2)
+    np.testing.assert_allclose(
+      results[name]["train_loss_curve"], results["SGD"]["train_loss_curve"], rtol=1e-4
+    )
+  assert results["lambda=1-1/t"]["last_diagnostics"][0]["lambda_t"] == pytest.approx(1 - 1 / 19)
+  assert not np.allclose(sgd[0], sgd[1])
+
+
+def _cifar(argv, out, num_examples=48):
+  with tfds.testing.mock_data(num_examples=num_examples):
+    return train.main(
+      [
+        "--dataset",
+        "cifar10",
+        "--model",
+        "tiny",
+        "--seeds",
+        "1",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--no-progress",
+        "--data-dir",
+        "/nonexistent",
+        "--out",
+        str(out),
+        *argv,
+      ]
+    )
+
+
+def _final_checkpoint(out):
+  (run,) = (out / "runs").iterdir()
+  manager = ocp.CheckpointManager(run / "checkpoints")
+  return manager.latest_step(), manager.restore(manager.latest_step())
+
+
+def test_cifar_stop_resume_equals_uninterrupted_run(tmp_path):
+  n_dev = jax.local_device_count()
+  assert 16 % n_dev == 0
+  # Mock images are random: resume equality is the point here, not accuracy.
+  assert _cifar(["--methods", "1-1/t"], tmp_path / "straight") == 0
+  assert _cifar(["--methods", "1-1/t", "--stop-after-steps", "4"], tmp_path / "resumed") == 0
+  step, stopped = _final_checkpoint(tmp_path / "resumed")
+  assert step == 4 and int(stopped["opt_state"][0]["count"]) == 4
+  assert not (tmp_path / "resumed" / "cifar10_results.json").exists()
+  # Restarting without --resume would mix two runs' checkpoints: refused.
+  assert _cifar(["--methods", "1-1/t"], tmp_path / "resumed") == 2
+  assert _cifar(["--methods", "1-1/t", "--resume"], tmp_path / "resumed") == 0
+
+  step_a, a = _final_checkpoint(tmp_path / "straight")
+  step_b, b = _final_checkpoint(tmp_path / "resumed")
+  assert step_a == step_b == 6  # 48 // 16 = 3 steps per epoch, 2 epochs
+  # The lambda schedule's count survived the checkpoint: t = 6 at the last step.
+  assert int(b["opt_state"][0]["count"]) == 6
+  assert float(b["opt_state"][0]["lambd"]) == pytest.approx(1 - 1 / 6)
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  logs = [json.loads(line) for line in (tmp_path / "resumed" / "runs").glob("*/log.jsonl").__next__().open()]
+  assert [entry["epoch"] for entry in logs] == [1, 2]
+  assert {"lambda_t", "rho_t", "grad_norm"} <= set(logs[-1])
+  result = json.loads((tmp_path / "resumed" / "cifar10_results.json").read_text())
+  straight = json.loads((tmp_path / "straight" / "cifar10_results.json").read_text())
+  assert result["results"] == straight["results"]
