@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -57,22 +58,29 @@ class UsageError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-  """SGD (``lambd is None``) or Unified SAM with ``lambd``."""
+  """SGD (``lambd is None``) or Unified SAM with ``lambd``, possibly in a cheaper variant."""
 
   name: str
   lambd: float | str | None
+  # One of CHEAP_VARIANTS: SAM at fewer than two gradients per step.
+  variant: str | None = None
 
   @property
   def slug(self) -> str:
     return self.name.replace("/", "_").replace("=", "").replace(" ", "")
 
 
+CHEAP_VARIANTS = ("reuse-sam", "random-sam", "subbatch-sam")
+
+
 def parse_method(token: str) -> Method:
-  """'sgd', 'usam', 'sam', '1/t', '1-1/t' or a float lambda in [0, 1]."""
+  """'sgd', 'usam', 'sam', '1/t', '1-1/t', a float lambda in [0, 1], or a cheap SAM variant."""
   token = token.strip()
   named = {"sgd": Method("SGD", None), "usam": Method("USAM", 0.0), "sam": Method("SAM", 1.0)}
   if token.lower() in named:
     return named[token.lower()]
+  if token.lower() in CHEAP_VARIANTS:
+    return Method(token.lower(), 1.0, token.lower())
   if token in ("1/t", "1-1/t"):
     return Method(f"lambda={token}", token)
   try:
@@ -81,7 +89,8 @@ def parse_method(token: str) -> Method:
     value = math.nan
   if not 0.0 <= value <= 1.0:
     raise UsageError(
-      f"unknown method or lambda {token!r}: use sgd, usam, sam, 1/t, 1-1/t or a number in [0, 1]"
+      f"unknown method or lambda {token!r}: use sgd, usam, sam, 1/t, 1-1/t, a number in [0, 1], "
+      f"or one of {', '.join(CHEAP_VARIANTS)}"
     )
   return Method(f"lambda={value:g}", value)
 
@@ -102,7 +111,25 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument(
     "--methods",
     default=DEFAULT_METHODS,
-    help=f"comma-separated: sgd, usam, sam, 1/t, 1-1/t or a lambda in [0, 1] (default: {DEFAULT_METHODS})",
+    help=(
+      "comma-separated: sgd, usam, sam, 1/t, 1-1/t, a lambda in [0, 1], or the cheaper SAM variants "
+      f"{', '.join(CHEAP_VARIANTS)} (digits only) (default: {DEFAULT_METHODS})"
+    ),
+  )
+  p.add_argument(
+    "--reuse-every", type=int, default=4, help="reuse-sam: a SAM gradient every k steps (default: 4)"
+  )
+  p.add_argument(
+    "--sam-probability",
+    type=float,
+    default=0.25,
+    help="random-sam: probability of a SAM step (default: 0.25)",
+  )
+  p.add_argument(
+    "--ascent-fraction",
+    type=float,
+    default=0.25,
+    help="subbatch-sam: fraction of the batch for the ascent gradient (default: 0.25)",
   )
   p.add_argument(
     "--lambd", default=None, help="comma-separated lambdas to run instead of --methods (SGD is not added)"
@@ -170,11 +197,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     (math.isfinite(args.lr) and args.lr > 0, f"--lr must be a positive number; got {args.lr}"),
     (0.0 <= args.momentum < 1.0, f"--momentum must be in [0, 1); got {args.momentum}"),
     (args.weight_decay >= 0, f"--weight-decay must be non-negative; got {args.weight_decay}"),
+    (args.reuse_every >= 1, f"--reuse-every must be a positive integer; got {args.reuse_every}"),
+    (0.0 <= args.sam_probability <= 1.0, f"--sam-probability must be in [0, 1]; got {args.sam_probability}"),
+    (0.0 < args.ascent_fraction <= 1.0, f"--ascent-fraction must be in (0, 1]; got {args.ascent_fraction}"),
     (
       args.stop_after_steps is None or args.stop_after_steps >= 1,
       f"--stop-after-steps must be a positive integer; got {args.stop_after_steps}",
     ),
   ]
+  if args.dataset != "digits" and any(m.variant for m in args.methods):
+    checks.append((False, f"{', '.join(CHEAP_VARIANTS)} run on the digits only"))
   if args.dataset == "digits" and (args.resume or args.stop_after_steps is not None):
     checks.append((False, "--resume and --stop-after-steps apply to CIFAR runs only"))
   for ok, message in checks:
@@ -198,6 +230,10 @@ def make_tx(
     )
   else:
     first = optax_usam.unified_sam(args.rho, method.lambd, axis_name=axis_name)
+  if method.variant == "reuse-sam":
+    first = optax_usam.reuse_sam(first, args.reuse_every)
+  elif method.variant == "random-sam":
+    first = optax_usam.randomized_sam(first, args.sam_probability)
   schedule = optax.cosine_decay_schedule(args.lr, total_steps)
   return optax.chain(
     first, optax.add_decayed_weights(args.weight_decay), optax.sgd(schedule, momentum=args.momentum)
@@ -265,9 +301,11 @@ def run_digits(args: argparse.Namespace) -> dict[str, Any]:
   for method in args.methods:
     # A Python loop of jitted steps, not lax.scan: XLA:CPU runs convolutions inside
     # a while loop an order of magnitude slower.
-    @jax.jit
-    def train_step(state, x, y, idx):
-      state, out = sam_train_step(state, {"x": x[idx], "y": y[idx]}, loss_fn)
+    fraction = args.ascent_fraction if method.variant == "subbatch-sam" else None
+
+    @functools.partial(jax.jit, static_argnames="fraction")
+    def train_step(state, x, y, idx, fraction):
+      state, out = sam_train_step(state, {"x": x[idx], "y": y[idx]}, loss_fn, ascent_fraction=fraction)
       return state, out.loss
 
     tx = make_tx(method, args, total_steps)
@@ -280,7 +318,7 @@ def run_digits(args: argparse.Namespace) -> dict[str, Any]:
       for epoch in range(args.epochs):
         epoch_losses = []
         for idx in batches(seed, epoch):
-          state, loss = train_step(state, x, y, idx)
+          state, loss = train_step(state, x, y, idx, fraction)
           epoch_losses.append(loss)
         curve.append(float(test_accuracy(state.params, x_test, y_test)))
         loss_curve.append(float(np.mean(epoch_losses)))
@@ -291,6 +329,7 @@ def run_digits(args: argparse.Namespace) -> dict[str, Any]:
       finals.append(diagnostics(state))
     results[method.name] = {
       "lambda": method.lambd,
+      "variant": method.variant,
       "final_test_acc": [c[-1] for c in curves],
       "test_acc_curve": np.round(curves, 3).tolist(),
       "train_loss_curve": np.round(losses, 5).tolist(),

@@ -18,6 +18,8 @@ import optax
 from flax import struct
 from flax.training import train_state
 
+from optax_usam.efficient import sub_batch
+
 Params = Any
 BatchStats = Any
 # loss_fn(params, batch_stats, batch, rng) -> (loss, (new_batch_stats, aux))
@@ -100,6 +102,7 @@ def sam_train_step(
   rng: chex.PRNGKey | None = None,
   *,
   axis_name: Hashable | None = None,
+  ascent_fraction: float | None = None,
 ) -> tuple[SAMTrainState, StepOutput]:
   """One Unified SAM step for a Linen model with BatchNorm and/or dropout.
 
@@ -135,6 +138,11 @@ def sam_train_step(
     axis_name: inside ``pmap``/``shard_map``, the data-parallel axis: the new
       batch statistics and the reported loss are averaged over it. The
       gradients are averaged by ``unified_sam(axis_name=...)`` itself.
+    ascent_fraction: sub-batch ascent: take the first pass (the ascent
+      direction, the reported loss and the new batch statistics) on the first
+      ``ceil(fraction * n)`` examples only (:func:`optax_usam.sub_batch`); the
+      gradient at the ascent point still uses the whole batch. A step then
+      costs ``1 + fraction`` gradients instead of 2.
 
   Returns:
     ``(new_state, StepOutput(loss, aux))``.
@@ -145,8 +153,9 @@ def sam_train_step(
     grads, _ = jax.grad(loss_fn, has_aux=True)(params, batch_stats, batch, rng)
     return grads
 
+  first_batch = batch if ascent_fraction is None else sub_batch(batch, ascent_fraction)
   (loss, (new_batch_stats, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-    state.params, batch_stats, batch, rng
+    state.params, batch_stats, first_batch, rng
   )
   if axis_name is not None:
     new_batch_stats, loss = jax.lax.pmean((new_batch_stats, loss), axis_name)

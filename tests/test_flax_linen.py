@@ -160,6 +160,30 @@ def test_sam_train_step_batchnorm_and_dropout(lambd):
   assert not np.allclose(other["Dense_0"]["kernel"], new_state.params["Dense_0"]["kernel"], atol=1e-6)
 
 
+def test_sam_train_step_sub_batch_ascent():
+  tx = optax.chain(optax_usam.sam(RHO), optax.sgd(LR))
+  state, batch = _setup(tx, seed=2)
+  rng = jax.random.key(5)
+  step = jax.jit(functools.partial(sam_train_step, loss_fn=_loss_fn, ascent_fraction=0.25))
+  new_state, out = step(state, batch, rng=rng)
+
+  # Reference: ascent direction, loss and statistics from the first 8 of 32 examples,
+  # the gradient at the ascent point from all 32.
+  head = {k: v[:8] for k, v in batch.items()}
+  (loss1, (stats1, _)), g1 = jax.value_and_grad(_loss_fn, has_aux=True)(
+    state.params, state.batch_stats, head, rng
+  )
+  e = _np_perturbation(g1, RHO, 1.0)
+  ascent = jax.tree.map(lambda x, d: (np.asarray(x, np.float64) + d).astype(np.float32), state.params, e)
+  g2 = jax.grad(_loss_fn, has_aux=True)(ascent, state.batch_stats, batch, rng)[0]
+  expected = jax.tree.map(lambda x, g: x - LR * g, state.params, g2)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), new_state.params, expected
+  )
+  np.testing.assert_allclose(out.loss, loss1, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), new_state.batch_stats, stats1)
+
+
 def test_sam_train_step_averages_batch_stats_over_devices():
   n = 4
   if jax.local_device_count() < n:

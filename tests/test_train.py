@@ -64,6 +64,10 @@ def test_cifar_models_have_the_published_parameter_counts(name, expected):
     (["--noise", "1.0"], "--noise must be in [0, 1)"),
     (["--methods", "sam,1/t,SAM"], "a method is given twice"),
     (["--resume"], "--resume and --stop-after-steps apply to CIFAR runs only"),
+    (["--methods", "reuse-sam", "--reuse-every", "0"], "--reuse-every must be a positive integer"),
+    (["--methods", "random-sam", "--sam-probability", "1.5"], "--sam-probability must be in [0, 1]"),
+    (["--methods", "subbatch-sam", "--ascent-fraction", "0"], "--ascent-fraction must be in (0, 1]"),
+    (["--dataset", "cifar10", "--methods", "reuse-sam"], "run on the digits only"),
   ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
@@ -176,3 +180,19 @@ def test_cifar_stop_resume_equals_uninterrupted_run(tmp_path):
   result = json.loads((tmp_path / "resumed" / "cifar10_results.json").read_text())
   straight = json.loads((tmp_path / "straight" / "cifar10_results.json").read_text())
   assert result["results"] == straight["results"]
+
+
+def test_cheap_variants_reduce_to_sam_and_differ_from_it(tmp_path, capsys):
+  methods = ["--methods", "sam,reuse-sam,random-sam,subbatch-sam", "--epochs", "1", "--seeds", "1"]
+  as_sam = ["--reuse-every", "1", "--sam-probability", "1", "--ascent-fraction", "1", "--no-progress"]
+  assert train.main([*methods, *as_sam, "--out", str(tmp_path / "a")]) == 0
+  results = json.loads((tmp_path / "a" / "digits_results.json").read_text())["results"]
+  for name in ("reuse-sam", "random-sam", "subbatch-sam"):
+    assert results[name]["variant"] == name
+    want = results["SAM"]["train_loss_curve"]
+    np.testing.assert_allclose(results[name]["train_loss_curve"], want, rtol=1e-5)
+  assert train.main([*methods, "--no-progress", "--out", str(tmp_path / "b")]) == 0
+  results = json.loads((tmp_path / "b" / "digits_results.json").read_text())["results"]
+  for name in ("reuse-sam", "random-sam", "subbatch-sam"):
+    assert not np.allclose(results[name]["train_loss_curve"], results["SAM"]["train_loss_curve"], rtol=1e-4)
+  capsys.readouterr()
