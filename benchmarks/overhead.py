@@ -253,8 +253,9 @@ def bench_model(spec: models.ModelSpec, args: argparse.Namespace, log: Callable[
   round_s = sum(per_step[r.name] * r.k for r in runners)
   rounds = max(args.min_rounds, min(args.rounds, int(args.budget_s / round_s)))
   log(f"  limit step ~{per_step['limit'] * 1e3:.1f} ms; {rounds} rounds of ~{round_s:.1f} s")
-  for _ in range(rounds):
-    for r in runners:
+  for i in range(rounds):
+    # Rotating the start spreads any cost of running right after a given variant.
+    for r in runners[i % len(runners):] + runners[: i % len(runners)]:
       r.times.append(r.measure())
   for r in runners:
     result["time"][r.name] = {**summary(r.times), "repeats": r.k, "rounds": len(r.times)}
@@ -367,6 +368,7 @@ def machine(threads: int) -> dict[str, Any]:
       "optax_usam": optax_usam.__version__,
       "device": str(jax.devices()[0]),
       "loadavg_start": os.getloadavg(),
+      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
   }
   try:
     import torch
@@ -428,6 +430,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
   args = parse_args(argv)
+  # OpenMP threads that spin while waiting starve each other on a shared machine
+  # (a 2-thread PyTorch MLP step went from 2 ms to 15-200 ms under load).
+  os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
   # XLA sizes its CPU thread pool from the affinity mask when the backend starts.
   os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: args.threads]))
   log = lambda msg: print(msg, file=sys.stderr, flush=True)
