@@ -58,6 +58,8 @@ def resnet(name: str, depth: int, widen: int, batch: int, preact: bool) -> Model
 def zoo(wrn_batch: int = 128) -> dict[str, ModelSpec]:
   """The models of the overhead benchmark, by name."""
   specs = [
+      # Dispatch-bound: its step time is the fixed per-step cost of each variant.
+      ModelSpec("tiny_mlp", "mlp", (4,), 2, num_classes=4, hidden=(4, 4)),
       ModelSpec("mlp", "mlp", (64,), 128, hidden=(256, 256)),
       ModelSpec("wide_mlp", "mlp", (64,), 128, hidden=(1024, 1024)),
       resnet("resnet8", depth=8, widen=1, batch=128, preact=False),

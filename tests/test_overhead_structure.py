@@ -11,6 +11,7 @@ parameter-sized buffer.
 
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
 import re
@@ -112,10 +113,27 @@ def _compile(make: tuple[Callable, Callable], params: Any, batch: tuple[jax.Arra
   return jax.jit(step, donate_argnums=(0, 1)).lower(params, init(params), *batch).compile()
 
 
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?\S+ = (\S+?)(?:\{[^}]*\})? ([a-z][\w-]*)\(", flags=re.M)
+
+
 def _counts(compiled: Any) -> tuple[int, int]:
   """(dot products, convolutions) in the optimized HLO, fusion bodies included."""
-  ops = re.findall(r"= \S+ ([a-z][\w-]*)\(", compiled.as_text())
+  ops = [op for _, op in _INSTRUCTION.findall(compiled.as_text())]
   return ops.count("dot"), ops.count("convolution")
+
+
+def _array_ops(compiled: Any) -> collections.Counter[str]:
+  """Kinds of the entry computation's instructions that produce arrays, not scalars.
+
+  Everything whose cost grows with the model is among them; the scalar ones
+  (the norm's square root, the schedule, the step counter) are not.
+  """
+  text = compiled.as_text()
+  entry = _INSTRUCTION.findall(text[text.index("\nENTRY"):])
+  return collections.Counter(
+      op for shape, op in entry
+      if not re.fullmatch(r"[a-z]+\d*\[\]", shape) and op not in ("parameter", "constant", "tuple")
+  )
 
 
 def _temp(compiled: Any) -> int:
@@ -168,8 +186,18 @@ def test_no_parameter_sized_temporary_beyond_the_limit(model: str, lambd: float 
   assert _temp(usam) - _temp(_compiled(model, "limit")[0]) < leaf_bytes
 
 
+@pytest.mark.parametrize("lambd", LAMBDAS)
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_same_array_operations_as_the_limit(model: str, lambd: float | str) -> None:
+  limit = _array_ops(_compiled(model, "limit")[0])
+  assert sum(limit.values()) > 0
+  assert _array_ops(_compiled(model, "usam", lambd)[0]) == limit
+
+
 @pytest.mark.parametrize("model", sorted(MODELS))
 def test_checks_detect_a_third_gradient(model: str) -> None:
   wasteful, leaf_bytes = _compiled(model, "three_gradients")
+  limit = _compiled(model, "limit")[0]
   assert _counts(wasteful) == _scaled(ONE_PASS[model], 3)
-  assert _temp(wasteful) - _temp(_compiled(model, "limit")[0]) >= leaf_bytes
+  assert _temp(wasteful) - _temp(limit) >= leaf_bytes
+  assert _array_ops(wasteful) != _array_ops(limit)
