@@ -235,7 +235,13 @@ def torch_runners(spec: models.ModelSpec, threads: int) -> tuple[list[Runner], s
 def calibrate(runner: Runner, target_s: float) -> float:
   """Warms ``runner`` up, sets its repeat count so one measurement lasts ``target_s``; returns s/step."""
   runner.run(1)
-  per_step = runner.measure()
+  runner.k = 1
+  # Doubling until a measurement lasts a while keeps one preempted step from setting the count.
+  while True:
+    per_step = runner.measure()
+    if per_step * runner.k >= target_s / 4:
+      break
+    runner.k *= 2
   runner.k = max(1, round(target_s / per_step))
   return per_step
 
@@ -391,6 +397,7 @@ def chart(results: dict[str, dict], path: Path) -> None:
     ax.set_xticks(xs + 0.4 - width / 2, list(results))
     ax.set_title(title)
   axes[0].axhline(1.02, color="r", lw=0.8, ls="--")
+  axes[1].set_ylim(0.7, 1.15)
   axes[0].set_yscale("log")
   axes[0].legend(fontsize=7, ncol=2)
   fig.tight_layout()
