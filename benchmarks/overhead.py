@@ -290,7 +290,7 @@ def bench_model(spec: models.ModelSpec, args: argparse.Namespace, log: Callable[
   per_step = {r.name: calibrate(r, args.target_s) for r in runners}
   round_s = sum(per_step[r.name] * r.k for r in runners)
   rounds = max(args.min_rounds, min(args.rounds, int(args.budget_s / round_s)))
-  log(f"  limit step ~{per_step['limit'] * 1e3:.1f} ms; {rounds} rounds of ~{round_s:.1f} s")
+  log(f"  limit step ~{per_step['limit'] * 1e3:.3g} ms; {rounds} rounds of ~{round_s:.1f} s")
   for i in range(rounds):
     # Rotating the start spreads any cost of running right after a given variant.
     for r in runners[i % len(runners):] + runners[: i % len(runners)]:
