@@ -31,7 +31,7 @@ accelerators, ``wrn28_10``.
 Run from the repository root::
 
   PYTHONPATH=. python -m benchmarks.overhead            # about 10 minutes on 2 busy cores
-  PYTHONPATH=. python -m benchmarks.overhead --quick    # no WRN, fewer rounds: about 3 minutes
+  PYTHONPATH=. python -m benchmarks.overhead --quick    # no WRN, fewer rounds: about 2 minutes
 
 Writes ``benchmarks/results/overhead.json`` and ``overhead.png`` and prints a
 markdown table.
@@ -121,7 +121,8 @@ def jax_steps(loss: Callable[..., jax.Array]) -> dict[str, tuple[Step, Callable[
   return steps
 
 
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?\S+ = (\S+?)(?:\{[^}]*\})? ([a-z][\w-]*)\(", flags=re.M)
+# Result shape (an array, a scalar or a tuple of them) and opcode of one HLO instruction.
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?\S+ = (\([^()]*\)|\S+?)(?:\{[^}]*\})? ([a-z][\w-]*)\(", flags=re.M)
 _SCALAR = re.compile(r"[a-z]+\d*\[\]")
 _NOT_WORK = ("parameter", "constant", "tuple", "get-tuple-element", "bitcast")
 

@@ -113,7 +113,8 @@ def _compile(make: tuple[Callable, Callable], params: Any, batch: tuple[jax.Arra
   return jax.jit(step, donate_argnums=(0, 1)).lower(params, init(params), *batch).compile()
 
 
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?\S+ = (\S+?)(?:\{[^}]*\})? ([a-z][\w-]*)\(", flags=re.M)
+# Result shape (an array, a scalar or a tuple of them) and opcode of one HLO instruction.
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?\S+ = (\([^()]*\)|\S+?)(?:\{[^}]*\})? ([a-z][\w-]*)\(", flags=re.M)
 
 
 def _counts(compiled: Any) -> tuple[int, int]:
