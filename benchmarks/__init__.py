@@ -1,0 +1,1 @@
+"""Benchmarks of optax_usam (run as modules: ``python -m benchmarks.overhead``)."""
