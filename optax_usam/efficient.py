@@ -92,7 +92,7 @@ def reuse_sam(
 
   def init_fn(params: optax.Params) -> ReuseState:
     inner = sam.init(params)
-    zeros = jax.tree.map(lambda p: jnp.zeros_like(p) if is_float_leaf(p) else p, params)
+    zeros = jax.tree.map(jnp.zeros_like, params)
     return ReuseState(jnp.zeros((), jnp.int32), zeros, inner)
 
   def update_fn(

@@ -140,8 +140,10 @@ def unified_sam(
   def init_fn(params: optax.Params) -> UnifiedSAMState:
     if params is None:
       raise ValueError("unified_sam.init needs the parameters; got params=None.")
-    zero = jnp.zeros((), accumulation_dtype(params))
-    return UnifiedSAMState(jnp.zeros((), jnp.int32), zero, zero, zero, zero)
+    dtype = accumulation_dtype(params)
+    # One buffer per field: a state whose leaves share a buffer cannot be donated to jit.
+    diagnostics = (jnp.zeros((), dtype) for _ in range(4))
+    return UnifiedSAMState(jnp.zeros((), jnp.int32), *diagnostics)
 
   def update_fn(
       updates: optax.Updates,

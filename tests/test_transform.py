@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -385,3 +387,30 @@ def test_axis_name_outside_mapped_context():
   tx = optax_usam.sam(0.1, axis_name="batch")
   with pytest.raises(ValueError, match="axis_name='batch' is not bound"):
     jax.jit(lambda g, s, p: tx.update(g, s, p, grad_fn=lambda q: q))(grads, tx.init(params), params)
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda t: t,
+        lambda t: optax_usam.reuse_sam(t, 2),
+        lambda t: optax_usam.randomized_sam(t, 0.5),
+    ],
+)
+def test_state_can_be_donated(wrap):
+  """Every state leaf is its own buffer, so jit(..., donate_argnums) accepts it from init on."""
+  params = {"w": jnp.ones((3,)), "b": jnp.zeros((2,))}
+  tx = optax.chain(wrap(optax_usam.unified_sam(0.1, "1-1/t")), optax.sgd(0.1, momentum=0.9))
+  loss = lambda p: jnp.sum(p["w"] ** 2) + jnp.sum(p["b"] ** 2)
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def step(params, state):
+    u, state = tx.update(jax.grad(loss)(params), state, params, grad_fn=jax.grad(loss))
+    return optax.apply_updates(params, u), state
+
+  state = tx.init(params)
+  ids = [id(x) for x in jax.tree.leaves(state)]
+  assert len(set(ids)) == len(ids)
+  for _ in range(3):
+    params, state = step(params, state)
+  chex.assert_tree_all_finite(params)
