@@ -27,15 +27,19 @@ class DigitsCNN(nn.Module):
   """A small CNN for 8x8 images: two 3x3 convolutions, a max-pool and two dense layers."""
 
   num_classes: int = 10
+  # Parameter and computation dtype (bfloat16 for the mixed-precision run); logits come out in float32.
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
     del train
-    x = nn.relu(nn.Conv(16, (3, 3))(x))
-    x = nn.relu(nn.Conv(32, (3, 3))(x))
+    conv = partial(nn.Conv, dtype=self.dtype, param_dtype=self.dtype)
+    dense = partial(nn.Dense, dtype=self.dtype, param_dtype=self.dtype)
+    x = nn.relu(conv(16, (3, 3))(x.astype(self.dtype)))
+    x = nn.relu(conv(32, (3, 3))(x))
     x = nn.max_pool(x, (2, 2), (2, 2))
-    x = nn.relu(nn.Dense(64)(x.reshape(x.shape[0], -1)))
-    return nn.Dense(self.num_classes)(x)
+    x = nn.relu(dense(64)(x.reshape(x.shape[0], -1)))
+    return dense(self.num_classes)(x).astype(jnp.float32)
 
 
 class TinyNet(nn.Module):
@@ -125,8 +129,12 @@ MODELS: dict[str, Callable[[int], nn.Module]] = {
 }
 
 
-def get_model(name: str, num_classes: int) -> nn.Module:
-  """The model called ``name`` (one of :data:`MODELS`)."""
+def get_model(name: str, num_classes: int, dtype: jnp.dtype = jnp.float32) -> nn.Module:
+  """The model called ``name`` (one of :data:`MODELS`); only ``cnn`` takes another ``dtype``."""
   if name not in MODELS:
     raise ValueError(f"model must be one of {sorted(MODELS)}; got {name!r}.")
+  if name == "cnn":
+    return DigitsCNN(num_classes, dtype=dtype)
+  if dtype != jnp.float32:
+    raise ValueError(f"only the cnn model runs in {jnp.dtype(dtype).name}; got model {name!r}.")
   return MODELS[name](num_classes)

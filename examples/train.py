@@ -151,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument(
     "--lr", type=float, default=None, help="peak learning rate, cosine decay (default: 0.05 / 0.1)"
   )
+  p.add_argument(
+    "--dtype",
+    default="float32",
+    choices=("float32", "bfloat16"),
+    help="digits: parameter and compute dtype of the CNN (default: float32)",
+  )
   p.add_argument("--momentum", type=float, default=0.9)
   p.add_argument("--weight-decay", type=float, default=5e-4)
   p.add_argument(
@@ -205,6 +211,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
       f"--stop-after-steps must be a positive integer; got {args.stop_after_steps}",
     ),
   ]
+  if args.dataset != "digits" and args.dtype != "float32":
+    checks.append((False, "--dtype bfloat16 applies to the digits CNN only"))
   if args.dataset != "digits" and any(m.variant for m in args.methods):
     checks.append((False, f"{', '.join(CHEAP_VARIANTS)} run on the digits only"))
   if args.dataset == "digits" and (args.resume or args.stop_after_steps is not None):
@@ -281,7 +289,9 @@ def run_digits(args: argparse.Namespace) -> dict[str, Any]:
   if steps == 0:
     raise UsageError(f"--batch-size {args.batch_size} is larger than the {n_train} training images")
   total_steps = steps * args.epochs
-  model = models.get_model(args.model, 10)
+  if args.model != "cnn" and args.dtype != "float32":
+    raise UsageError("--dtype bfloat16 applies to the cnn model only")
+  model = models.get_model(args.model, 10, dtype=jnp.dtype(args.dtype))
   loss_fn = make_loss_fn(model)
   # One data order and one initialization per seed, shared by all methods.
   init_params = [
@@ -309,7 +319,7 @@ def run_digits(args: argparse.Namespace) -> dict[str, Any]:
       return state, out.loss
 
     tx = make_tx(method, args, total_steps)
-    curves, losses, finals = [], [], []
+    curves, losses, finals, finite = [], [], [], []
     for seed, split, params in zip(seeds, splits, init_params, strict=True):
       state = SAMTrainState.create(apply_fn=model.apply, params=params, tx=tx)
       x, y = jnp.asarray(split.train.x), jnp.asarray(split.train.y)
@@ -327,9 +337,12 @@ def run_digits(args: argparse.Namespace) -> dict[str, Any]:
       curves.append(curve)
       losses.append(loss_curve)
       finals.append(diagnostics(state))
+      leaves = jax.tree.leaves(state.params)
+      finite.append(bool(np.all(np.isfinite(loss_curve)) and all(jnp.isfinite(v).all() for v in leaves)))
     results[method.name] = {
       "lambda": method.lambd,
       "variant": method.variant,
+      "all_finite": finite,
       "final_test_acc": [c[-1] for c in curves],
       "test_acc_curve": np.round(curves, 3).tolist(),
       "train_loss_curve": np.round(losses, 5).tolist(),
@@ -587,7 +600,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   out.mkdir(parents=True, exist_ok=True)
   title = (
     f"{args.dataset} ({args.model}), noise {args.noise:g}, rho {args.rho:g}, "
-    f"{args.epochs} epochs, {args.seeds} seeds"
+    f"{args.epochs} epochs, {args.seeds} seeds" + (f", {args.dtype}" if args.dtype != "float32" else "")
   )
   print(title)
   print(table(results))

@@ -68,6 +68,9 @@ def test_cifar_models_have_the_published_parameter_counts(name, expected):
     (["--methods", "random-sam", "--sam-probability", "1.5"], "--sam-probability must be in [0, 1]"),
     (["--methods", "subbatch-sam", "--ascent-fraction", "0"], "--ascent-fraction must be in (0, 1]"),
     (["--dataset", "cifar10", "--methods", "reuse-sam"], "run on the digits only"),
+    (["--dataset", "cifar10", "--dtype", "bfloat16"], "--dtype bfloat16 applies to the digits CNN only"),
+    (["--model", "tiny", "--dtype", "bfloat16"], "--dtype bfloat16 applies to the cnn model only"),
+    (["--dtype", "float16"], "invalid choice"),
   ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
@@ -196,3 +199,18 @@ def test_cheap_variants_reduce_to_sam_and_differ_from_it(tmp_path, capsys):
   for name in ("reuse-sam", "random-sam", "subbatch-sam"):
     assert not np.allclose(results[name]["train_loss_curve"], results["SAM"]["train_loss_curve"], rtol=1e-4)
   capsys.readouterr()
+
+
+def test_bfloat16_digits_run_tracks_float32(tmp_path, capsys):
+  argv = ["--methods", "sam,1-1/t", "--epochs", "2", "--seeds", "1", "--noise", "0", "--no-progress"]
+  accuracy = {}
+  for dtype in ("float32", "bfloat16"):
+    assert train.main([*argv, "--dtype", dtype, "--out", str(tmp_path / dtype)]) == 0
+    saved = json.loads((tmp_path / dtype / "digits_results.json").read_text())
+    assert saved["config"]["dtype"] == dtype
+    results = saved["results"]
+    assert all(all(r["all_finite"]) for r in results.values())
+    accuracy[dtype] = np.array([r["final_test_acc"][0] for r in results.values()])
+  assert accuracy["float32"].min() > 80
+  np.testing.assert_allclose(accuracy["bfloat16"], accuracy["float32"], atol=5)
+  assert "bfloat16" in capsys.readouterr().out
