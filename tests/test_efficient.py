@@ -10,30 +10,14 @@ import optax
 import pytest
 
 import optax_usam
+from tests import mlp_problem
 from tests import numpy_reference as ref
-
-
-def _setup(seed: int = 0):
-  rng = np.random.default_rng(seed)
-  x, y = rng.normal(size=(16, 5)), rng.normal(size=(16, 3))
-  p0 = {
-      "w1": rng.normal(size=(5, 4)) * 0.5,
-      "b1": rng.normal(size=(4,)) * 0.1,
-      "w2": rng.normal(size=(4, 3)) * 0.5,
-      "b2": np.zeros(3),
-  }
-  return p0, x, y
-
-
-def _loss(p, x, y):
-  h = jnp.tanh(x @ p["w1"] + p["b1"])
-  return 0.5 * jnp.sum((h @ p["w2"] + p["b2"] - y) ** 2) / x.shape[0]
 
 
 def _run(tx, p0, x, y, steps):
   """Runs tx -> sgd(0.1) eagerly; returns params and how many times grad_fn actually ran."""
   calls = []
-  grad = jax.grad(_loss)
+  grad = jax.grad(mlp_problem.jax_loss)
 
   def grad_fn(q):
     jax.debug.callback(lambda: calls.append(1))
@@ -71,7 +55,7 @@ def _numpy_looksam(p0, x, y, steps, every_k, alpha, rho, lr=0.1):
 
 @pytest.mark.parametrize("every_k", [1, 3])
 def test_reuse_sam_matches_numpy_looksam(every_k):
-  p0, x, y = _setup()
+  p0, x, y = mlp_problem.problem()
   steps = 7
   want = _numpy_looksam(p0, x, y, steps, every_k, 0.7, 0.2)
   with jax.enable_x64(True):
@@ -82,7 +66,7 @@ def test_reuse_sam_matches_numpy_looksam(every_k):
 
 
 def test_reuse_sam_every_step_is_sam():
-  p0, x, y = _setup(1)
+  p0, x, y = mlp_problem.problem(1)
   a, _, _ = _run(optax_usam.reuse_sam(optax_usam.unified_sam(0.1, "1-1/t"), 1), p0, x, y, 4)
   b, _, _ = _run(optax_usam.unified_sam(0.1, "1-1/t"), p0, x, y, 4)
   chex.assert_trees_all_equal(a, b)
@@ -90,7 +74,7 @@ def test_reuse_sam_every_step_is_sam():
 
 @pytest.mark.parametrize("probability", [0.0, 1.0])
 def test_randomized_sam_extremes(probability):
-  p0, x, y = _setup(2)
+  p0, x, y = mlp_problem.problem(2)
   a, calls, state = _run(optax_usam.randomized_sam(optax_usam.sam(0.1), probability), p0, x, y, 5)
   b, _, _ = _run(optax_usam.sam(0.1) if probability else optax.identity(), p0, x, y, 5)
   chex.assert_trees_all_close(a, b, rtol=1e-6)
@@ -99,7 +83,7 @@ def test_randomized_sam_extremes(probability):
 
 
 def test_randomized_sam_frequency_and_reproducibility():
-  p0, x, y = _setup(3)
+  p0, x, y = mlp_problem.problem(3)
   steps, p = 200, 0.3
   tx = optax_usam.randomized_sam(optax_usam.sam(0.1), p, seed=7)
   a, calls_a, _ = _run(tx, p0, x, y, steps)

@@ -12,28 +12,14 @@ import optax
 import pytest
 
 import optax_usam
+from tests import mlp_problem
 from tests import numpy_reference as ref
 
 LAMBDAS = [0.0, 0.5, 1.0, "1/t", "1-1/t", "callable"]
 
 
-def _problem(seed: int = 0):
-  rng = np.random.default_rng(seed)
-  x = rng.normal(size=(16, 5))
-  y = rng.normal(size=(16, 3))
-  p = {
-      "w1": rng.normal(size=(5, 4)) * 0.5,
-      "b1": rng.normal(size=(4,)) * 0.1,
-      "w2": rng.normal(size=(4, 3)) * 0.5,
-      "b2": np.zeros(3),
-  }
-  return p, x, y
 
 
-def _jax_loss(p, x, y):
-  h = jnp.tanh(x @ p["w1"] + p["b1"])
-  r = h @ p["w2"] + p["b2"] - y
-  return 0.5 * jnp.sum(r**2) / x.shape[0]
 
 
 def _lambda_args(lambd):
@@ -55,7 +41,7 @@ def _rho_args(scheduled: bool):
 @pytest.mark.parametrize("lambd", LAMBDAS)
 def test_matches_numpy_reference_in_a_chain(lambd, scheduled_rho):
   steps, lr, momentum, wd = 6, 0.3, 0.9, 5e-2
-  p0, x, y = _problem()
+  p0, x, y = mlp_problem.problem()
   lam_jax, lam_np = _lambda_args(lambd)
   _, rho_np = _rho_args(scheduled_rho)
   want, logs = ref.unified_sam_sgd(
@@ -71,7 +57,7 @@ def test_matches_numpy_reference_in_a_chain(lambd, scheduled_rho):
     )
     params = jax.tree.map(jnp.asarray, p0)
     state = tx.init(params)
-    grad = jax.grad(_jax_loss)
+    grad = jax.grad(mlp_problem.jax_loss)
 
     @jax.jit
     def step(params, state):
@@ -97,7 +83,7 @@ def test_matches_numpy_reference_in_a_chain(lambd, scheduled_rho):
 
 def test_adaptive_in_a_chain_matches_numpy():
   """ASAM x unified lambda with a callable mask leaving vectors out, two steps of plain SGD."""
-  p0, x, y = _problem(6)
+  p0, x, y = mlp_problem.problem(6)
   rho, lambd, eta, lr = 0.5, 0.5, 0.01, 0.1
   p = {k: v.copy() for k, v in p0.items()}
   for _ in range(2):
@@ -117,7 +103,7 @@ def test_adaptive_in_a_chain_matches_numpy():
     )
     params = jax.tree.map(jnp.asarray, p0)
     state = tx.init(params)
-    grad = jax.grad(_jax_loss)
+    grad = jax.grad(mlp_problem.jax_loss)
     for _ in range(2):
       u, state = tx.update(grad(params, x, y), state, params, grad_fn=lambda q: grad(q, x, y))
       params = optax.apply_updates(params, u)
@@ -127,11 +113,11 @@ def test_adaptive_in_a_chain_matches_numpy():
 
 
 def test_sam_equals_optax_contrib_sam():
-  p0, x, y = _problem(1)
+  p0, x, y = mlp_problem.problem(1)
   rho, lr = 0.1, 0.2
   with jax.enable_x64(True):
     params = jax.tree.map(jnp.asarray, p0)
-    grad = jax.grad(_jax_loss)
+    grad = jax.grad(mlp_problem.jax_loss)
     ours = optax.chain(optax_usam.unified_sam(rho, 1.0), optax.sgd(lr))
     theirs = optax.contrib.sam(
         optax.sgd(lr),
@@ -184,9 +170,9 @@ def test_period_two_orbit(lambd, xbar):
 
 @pytest.mark.parametrize("schedule,constant", [("1/t", 1.0), ("1-1/t", 0.0)])
 def test_time_varying_lambda_first_step(schedule, constant):
-  p0, x, y = _problem(2)
+  p0, x, y = mlp_problem.problem(2)
   params = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), p0)
-  grad = jax.grad(_jax_loss)
+  grad = jax.grad(mlp_problem.jax_loss)
   g = grad(params, x, y)
   gf = lambda q: grad(q, x, y)
   a = optax_usam.unified_sam(0.2, schedule)
@@ -202,9 +188,9 @@ def test_time_varying_lambda_first_step(schedule, constant):
 
 
 def test_sam_and_usam_aliases():
-  p0, x, y = _problem(3)
+  p0, x, y = mlp_problem.problem(3)
   params = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), p0)
-  grad = jax.grad(_jax_loss)
+  grad = jax.grad(mlp_problem.jax_loss)
   g, gf = grad(params, x, y), (lambda q: grad(q, x, y))
   for alias, lambd in ((optax_usam.sam, 1.0), (optax_usam.usam, 0.0)):
     ua, _ = alias(0.1).update(g, alias(0.1).init(params), params, grad_fn=gf)
@@ -214,9 +200,9 @@ def test_sam_and_usam_aliases():
 
 
 def test_jit_and_eager_agree():
-  p0, x, y = _problem(4)
+  p0, x, y = mlp_problem.problem(4)
   params = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), p0)
-  grad = jax.grad(_jax_loss)
+  grad = jax.grad(mlp_problem.jax_loss)
   tx = optax.chain(optax_usam.unified_sam(0.1, "1-1/t"), optax.sgd(0.1, momentum=0.9))
 
   def step(params, state):
@@ -271,7 +257,7 @@ def test_integer_leaves_left_untouched():
 
 
 def _shard_problem():
-  p0, x, y = _problem(5)
+  p0, x, y = mlp_problem.problem(5)
   return p0, x.reshape(4, 4, 5), y.reshape(4, 4, 3)
 
 
@@ -292,7 +278,7 @@ def test_pmap_matches_hand_computed_reference(sync):
 
   tx = optax_usam.unified_sam(rho, lambd, axis_name="batch", sync_perturbation=sync)
   params = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), p0)
-  grad = jax.grad(_jax_loss)
+  grad = jax.grad(mlp_problem.jax_loss)
 
   def step(params, state, x, y):
     return tx.update(grad(params, x, y), state, params, grad_fn=lambda q: grad(q, x, y))

@@ -1,0 +1,31 @@
+"""The small tanh MLP regression problem shared by the tests: data in NumPy, the loss in JAX.
+
+Its gradient, derived by hand, is ``numpy_reference.mlp_grad``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def problem(seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+  """Float64 parameters {w1 (5, 4), b1, w2 (4, 3), b2} and a batch x (16, 5), y (16, 3)."""
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(16, 5))
+  y = rng.normal(size=(16, 3))
+  params = {
+      "w1": rng.normal(size=(5, 4)) * 0.5,
+      "b1": rng.normal(size=(4,)) * 0.1,
+      "w2": rng.normal(size=(4, 3)) * 0.5,
+      "b2": np.zeros(3),
+  }
+  return params, x, y
+
+
+def jax_loss(p: dict[str, jax.Array], x: jax.Array, y: jax.Array) -> jax.Array:
+  """0.5 * mean((tanh(x W1 + b1) w2 + b2 - y)^2), summed over outputs; numpy_reference.mlp_loss in JAX."""
+  h = jnp.tanh(x @ p["w1"] + p["b1"])
+  r = h @ p["w2"] + p["b2"] - y
+  return 0.5 * jnp.sum(r**2) / x.shape[0]
