@@ -202,7 +202,8 @@ def test_cheap_variants_reduce_to_sam_and_differ_from_it(tmp_path, capsys):
 
 
 def test_bfloat16_digits_run_tracks_float32(tmp_path, capsys):
-  argv = ["--methods", "sam,1-1/t", "--epochs", "2", "--seeds", "1", "--noise", "0", "--no-progress"]
+  # bfloat16 starts slower (small SGD steps round away in 8-bit mantissas) and catches up within a few epochs.
+  argv = ["--methods", "sam,1-1/t", "--epochs", "6", "--seeds", "1", "--noise", "0", "--no-progress"]
   accuracy = {}
   for dtype in ("float32", "bfloat16"):
     assert train.main([*argv, "--dtype", dtype, "--out", str(tmp_path / dtype)]) == 0
@@ -211,6 +212,6 @@ def test_bfloat16_digits_run_tracks_float32(tmp_path, capsys):
     results = saved["results"]
     assert all(all(r["all_finite"]) for r in results.values())
     accuracy[dtype] = np.array([r["final_test_acc"][0] for r in results.values()])
-  assert accuracy["float32"].min() > 80
-  np.testing.assert_allclose(accuracy["bfloat16"], accuracy["float32"], atol=5)
+  assert accuracy["float32"].min() > 90
+  np.testing.assert_allclose(accuracy["bfloat16"], accuracy["float32"], atol=3)
   assert "bfloat16" in capsys.readouterr().out
