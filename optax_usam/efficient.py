@@ -14,6 +14,7 @@ count, or the same random key, for every vmapped member).
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable
 from typing import Any, NamedTuple
 
 import chex
@@ -23,6 +24,7 @@ import optax
 
 from optax_usam import schedules
 from optax_usam.perturbation import accumulation_dtype, global_norm, is_float_leaf
+from optax_usam.transform import _pmean
 
 
 class ReuseState(NamedTuple):
@@ -42,25 +44,45 @@ class RandomizedState(NamedTuple):
 
 
 def _check_positive_int(value: Any, name: str) -> int:
-  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+  if isinstance(value, bool) or not isinstance(value, int):
+    raise TypeError(f"{name} must be a positive int; got {value!r}.")
+  if value < 1:
     raise ValueError(f"{name} must be a positive int; got {value!r}.")
   return value
 
 
+def _is_none(x: Any) -> bool:
+  return x is None
+
+
 def _like_params(tree: optax.Updates, params: optax.Params) -> optax.Updates:
   """Casts floating leaves to the parameters' dtypes, as the SAM branch returns them."""
-  return jax.tree.map(lambda u, p: u.astype(p.dtype) if is_float_leaf(p) else u, tree, params)
+  return jax.tree.map(lambda u, p: u.astype(jnp.result_type(p)) if is_float_leaf(p) else u, tree, params)
+
+
+def _float_only(tree: optax.Updates, params: optax.Params) -> optax.Updates:
+  """``tree`` with the leaves of non-floating parameters (float0 gradients) replaced by None."""
+  return jax.tree.map(lambda t, p: t if is_float_leaf(p) else None, tree, params)
 
 
 def _vdot(a: optax.Updates, b: optax.Updates, dtype: jnp.dtype) -> chex.Array:
+  """<a, b> over the non-None leaves, conjugating ``a``."""
   pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
   return sum((jnp.vdot(x.astype(dtype), y.astype(dtype)) for x, y in pairs), jnp.zeros((), dtype))
+
+
+def _mean_over(tree: optax.Updates, axis_name: Hashable | None) -> optax.Updates:
+  # The SAM branch averages inside unified_sam(axis_name=...); the cheap branches must too,
+  # or the replicas of a pmap would drift apart.
+  return tree if axis_name is None else _pmean(tree, axis_name)
 
 
 def reuse_sam(
     sam: optax.GradientTransformationExtraArgs,
     every_k: int,
     alpha: float = 0.7,
+    *,
+    axis_name: Hashable | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Runs ``sam`` every ``every_k`` steps and reuses its correction in between (LookSAM).
 
@@ -82,6 +104,8 @@ def reuse_sam(
     sam: a :func:`optax_usam.unified_sam` transformation.
     every_k: run ``sam`` on steps 0, k, 2k, ...
     alpha: weight of the reused correction (LookSAM's default, 0.7).
+    axis_name: inside ``pmap``/``shard_map``, the data axis: the gradients
+      of the cheap steps are averaged over it (give ``sam`` the same axis).
 
   References:
     Liu et al., `Towards Efficient and Scalable Sharpness-Aware Minimization
@@ -100,17 +124,23 @@ def reuse_sam(
   ) -> tuple[optax.Updates, ReuseState]:
     dtype = accumulation_dtype(params)
     tiny = jnp.finfo(dtype).tiny
+    g = _float_only(_mean_over(updates, axis_name), params)
+    stored = _float_only(state.correction, params)
+    keep = lambda new, old: jax.tree.map(lambda n, o: o if n is None else n, new, old, is_leaf=_is_none)
 
     def sam_step(_: None) -> tuple[optax.Updates, optax.Updates, Any]:
       g_s, inner = sam.update(updates, state.inner, params, **extra_args)
-      coef = _vdot(g_s, updates, dtype) / jnp.maximum(_vdot(updates, updates, dtype), tiny)
-      g_v = jax.tree.map(lambda s, g: (s - coef.astype(s.dtype) * g).astype(s.dtype), g_s, updates)
-      return g_s, _like_params(g_v, params), inner
+      g_sf = _float_only(g_s, params)
+      coef = _vdot(g, g_sf, dtype) / jnp.maximum(_vdot(g, g, dtype), tiny)
+      g_v = jax.tree.map(lambda s, v: (s - coef.astype(s.dtype) * v).astype(s.dtype), g_sf, g)
+      return g_s, _like_params(keep(g_v, state.correction), params), inner
 
     def reuse_step(_: None) -> tuple[optax.Updates, optax.Updates, Any]:
-      ratio = global_norm(updates, dtype) / jnp.maximum(global_norm(state.correction, dtype), tiny)
-      out = jax.tree.map(lambda g, v: g + (alpha * ratio).astype(v.dtype) * v, updates, state.correction)
-      return _like_params(out, params), state.correction, state.inner
+      stored_norm = global_norm(stored, dtype)
+      # g_s parallel to g (a quadratic, say) leaves no correction to reuse: g_v = 0, ratio 0, not 0/0.
+      ratio = jnp.where(stored_norm > 0, global_norm(g, dtype) / jnp.maximum(stored_norm, tiny), 0)
+      out = jax.tree.map(lambda v, c: v + (alpha * ratio).astype(c.dtype) * c, g, stored)
+      return _like_params(keep(out, updates), params), state.correction, state.inner
 
     out, correction, inner = jax.lax.cond(state.count % every_k == 0, sam_step, reuse_step, None)
     return out, ReuseState(optax.safe_increment(state.count), correction, inner)
@@ -122,6 +152,8 @@ def randomized_sam(
     sam: optax.GradientTransformationExtraArgs,
     probability: float | optax.Schedule,
     seed: int = 0,
+    *,
+    axis_name: Hashable | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Runs ``sam`` with probability :math:`p_t` and returns the plain gradient otherwise.
 
@@ -141,6 +173,8 @@ def randomized_sam(
     sam: a :func:`optax_usam.unified_sam` transformation.
     probability: :math:`p_t \in [0, 1]`, a float or a schedule of the count.
     seed: seed of the PRNG key that draws the decisions.
+    axis_name: inside ``pmap``/``shard_map``, the data axis: the plain
+      gradient of a skipped step is averaged over it (give ``sam`` the same axis).
 
   References:
     Zhao et al., `Randomized Sharpness-Aware Training for Boosting
@@ -162,7 +196,7 @@ def randomized_sam(
     out, inner = jax.lax.cond(
         take_sam,
         lambda: sam.update(updates, state.inner, params, **extra_args),
-        lambda: (_like_params(updates, params), state.inner),
+        lambda: (_like_params(_mean_over(updates, axis_name), params), state.inner),
     )
     return out, RandomizedState(optax.safe_increment(state.count), jax.random.key_data(key), inner)
 

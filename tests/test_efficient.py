@@ -109,7 +109,7 @@ def test_sub_batch():
     "build,error,match",
     [
         (lambda s: optax_usam.reuse_sam(s, 0), ValueError, "every_k"),
-        (lambda s: optax_usam.reuse_sam(s, 2.5), ValueError, "every_k"),
+        (lambda s: optax_usam.reuse_sam(s, 2.5), TypeError, "every_k"),
         (lambda s: optax_usam.reuse_sam(s, 2, alpha=-1.0), ValueError, "alpha"),
         (lambda s: optax_usam.randomized_sam(s, 1.5), ValueError, "probability"),
         (lambda s: optax_usam.randomized_sam(s, lambda c: -0.5 + 0 * c), ValueError, "probability"),
@@ -119,3 +119,45 @@ def test_sub_batch():
 def test_bad_arguments(build, error, match):
   with pytest.raises(error, match=match):
     build(optax_usam.sam(0.1))
+
+
+@pytest.mark.parametrize(
+    "wrap", [lambda s: optax_usam.reuse_sam(s, 2), lambda s: optax_usam.randomized_sam(s, 0.5)]
+)
+def test_wrappers_leave_integer_leaves_alone(wrap):
+  params = {"w": jnp.array([1.0, -2.0]), "step": jnp.array(3, jnp.int32)}
+  grad = jax.grad(lambda p: jnp.sum(p["w"] ** 2) * p["step"], allow_int=True)
+  tx = wrap(optax_usam.sam(0.1))
+  state = tx.init(params)
+  for _ in range(4):
+    out, state = tx.update(grad(params), state, params, grad_fn=grad)
+    chex.assert_tree_all_finite(out["w"])
+    assert out["step"].dtype == jax.dtypes.float0
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda s: optax_usam.reuse_sam(s, 2, axis_name="batch"),
+        lambda s: optax_usam.randomized_sam(s, 0.5, axis_name="batch"),
+    ],
+)
+def test_wrappers_average_cheap_steps_over_devices(wrap):
+  """Inside pmap every step, SAM or not, returns the device-averaged gradient: replicas stay equal."""
+  p0, x, y = mlp_problem.problem(4)
+  params = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), p0)
+  xs, ys = x.reshape(4, 4, 5).astype(np.float32), y.reshape(4, 4, 3).astype(np.float32)
+  tx = optax.chain(wrap(optax_usam.sam(0.1, axis_name="batch")), optax.sgd(0.1))
+  grad = jax.grad(mlp_problem.jax_loss)
+
+  def step(params, state, xb, yb):
+    u, state = tx.update(grad(params, xb, yb), state, params, grad_fn=lambda q: grad(q, xb, yb))
+    return optax.apply_updates(params, u), state
+
+  replicate = lambda t: jax.tree.map(lambda v: jnp.stack([v] * 4), t)
+  p, s = replicate(params), replicate(tx.init(params))
+  pstep = jax.pmap(step, axis_name="batch", devices=jax.devices()[:4])
+  for _ in range(5):
+    p, s = pstep(p, s, xs, ys)
+  for leaf in jax.tree.leaves(p):
+    np.testing.assert_array_equal(leaf, jnp.broadcast_to(leaf[0], leaf.shape))
