@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from optax_usam.perturbation import is_float_leaf
 
@@ -29,13 +31,12 @@ def check_matches_params(tree: Any, params: Any, name: str, *, dtypes: bool) -> 
     if not is_float_leaf(p):
       continue
     where = jax.tree_util.keystr(path) or "<root>"
-    shape = getattr(t, "shape", ())
-    if tuple(shape) != tuple(p.shape):
+    if np.shape(t) != np.shape(p):
       raise ValueError(
-          f"{name} leaf {where} has shape {tuple(shape)}, but the parameter has shape {p.shape}."
+          f"{name} leaf {where} has shape {np.shape(t)}, but the parameter has shape {np.shape(p)}."
       )
-    if dtypes and t.dtype != p.dtype:
+    if dtypes and jnp.result_type(t) != jnp.result_type(p):
       raise TypeError(
-          f"{name} leaf {where} has dtype {t.dtype}, but the parameter has dtype {p.dtype}; "
-          "grad_fn must return gradients in the parameters' dtypes."
+          f"{name} leaf {where} has dtype {jnp.result_type(t)}, but the parameter has dtype "
+          f"{jnp.result_type(p)}; grad_fn must return gradients in the parameters' dtypes."
       )

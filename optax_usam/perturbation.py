@@ -69,13 +69,13 @@ def adaptive_scales(params: Params, eta: float, mask: Any = None) -> Params:
   if callable(mask):
     mask = mask(params)
   if mask is None:
-    mask = jax.tree.map(lambda _: True, params)
-  return jax.tree.map(
-      lambda adapt, x: (jnp.abs(x) + eta) if adapt and is_float_leaf(x) else None,
-      mask,
-      params,
-      is_leaf=lambda m: isinstance(m, bool),
+    mask = True
+  # A prefix of params (e.g. {"encoder": False}) covers every leaf below it, as in optax.masked.
+  full = jax.tree.map(
+      lambda m, sub: jax.tree.map(lambda _: bool(m), sub), mask, params, is_leaf=lambda m: isinstance(m, bool)
   )
+  scale = lambda adapt, x: (jnp.abs(x) + eta) if adapt and is_float_leaf(x) else None
+  return jax.tree.map(scale, full, params)
 
 
 def perturb(

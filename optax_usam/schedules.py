@@ -46,6 +46,8 @@ def _concrete_at_zero(schedule: Schedule) -> float | None:
   over in a sweep: its values can only be checked by the caller.
   """
   value = schedule(jnp.zeros((), jnp.int32))
+  if np.ndim(value) != 0:
+    raise ValueError(f"a schedule must return a scalar; got shape {np.shape(value)} at count 0.")
   try:
     return float(np.asarray(value))
   except (TypeError, jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):

@@ -136,6 +136,10 @@ def unified_sam(
   adaptive_eta = schedules.check_nonnegative(adaptive_eta, "adaptive_eta")
   if adaptive_mask is not None and not adaptive:
     raise ValueError("adaptive_mask only applies with adaptive=True.")
+  if adaptive_mask is not None and not callable(adaptive_mask) and not all(
+      isinstance(m, bool) for m in jax.tree.leaves(adaptive_mask)
+  ):
+    raise TypeError("adaptive_mask must be None, a callable params -> tree of bools, or a tree of bools.")
 
   def init_fn(params: optax.Params) -> UnifiedSAMState:
     if params is None:

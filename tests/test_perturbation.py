@@ -154,3 +154,10 @@ def test_low_precision_large_and_small(dtype):
     chex.assert_tree_all_finite(out)
     assert out.params["w"].dtype == dtype
     np.testing.assert_allclose(out.perturbation_norm, 0.1, rtol=1e-3)
+
+
+def test_adaptive_mask_may_be_a_prefix():
+  params = {"enc": {"w": jnp.ones((2, 2)), "b": jnp.ones(2)}, "head": jnp.ones(3)}
+  scales = optax_usam.adaptive_scales(params, 0.5, {"enc": False, "head": True})
+  assert scales["enc"]["w"] is None and scales["enc"]["b"] is None
+  np.testing.assert_allclose(scales["head"], 1.5)

@@ -323,6 +323,12 @@ def test_pmap_matches_hand_computed_reference(sync):
             "adaptive_eta",
         ),
         ({"rho": 0.1, "lambd_schedule": 1.0, "adaptive_mask": {"w": True}}, ValueError, "adaptive_mask"),
+        (
+            {"rho": 0.1, "lambd_schedule": 1.0, "adaptive": True, "adaptive_mask": {"w": "yes"}},
+            TypeError,
+            "adaptive_mask",
+        ),
+        ({"rho": lambda c: jnp.full((1,), 0.1), "lambd_schedule": 1.0}, ValueError, "must return a scalar"),
     ],
 )
 def test_bad_construction_arguments(kwargs, error, match):
