@@ -206,6 +206,9 @@ def _same_sharding(a: Sharding, b: Sharding, ndim: int) -> bool:
   concrete = lambda s: not isinstance(s, NamedSharding) or isinstance(s.mesh, Mesh)
   if concrete(a) and concrete(b):
     return a.is_equivalent_to(b, ndim)
+  if not (isinstance(a, NamedSharding) and isinstance(b, NamedSharding)):
+    # One side is abstract (inside jit), the other a device-level sharding with no mesh: not comparable.
+    return False
   # Abstract meshes (inside jit) carry no devices: compare mesh shapes and layouts.
   pad = lambda s: tuple(s.spec) + (None,) * (ndim - len(s.spec))
   return a.mesh.shape_tuple == b.mesh.shape_tuple and pad(a) == pad(b)
