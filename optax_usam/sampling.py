@@ -39,7 +39,6 @@ References:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -47,6 +46,8 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from optax_usam import schedules
 
 
 class Batch(NamedTuple):
@@ -110,14 +111,7 @@ def _check_smoothness(smoothness: Any) -> np.ndarray:
 
 
 def _check_delta_inf(delta_inf: float | None) -> float | None:
-  if delta_inf is None:
-    return None
-  if isinstance(delta_inf, bool) or not isinstance(delta_inf, (int, float, np.floating, np.integer)):
-    raise TypeError(f"delta_inf must be None or a non-negative float; got {delta_inf!r}.")
-  value = float(delta_inf)
-  if not (math.isfinite(value) and value >= 0):
-    raise ValueError(f"delta_inf must be a non-negative finite float (f_inf - mean_i f_i_inf); got {value}.")
-  return value
+  return None if delta_inf is None else schedules.check_nonnegative(delta_inf, "delta_inf")
 
 
 def _c(a: float, delta_inf: float | None) -> float | None:

@@ -108,9 +108,9 @@ def check_nonnegative(value: Any, name: str) -> float:
   return number
 
 
-def check_eps(eps: Any) -> float:
-  """Returns ``eps`` as a float after checking it is finite and positive."""
-  number = _as_float(eps, "eps", "a positive finite float")
+def check_positive(value: Any, name: str) -> float:
+  """Returns ``value`` as a float after checking it is finite and positive."""
+  number = _as_float(value, name, "a positive finite float")
   if not (math.isfinite(number) and number > 0):
-    raise ValueError(f"eps must be a positive finite float; got {number}.")
+    raise ValueError(f"{name} must be a positive finite float; got {number}.")
   return number

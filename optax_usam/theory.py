@@ -33,8 +33,9 @@ from typing import Any, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
+
+from optax_usam import schedules
 
 
 class StepSizes(NamedTuple):
@@ -52,16 +53,7 @@ class StepSchedules(NamedTuple):
 
 
 def _number(value: Any, name: str, *, positive: bool) -> float:
-  allowed = f"a {'positive' if positive else 'non-negative'} finite float"
-  if isinstance(value, (bool, np.bool_, str, bytes, jax.core.Tracer)) or np.ndim(value) != 0:
-    raise TypeError(f"{name} must be {allowed}; got {value!r}.")
-  try:
-    number = float(value)
-  except (TypeError, ValueError) as err:
-    raise TypeError(f"{name} must be {allowed}; got {value!r}.") from err
-  if not math.isfinite(number) or number < 0 or (positive and number == 0):
-    raise ValueError(f"{name} must be {allowed}; got {number}.")
-  return number
+  return schedules.check_positive(value, name) if positive else schedules.check_nonnegative(value, name)
 
 
 def pl_constant_steps(mu: float, L: float, A: float, B: float, lambd: float) -> StepSizes:

@@ -126,7 +126,7 @@ def unified_sam(
   """
   rho_fn = schedules.rho_schedule(rho)
   lambd_fn = schedules.lambda_schedule(lambd_schedule)
-  eps = schedules.check_eps(eps)
+  eps = schedules.check_positive(eps, "eps")
   if axis_name is not None and not isinstance(axis_name, Hashable):
     raise TypeError(f"axis_name must be None or a hashable axis name; got {axis_name!r}.")
   if not isinstance(sync_perturbation, bool):

@@ -17,6 +17,7 @@ import numpy as np
 import optax
 
 from optax_usam import distributed
+from tests import mlp_problem
 
 STEPS, N, D, HIDDEN, OUT = 3, 32, 8, 16, 4
 
@@ -40,16 +41,7 @@ def main() -> None:
         args.coordinator, num_processes=args.num_processes, process_id=args.process_id,
         initialization_timeout=60)
 
-  rng = np.random.default_rng(0)
-  params = {
-      "w1": rng.normal(size=(D, HIDDEN)) / np.sqrt(D),
-      "b1": rng.normal(size=HIDDEN) * 0.1,
-      "w2": rng.normal(size=(HIDDEN, OUT)) / np.sqrt(HIDDEN),
-      "b2": rng.normal(size=OUT) * 0.1,
-  }
-  params = {k: v.astype(np.float32) for k, v in params.items()}
-  x = rng.normal(size=(N, D)).astype(np.float32)
-  y = rng.normal(size=(N, OUT)).astype(np.float32)
+  params, x, y = mlp_problem.float32_problem(D, HIDDEN, OUT, N)
   rows = slice(args.process_id * N // args.num_processes, (args.process_id + 1) * N // args.num_processes)
 
   mesh = distributed.make_mesh(num_model=2)

@@ -29,3 +29,20 @@ def jax_loss(p: dict[str, jax.Array], x: jax.Array, y: jax.Array) -> jax.Array:
   h = jnp.tanh(x @ p["w1"] + p["b1"])
   r = h @ p["w2"] + p["b2"] - y
   return 0.5 * jnp.sum(r**2) / x.shape[0]
+
+
+def float32_problem(
+    d: int = 8, h: int = 16, o: int = 4, n: int = 32
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+  """Float32 parameters {w1 (d, h), b1, w2 (h, o), b2} and a batch x (n, d), y (n, o), seeded with 0."""
+  rng = np.random.default_rng(0)
+  params = {
+      "w1": rng.normal(size=(d, h)) / np.sqrt(d),
+      "b1": rng.normal(size=h) * 0.1,
+      "w2": rng.normal(size=(h, o)) / np.sqrt(h),
+      "b2": rng.normal(size=o) * 0.1,
+  }
+  params = {k: v.astype(np.float32) for k, v in params.items()}
+  x = rng.normal(size=(n, d)).astype(np.float32)
+  y = rng.normal(size=(n, o)).astype(np.float32)
+  return params, x, y

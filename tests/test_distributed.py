@@ -13,6 +13,7 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 import optax_usam
 from optax_usam import distributed
+from tests import mlp_problem
 
 RHO, LAMBD, LR, MOMENTUM, WD = 0.2, 0.5, 0.1, 0.9, 1e-2
 STEPS = 2
@@ -71,20 +72,6 @@ def base_optimizer() -> optax.GradientTransformation:
   return optax.chain(optax.add_decayed_weights(WD), optax.sgd(LR, momentum=MOMENTUM))
 
 
-def make_problem(d: int = 8, h: int = 16, o: int = 4, n: int = 32) -> tuple[dict, np.ndarray, np.ndarray]:
-  rng = np.random.default_rng(0)
-  params = {
-      "w1": rng.normal(size=(d, h)) / np.sqrt(d),
-      "b1": rng.normal(size=h) * 0.1,
-      "w2": rng.normal(size=(h, o)) / np.sqrt(h),
-      "b2": rng.normal(size=o) * 0.1,
-  }
-  params = {k: v.astype(np.float32) for k, v in params.items()}
-  x = rng.normal(size=(n, d)).astype(np.float32)
-  y = rng.normal(size=(n, o)).astype(np.float32)
-  return params, x, y
-
-
 def single_device(params: dict, x: np.ndarray, y: np.ndarray, shards: int) -> dict:
   """The same training on one device with the core transformation alone.
 
@@ -140,7 +127,7 @@ def train_sharded(mesh, params, x, y, per_device: bool, min_size: int = 0):
 @pytest.mark.parametrize("per_device", [False, True], ids=["global", "per_device"])
 @pytest.mark.parametrize(("num_devices", "num_model"), MESHES)
 def test_sharded_step_matches_single_device_and_float64(num_devices, num_model, per_device):
-  params, x, y = make_problem()
+  params, x, y = mlp_problem.float32_problem()
   mesh = distributed.make_mesh(num_model, jax.devices()[:num_devices])
   p, s, shardings = train_sharded(mesh, params, x, y, per_device)
 
@@ -161,7 +148,7 @@ def test_sharded_step_matches_single_device_and_float64(num_devices, num_model, 
 @pytest.mark.parametrize("recipe", ["pmap", "shard_map"])
 def test_documented_recipes_without_the_helper(recipe, sync):
   """The pmap and shard_map snippets of docs/distributed.md, on 4 devices."""
-  params, x, y = make_problem()
+  params, x, y = mlp_problem.float32_problem()
   tx = optax_usam.unified_sam(RHO, LAMBD, axis_name="data", sync_perturbation=sync)
   state = tx.init(params)
 
@@ -206,7 +193,7 @@ def collectives(hlo: str, op: str) -> list[list[tuple[int, ...]]]:
 
 @pytest.mark.parametrize(("num_devices", "num_model"), [(4, 2), (8, 4)])
 def test_global_norm_needs_one_scalar_all_reduce(num_devices, num_model):
-  params, _, _ = make_problem()
+  params, _, _ = mlp_problem.float32_problem()
   mesh = distributed.make_mesh(num_model, jax.devices()[:num_devices])
   p = jax.device_put(params, distributed.fsdp_shardings(params, mesh, min_size=0))
   hlo = jax.jit(lambda p, g: optax_usam.perturb(p, g, RHO, LAMBD)).lower(p, p).compile().as_text()
@@ -225,7 +212,7 @@ def parameter_gathers(hlo: str, params: dict, shardings: dict) -> int:
 @pytest.mark.parametrize("per_device", [False, True], ids=["global", "per_device"])
 @pytest.mark.parametrize(("num_devices", "num_model"), [(4, 2), (8, 4)])
 def test_sam_step_gathers_parameters_no_more_than_two_plain_steps(num_devices, num_model, per_device):
-  params, x, y = make_problem()
+  params, x, y = mlp_problem.float32_problem()
   mesh = distributed.make_mesh(num_model, jax.devices()[:num_devices])
   shardings = distributed.fsdp_shardings(params, mesh, min_size=0)
   p = jax.device_put(params, shardings)
@@ -252,7 +239,7 @@ def collective_bytes(hlo: str, op: str) -> int:
                          ids=["global", "per_device"])
 def test_all_reduced_bytes_per_step(per_device, gradient_reduces):
   """Data parallel: global SAM all-reduces both gradients, m-sharpness only the second."""
-  params, x, y = make_problem(d=64, h=256, o=64, n=16)
+  params, x, y = mlp_problem.float32_problem(d=64, h=256, o=64, n=16)
   mesh = distributed.make_mesh(1)
   p = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
   _, init, step = distributed.sam_train_step(
@@ -268,7 +255,7 @@ def test_all_reduced_bytes_per_step(per_device, gradient_reduces):
 
 @pytest.mark.parametrize("per_device", [False, True], ids=["global", "per_device"])
 def test_per_device_memory_shrinks_as_parameter_axis_grows(per_device):
-  params, x, y = make_problem(d=64, h=256, o=64, n=16)
+  params, x, y = mlp_problem.float32_problem(d=64, h=256, o=64, n=16)
   totals = []
   for num_model in (1, 2, 4):
     mesh = distributed.make_mesh(num_model)
@@ -287,7 +274,7 @@ def test_per_device_memory_shrinks_as_parameter_axis_grows(per_device):
 
 
 def test_check_shardings_accepts_matching_layouts():
-  params, _, _ = make_problem()
+  params, _, _ = mlp_problem.float32_problem()
   mesh = distributed.make_mesh(2, jax.devices()[:4])
   p = jax.device_put(params, distributed.fsdp_shardings(params, mesh, min_size=0))
   distributed.check_shardings(jax.jit(jax.grad(loss_fn))(p, (np.ones((4, 8)), np.ones((4, 4)))), p)
@@ -295,7 +282,7 @@ def test_check_shardings_accepts_matching_layouts():
 
 @pytest.mark.parametrize("which", ["spec", "devices"])
 def test_check_shardings_rejects_mismatch(which):
-  params, _, _ = make_problem()
+  params, _, _ = mlp_problem.float32_problem()
   mesh = distributed.make_mesh(2, jax.devices()[:4])
   p = jax.device_put(params, distributed.fsdp_shardings(params, mesh, min_size=0))
   if which == "spec":
@@ -328,7 +315,7 @@ def test_check_shardings_rejects_structure_mismatch():
 
 
 def test_step_rejects_params_off_their_shardings():
-  params, x, y = make_problem()
+  params, x, y = mlp_problem.float32_problem()
   mesh = distributed.make_mesh(2, jax.devices()[:4])
   shardings = distributed.fsdp_shardings(params, mesh, min_size=0)
   _, init, step = distributed.sam_train_step(
