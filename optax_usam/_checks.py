@@ -1,7 +1,7 @@
-"""Checks that a gradient tree matches the parameter tree it belongs to.
+"""Checks of the trees ``update`` receives, and of masks over them.
 
-They run on shapes and dtypes only, so under ``jit`` they fire at trace time
-with a message naming the offending leaf.
+They run on structures, shapes and dtypes only, so under ``jit`` they fire at
+trace time with a message naming the offending leaf or argument.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from optax_usam.perturbation import is_float_leaf
 
@@ -40,3 +41,33 @@ def check_matches_params(tree: Any, params: Any, name: str, *, dtypes: bool) -> 
           f"{name} leaf {where} has dtype {jnp.result_type(t)}, but the parameter has dtype "
           f"{jnp.result_type(p)}; grad_fn must return gradients in the parameters' dtypes."
       )
+
+
+def check_mask(mask: Any, name: str) -> Any:
+  """Returns ``mask`` if it is None, a callable, or a tree of bools; raises TypeError otherwise."""
+  if mask is None or callable(mask):
+    return mask
+  leaves = jax.tree.leaves(mask)
+  if not leaves or not all(isinstance(m, (bool, np.bool_)) for m in leaves):
+    raise TypeError(
+        f"{name} must be None, a tree of bools like params (or a prefix of it), or a callable "
+        f"params -> such a tree; got {mask!r}."
+    )
+  return mask
+
+
+def check_no_masked_nodes(params: Any) -> None:
+  """Raises ValueError if ``params`` holds ``optax.MaskedNode`` leaves.
+
+  They come from ``optax.masked``, ``optax.partition`` or ``optax.multi_transform``
+  around the transformation; ``grad_fn`` would receive them and fail inside the
+  user's loss.
+  """
+  is_masked = lambda x: isinstance(x, optax.MaskedNode)
+  if any(is_masked(x) for x in jax.tree.leaves(params, is_leaf=is_masked)):
+    raise ValueError(
+        "unified_sam received parameters with optax.MaskedNode leaves: it is inside optax.masked, "
+        "optax.partition or optax.multi_transform, which hide parameters from grad_fn. Put unified_sam "
+        "outside them, first in the chain, and choose the perturbed parameters with "
+        "unified_sam(..., perturb_mask=mask); the base optimizer may still be masked or partitioned."
+    )

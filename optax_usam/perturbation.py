@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Params = Any
 
@@ -59,23 +60,39 @@ class Perturbed(NamedTuple):
   perturbation_norm: chex.Array
 
 
-def adaptive_scales(params: Params, eta: float, mask: Any = None) -> Params:
+def leaf_mask(mask: Any, params: Params, name: str = "mask") -> list[bool]:
+  """``mask`` as one bool per leaf of ``params``, in ``jax.tree.leaves`` order.
+
+  ``mask`` is None (every leaf), a tree of bools with the structure of
+  ``params`` or a prefix of it (``{"encoder": False}`` covers every leaf below
+  it), or a callable ``params -> such a tree``, as in :func:`optax.masked`.
+  ``None`` leaves of ``params`` (Equinox's filtered fields) are absent, as in optax.
+  """
+  if callable(mask):
+    mask = mask(params)
+  if mask is None:
+    return [True] * len(jax.tree.leaves(params))
+  flags = jax.tree.leaves(mask)
+  if not all(isinstance(m, (bool, np.bool_)) for m in flags):
+    raise TypeError(f"{name} must hold bools; got {[type(m).__name__ for m in flags]}.")
+  try:
+    full = jax.tree.map(lambda m, sub: jax.tree.map(lambda _: bool(m), sub), mask, params)
+    return jax.tree.structure(params).flatten_up_to(full)
+  except (ValueError, TypeError) as err:
+    raise ValueError(f"{name} must have the tree structure of params or of a prefix of it: {err}") from None
+
+
+def adaptive_scales(params: Params, eta: chex.Numeric, mask: Any = None) -> Params:
   r"""ASAM's elementwise scale :math:`T_w = |w| + \eta`, or None where ``mask`` is False.
 
   ``mask`` is a tree of bools with the structure of ``params`` (or a prefix of
   it), or a callable ``params -> such a tree``, as in :func:`optax.masked`:
   True means adapted. None adapts every floating leaf.
   """
-  if callable(mask):
-    mask = mask(params)
-  if mask is None:
-    mask = True
-  # A prefix of params (e.g. {"encoder": False}) covers every leaf below it, as in optax.masked.
-  full = jax.tree.map(
-      lambda m, sub: jax.tree.map(lambda _: bool(m), sub), mask, params, is_leaf=lambda m: isinstance(m, bool)
-  )
-  scale = lambda adapt, x: (jnp.abs(x) + eta) if adapt and is_float_leaf(x) else None
-  return jax.tree.map(scale, full, params)
+  leaves, treedef = jax.tree.flatten(params)
+  flags = leaf_mask(mask, params, "adaptive_mask")
+  scale = lambda x, adapt: (jnp.abs(x) + eta) if adapt and is_float_leaf(x) else None
+  return treedef.unflatten([scale(x, adapt) for x, adapt in zip(leaves, flags, strict=True)])
 
 
 def perturb(
@@ -83,9 +100,10 @@ def perturb(
     grads: Params,
     rho: chex.Numeric,
     lambd: chex.Numeric,
-    eps: float = 1e-12,
+    eps: chex.Numeric = 1e-12,
     *,
     scales: Params | None = None,
+    mask: Any = None,
 ) -> Perturbed:
   r"""Moves ``params`` to the Unified SAM ascent point.
 
@@ -93,11 +111,12 @@ def perturb(
     e = \rho \left(1 - \lambda + \frac{\lambda}{\|g\| + \epsilon}\right) g,
     \qquad \text{returns } x + e,
 
-  with :math:`\|g\|` the global L2 norm over all floating leaves of ``grads``.
-  :math:`\lambda = 1` is SAM (:math:`\|e\| = \rho`), :math:`\lambda = 0` is
-  USAM. A zero gradient gives ``e = 0`` (no division by zero: :math:`\epsilon`
-  is in the denominator). Non-floating leaves of ``params`` are returned
-  unchanged and their gradients are ignored.
+  with :math:`\|g\|` the global L2 norm over all floating leaves of ``grads``
+  (Oikonomou & Loizou 2025, Algorithm 1 / eq. (4)). :math:`\lambda = 1` is SAM
+  (:math:`\|e\| = \rho`), :math:`\lambda = 0` is USAM. A zero gradient gives
+  ``e = 0`` (no division by zero: :math:`\epsilon` is in the denominator).
+  Non-floating leaves of ``params`` are returned unchanged and their gradients
+  are ignored; ``None`` leaves (Equinox's non-array fields) stay None.
 
   With ``scales`` :math:`T` (adaptive SAM, Kwon et al. 2021; see
   :func:`adaptive_scales`), the step is taken in the adapted space:
@@ -119,42 +138,41 @@ def perturb(
     eps: added to :math:`\|g\|` in the denominator.
     scales: optional elementwise :math:`T`, a tree like ``params`` whose
       leaves are arrays or None (None means 1).
+    mask: which leaves are perturbed, as in :func:`optax.masked` (see
+      :func:`leaf_mask`); False leaves are neither moved nor counted in the
+      norm. None perturbs every floating leaf.
 
   Returns:
     A :class:`Perturbed` with the perturbed parameters, :math:`\|T g\|` and
     :math:`\|e\|`, both in the accumulation dtype (float32 or float64).
   """
   dtype = accumulation_dtype(params)
-  if scales is None:
-    scales = jax.tree.map(lambda _: None, params)
-  is_none = lambda s: s is None
+  leaves, treedef = jax.tree.flatten(params)
+  grad_leaves = treedef.flatten_up_to(grads)
+  t_leaves = [None] * len(leaves) if scales is None else treedef.flatten_up_to(scales)
+  flags = leaf_mask(mask, params, "mask")
+  times = lambda t, v: v if t is None or v is None else t * v
 
-  def adapted(x: Any, g: Any, t: Any) -> Any:
-    # Gradients of non-floating parameters (float0 from jax.grad) carry no direction.
-    if not is_float_leaf(x):
-      return None
-    return g if t is None else t * g
-
-  tg = jax.tree.map(adapted, params, grads, scales, is_leaf=is_none)
+  # T g over the perturbed leaves; None for non-floating (float0 gradients) and masked-out ones.
+  tg = [times(t, g) if m and is_float_leaf(x) else None
+        for x, g, t, m in zip(leaves, grad_leaves, t_leaves, flags, strict=True)]
   grad_norm = global_norm(tg, dtype)
   rho = jnp.asarray(rho, dtype)
   lambd = jnp.asarray(lambd, dtype)
   scale = rho * (1 - lambd + lambd / (grad_norm + eps))
 
   def move(x: Any, t: Any, tgx: Any) -> Any:
-    if not is_float_leaf(x):
+    if tgx is None:
       return x
     x = jnp.asarray(x)
-    direction = tgx if t is None else t * tgx
-    step = scale.astype(jnp.promote_types(x.dtype, jnp.float32)) * direction
+    step = scale.astype(jnp.promote_types(x.dtype, jnp.float32)) * times(t, tgx)
     return x + step.astype(x.dtype)
 
-  perturbed = jax.tree.map(move, params, scales, tg, is_leaf=is_none)
-  if all(t is None for t in jax.tree.leaves(scales, is_leaf=is_none)):
+  perturbed = treedef.unflatten([move(*leaf) for leaf in zip(leaves, t_leaves, tg, strict=True)])
+  if scales is None:
     # ||e|| = scale * ||g||: no second reduction over the parameters.
     e_norm = grad_norm
   else:
-    t2g = jax.tree.map(lambda t, v: v if t is None else t * v, scales, tg, is_leaf=is_none)
-    e_norm = global_norm(t2g, dtype)
+    e_norm = global_norm([times(t, v) for t, v in zip(t_leaves, tg, strict=True)], dtype)
   # An overflowed norm (inf) with lambda = 1 gives scale = 0 and e = 0: report ||e|| = 0, not 0 * inf.
   return Perturbed(perturbed, grad_norm, jnp.where(scale == 0, 0, scale * e_norm))

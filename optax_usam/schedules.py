@@ -22,20 +22,26 @@ Schedule = Callable[[chex.Numeric], chex.Numeric]
 LAMBDA_STRINGS = ("1/t", "1-1/t")
 
 
-def _as_float(value: Any, name: str, allowed: str) -> float:
-  """Converts a Python or 0-d array number to float, or raises TypeError."""
+def _as_number(value: Any, name: str, allowed: str, traced: bool) -> float | jax.Array:
+  """A Python or 0-d array number as a float, or raises TypeError.
+
+  With ``traced``, a traced scalar is returned as it is: that is how
+  ``optax.inject_hyperparams`` passes hyperparameters under ``jit`` (and
+  ``vmap`` over a sweep). Its value cannot be read, so it is not range-checked.
+  """
   if isinstance(value, (bool, np.bool_)):
     raise TypeError(f"{name} must be {allowed}; got the bool {value!r}.")
   if isinstance(value, numbers.Real):
     return float(value)
-  if isinstance(value, (np.ndarray, jax.Array)) and value.shape == ():
-    if isinstance(value, jax.core.Tracer):
-      raise TypeError(
-          f"{name} must be a concrete number when the transformation is built; "
-          "pass a schedule (a callable of the step count) for a traced value."
-      )
+  if isinstance(value, (np.ndarray, jax.Array)):
+    if value.shape != ():
+      raise TypeError(f"{name} must be a scalar; got an array of shape {value.shape}.")
     if jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer):
-      return float(value)
+      if not isinstance(value, jax.core.Tracer):
+        return float(value)
+      if traced:
+        return value
+      raise TypeError(f"{name} must be a concrete number; got a traced value.")
   raise TypeError(f"{name} must be {allowed}; got {value!r} of type {type(value).__name__}.")
 
 
@@ -71,8 +77,8 @@ def bounded_schedule(value: float | Schedule, name: str, low: float, high: float
     if first is not None and not _in_range(first, low, high):
       raise ValueError(f"{name} schedule must give values in {bounds}; {name}(0) = {first}.")
     return value
-  number = _as_float(value, name, allowed)
-  if not _in_range(number, low, high):
+  number = _as_number(value, name, allowed, traced=True)
+  if isinstance(number, float) and not _in_range(number, low, high):
     raise ValueError(f"{name} must be {allowed}; got {number}.")
   return lambda count: number
 
@@ -100,17 +106,17 @@ def lambda_schedule(lambd: float | str | Schedule) -> Schedule:
   return bounded_schedule(lambd, "lambd_schedule", 0.0, 1.0)
 
 
-def check_nonnegative(value: Any, name: str) -> float:
-  """Returns ``value`` as a float after checking it is finite and non-negative."""
-  number = _as_float(value, name, "a non-negative finite float")
-  if not _in_range(number, 0.0, math.inf):
+def check_nonnegative(value: Any, name: str, *, traced: bool = False) -> float | jax.Array:
+  """Returns ``value`` as a float after checking it is finite and non-negative (traced: as is)."""
+  number = _as_number(value, name, "a non-negative finite float", traced)
+  if isinstance(number, float) and not _in_range(number, 0.0, math.inf):
     raise ValueError(f"{name} must be a non-negative finite float; got {number}.")
   return number
 
 
-def check_positive(value: Any, name: str) -> float:
-  """Returns ``value`` as a float after checking it is finite and positive."""
-  number = _as_float(value, name, "a positive finite float")
-  if not (math.isfinite(number) and number > 0):
+def check_positive(value: Any, name: str, *, traced: bool = False) -> float | jax.Array:
+  """Returns ``value`` as a float after checking it is finite and positive (traced: as is)."""
+  number = _as_number(value, name, "a positive finite float", traced)
+  if isinstance(number, float) and not (math.isfinite(number) and number > 0):
     raise ValueError(f"{name} must be a positive finite float; got {number}.")
   return number

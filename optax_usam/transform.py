@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from optax_usam import schedules
-from optax_usam._checks import check_matches_params
+from optax_usam._checks import check_mask, check_matches_params, check_no_masked_nodes
 from optax_usam.perturbation import accumulation_dtype, adaptive_scales, perturb
 
 GradFn = Callable[[optax.Params], optax.Updates]
@@ -61,6 +61,7 @@ def unified_sam(
     adaptive: bool = False,
     adaptive_eta: float = 0.01,
     adaptive_mask: Any = None,
+    perturb_mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Unified SAM (Oikonomou & Loizou, ICLR 2025).
 
@@ -110,6 +111,14 @@ def unified_sam(
       of bools like ``params`` (or a prefix), or a callable ``params -> tree``;
       False leaves (biases, normalization scales) use :math:`T = 1`. None
       adapts every leaf.
+    perturb_mask: which parameters are perturbed, in the same forms as
+      ``adaptive_mask``. False leaves (e.g. biases and normalization scales)
+      stay at :math:`x_t` in the ascent point and do not enter
+      :math:`\|g_t\|`; every leaf still receives its gradient at the
+      perturbed point. None perturbs every floating leaf. This is the way to
+      restrict SAM to some parameters: inside ``optax.masked``,
+      ``optax.partition`` or ``optax.multi_transform`` ``grad_fn`` would see
+      only part of the parameters, so ``update`` refuses that.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` whose ``update`` takes
@@ -126,20 +135,18 @@ def unified_sam(
   """
   rho_fn = schedules.rho_schedule(rho)
   lambd_fn = schedules.lambda_schedule(lambd_schedule)
-  eps = schedules.check_positive(eps, "eps")
+  eps = schedules.check_positive(eps, "eps", traced=True)
   if axis_name is not None and not isinstance(axis_name, Hashable):
     raise TypeError(f"axis_name must be None or a hashable axis name; got {axis_name!r}.")
   if not isinstance(sync_perturbation, bool):
     raise TypeError(f"sync_perturbation must be a bool; got {sync_perturbation!r}.")
   if not isinstance(adaptive, bool):
     raise TypeError(f"adaptive must be a bool; got {adaptive!r}.")
-  adaptive_eta = schedules.check_nonnegative(adaptive_eta, "adaptive_eta")
+  adaptive_eta = schedules.check_nonnegative(adaptive_eta, "adaptive_eta", traced=True)
   if adaptive_mask is not None and not adaptive:
     raise ValueError("adaptive_mask only applies with adaptive=True.")
-  if adaptive_mask is not None and not callable(adaptive_mask) and not all(
-      isinstance(m, bool) for m in jax.tree.leaves(adaptive_mask)
-  ):
-    raise TypeError("adaptive_mask must be None, a callable params -> tree of bools, or a tree of bools.")
+  adaptive_mask = check_mask(adaptive_mask, "adaptive_mask")
+  perturb_mask = check_mask(perturb_mask, "perturb_mask")
 
   def init_fn(params: optax.Params) -> UnifiedSAMState:
     if params is None:
@@ -167,6 +174,7 @@ def unified_sam(
       )
     if not callable(grad_fn):
       raise TypeError(f"grad_fn must be callable (params -> gradients); got {type(grad_fn).__name__}.")
+    check_no_masked_nodes(params)
     check_matches_params(updates, params, "updates", dtypes=False)
 
     dtype = state.grad_norm.dtype
@@ -175,7 +183,7 @@ def unified_sam(
     if axis_name is not None and sync_perturbation:
       updates = _pmean(updates, axis_name)
     scales = adaptive_scales(params, adaptive_eta, adaptive_mask) if adaptive else None
-    ascent = perturb(params, updates, rho_t, lambd_t, eps, scales=scales)
+    ascent = perturb(params, updates, rho_t, lambd_t, eps, scales=scales, mask=perturb_mask)
     sam_grads = grad_fn(ascent.params)
     check_matches_params(sam_grads, params, "grad_fn(params + e)", dtypes=True)
     grad_norm, perturbation_norm = ascent.grad_norm, ascent.perturbation_norm
@@ -197,11 +205,45 @@ def unified_sam(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def sam(rho: float | optax.ScalarOrSchedule, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
-  """SAM (Foret et al. 2021): :func:`unified_sam` with ``lambd_schedule=1``."""
-  return unified_sam(rho, 1.0, **kwargs)
+def sam(
+    rho: float | optax.ScalarOrSchedule,
+    *,
+    eps: float = 1e-12,
+    axis_name: Hashable | None = None,
+    sync_perturbation: bool = True,
+    adaptive: bool = False,
+    adaptive_eta: float = 0.01,
+    adaptive_mask: Any = None,
+    perturb_mask: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+  """SAM (Foret et al. 2021): :func:`unified_sam` with ``lambd_schedule=1``.
+
+  The keyword arguments are :func:`unified_sam`'s, spelled out so that
+  ``optax.inject_hyperparams(optax_usam.sam)`` sees each of them.
+  """
+  return unified_sam(
+      rho, 1.0, eps=eps, axis_name=axis_name, sync_perturbation=sync_perturbation, adaptive=adaptive,
+      adaptive_eta=adaptive_eta, adaptive_mask=adaptive_mask, perturb_mask=perturb_mask,
+  )
 
 
-def usam(rho: float | optax.ScalarOrSchedule, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
-  """USAM (Andriushchenko & Flammarion 2022): :func:`unified_sam` with ``lambd_schedule=0``."""
-  return unified_sam(rho, 0.0, **kwargs)
+def usam(
+    rho: float | optax.ScalarOrSchedule,
+    *,
+    eps: float = 1e-12,
+    axis_name: Hashable | None = None,
+    sync_perturbation: bool = True,
+    adaptive: bool = False,
+    adaptive_eta: float = 0.01,
+    adaptive_mask: Any = None,
+    perturb_mask: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+  """USAM (Andriushchenko & Flammarion 2022): :func:`unified_sam` with ``lambd_schedule=0``.
+
+  The keyword arguments are :func:`unified_sam`'s, spelled out so that
+  ``optax.inject_hyperparams(optax_usam.usam)`` sees each of them.
+  """
+  return unified_sam(
+      rho, 0.0, eps=eps, axis_name=axis_name, sync_perturbation=sync_perturbation, adaptive=adaptive,
+      adaptive_eta=adaptive_eta, adaptive_mask=adaptive_mask, perturb_mask=perturb_mask,
+  )
