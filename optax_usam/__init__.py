@@ -1,6 +1,7 @@
 """optax_usam: Unified SAM (Oikonomou & Loizou, ICLR 2025) for JAX and Optax."""
 
 from optax_usam import distributed, sampling, theory
+from optax_usam.accumulation import microbatch_grad_fn
 from optax_usam.diagnostics import find_state, get_diagnostics
 from optax_usam.efficient import RandomizedState, ReuseState, randomized_sam, reuse_sam, sub_batch
 from optax_usam.perturbation import Perturbed, adaptive_scales, global_norm, perturb
@@ -18,6 +19,7 @@ __all__ = [
     "find_state",
     "get_diagnostics",
     "global_norm",
+    "microbatch_grad_fn",
     "perturb",
     "randomized_sam",
     "reuse_sam",

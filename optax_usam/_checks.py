@@ -71,3 +71,12 @@ def check_no_masked_nodes(params: Any) -> None:
         "outside them, first in the chain, and choose the perturbed parameters with "
         "unified_sam(..., perturb_mask=mask); the base optimizer may still be masked or partitioned."
     )
+
+
+def check_positive_int(value: Any, name: str) -> int:
+  """Returns ``value`` if it is an int >= 1; raises TypeError or ValueError naming ``name``."""
+  if isinstance(value, bool) or not isinstance(value, int):
+    raise TypeError(f"{name} must be a positive int; got {value!r}.")
+  if value < 1:
+    raise ValueError(f"{name} must be a positive int; got {value!r}.")
+  return value

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from optax_usam import schedules
+from optax_usam._checks import check_positive_int
 from optax_usam.perturbation import accumulation_dtype, global_norm, is_float_leaf
 from optax_usam.transform import _pmean
 
@@ -41,14 +42,6 @@ class RandomizedState(NamedTuple):
   count: chex.Array
   key: chex.PRNGKey
   inner: Any
-
-
-def _check_positive_int(value: Any, name: str) -> int:
-  if isinstance(value, bool) or not isinstance(value, int):
-    raise TypeError(f"{name} must be a positive int; got {value!r}.")
-  if value < 1:
-    raise ValueError(f"{name} must be a positive int; got {value!r}.")
-  return value
 
 
 def _is_none(x: Any) -> bool:
@@ -111,7 +104,7 @@ def reuse_sam(
     Liu et al., `Towards Efficient and Scalable Sharpness-Aware Minimization
     <https://arxiv.org/abs/2203.02714>`_, CVPR 2022.
   """
-  every_k = _check_positive_int(every_k, "every_k")
+  every_k = check_positive_int(every_k, "every_k")
   alpha = schedules.check_nonnegative(alpha, "alpha")
 
   def init_fn(params: optax.Params) -> ReuseState:

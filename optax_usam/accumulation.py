@@ -1,0 +1,92 @@
+"""Gradient accumulation for Unified SAM: a ``grad_fn`` that walks a batch in micro-batches."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from optax_usam._checks import check_positive_int
+from optax_usam.perturbation import is_float_leaf
+
+BatchGradFn = Callable[[optax.Params, Any], optax.Updates]
+
+
+def microbatch_grad_fn(
+    batch_grad_fn: BatchGradFn, batch: Any, num_microbatches: int
+) -> Callable[[optax.Params], optax.Updates]:
+  r"""``params -> `` the mean of ``batch_grad_fn(params, micro_batch)`` over equal micro-batches.
+
+  The batch (every leaf has the same leading axis ``n``) is cut into
+  ``num_microbatches`` consecutive micro-batches of ``n / num_microbatches``
+  examples, and a ``lax.scan`` runs ``batch_grad_fn`` on one at a time, so only
+  one micro-batch's activations are alive at once. For a loss that is a mean
+  over examples the result is the full-batch gradient (up to rounding).
+
+  Used for both gradients of a step, it gives exact Unified SAM on the whole
+  batch: the perturbation comes from the full-batch gradient and the returned
+  gradient is the mean over all micro-batches at the perturbed point::
+
+    grad_fn = optax_usam.microbatch_grad_fn(jax.grad(loss_fn), batch, num_microbatches=4)
+    updates, opt_state = tx.update(grad_fn(params), opt_state, params, grad_fn=grad_fn)
+
+  ``optax.MultiSteps`` cannot do this: it sees each micro-batch once, so the
+  ``grad_fn`` of its last micro-step only knows the last micro-batch (see the
+  recipes in ``docs/recipes.md``).
+
+  Gradients are summed in float32 (float64 for float64 leaves) and returned in
+  the dtype ``batch_grad_fn`` gives. On XLA:CPU a convolution inside
+  ``lax.scan`` can run several times slower than outside it: there, use this
+  when memory, not time, is the limit.
+
+  Args:
+    batch_grad_fn: ``(params, batch) -> gradients`` of a loss that is a mean
+      over the examples of ``batch``, e.g. ``jax.grad(loss_fn)``.
+    batch: a pytree of arrays sharing their leading (example) axis.
+    num_microbatches: how many micro-batches; must divide the batch size.
+
+  Returns:
+    A function ``params -> gradients``, usable as ``grad_fn`` and for the
+    first gradient of the step.
+  """
+  if not callable(batch_grad_fn):
+    raise TypeError(f"batch_grad_fn must be callable (params, batch) -> gradients; got {batch_grad_fn!r}.")
+  num_microbatches = check_positive_int(num_microbatches, "num_microbatches")
+  sizes = {np.shape(x)[0] if np.ndim(x) else None for x in jax.tree.leaves(batch)}
+  if not sizes or None in sizes or len(sizes) != 1:
+    raise ValueError(
+        "batch must be a pytree of arrays sharing their leading axis; got leading sizes "
+        f"{sorted(sizes, key=str)}."
+    )
+  size = sizes.pop()
+  if size % num_microbatches:
+    raise ValueError(
+        f"num_microbatches={num_microbatches} must divide the batch size {size}: unequal micro-batches "
+        "would weight their examples unequally."
+    )
+  split = lambda x: jnp.reshape(x, (num_microbatches, size // num_microbatches, *np.shape(x)[1:]))
+  micro = jax.tree.map(split, batch)
+
+  def grad_fn(params: optax.Params) -> optax.Updates:
+    shapes = jax.eval_shape(batch_grad_fn, params, jax.tree.map(lambda x: x[0], micro))
+    leaves, treedef = jax.tree.flatten(shapes)
+    wide = lambda s: jnp.promote_types(s.dtype, jnp.float32)
+
+    def add(total: list[Any], mb: Any) -> tuple[list[Any], None]:
+      grads = treedef.flatten_up_to(batch_grad_fn(params, mb))
+      return [None if t is None else t + g.astype(t.dtype) for t, g in zip(total, grads, strict=True)], None
+
+    # Non-floating leaves (float0 gradients of integer parameters) carry nothing to average.
+    zeros = [jnp.zeros(s.shape, wide(s)) if is_float_leaf(s) else None for s in leaves]
+    total, _ = jax.lax.scan(add, zeros, micro)
+    mean = [
+        (t / num_microbatches).astype(s.dtype) if t is not None else np.zeros(s.shape, s.dtype)
+        for t, s in zip(total, leaves, strict=True)
+    ]
+    return treedef.unflatten(mean)
+
+  return grad_fn
