@@ -6,6 +6,7 @@ from typing import Any
 
 import chex
 import jax
+import numpy as np
 
 from optax_usam.transform import UnifiedSAMState
 
@@ -33,10 +34,19 @@ def get_diagnostics(opt_state: Any) -> dict[str, chex.Array]:
   """The last step's Unified SAM diagnostics, as a dict ready for a logger.
 
   Keys: ``count``, ``grad_norm``, ``lambd``, ``rho``, ``perturbation_norm``.
-  Usable inside ``jit`` (the values are arrays) and outside::
+  The values are plain arrays, also from an ``nnx.Optimizer``'s state, whose
+  leaves are wrapped in ``nnx`` variables. Usable inside ``jit`` and outside::
 
     opt_state = tx.init(params)
     ...
     metrics = optax_usam.get_diagnostics(opt_state)
   """
-  return find_state(opt_state)._asdict()
+  return {name: _unwrap(value) for name, value in find_state(opt_state)._asdict().items()}
+
+
+def _unwrap(value: Any) -> chex.Array:
+  """The array inside a one-leaf pytree wrapper (Flax NNX's ``OptArray``), or ``value`` itself."""
+  if isinstance(value, (jax.Array, np.ndarray)):
+    return value
+  (leaf,) = jax.tree.leaves(value)
+  return leaf
