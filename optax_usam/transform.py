@@ -12,7 +12,7 @@ import optax
 
 from optax_usam import schedules
 from optax_usam._checks import check_mask, check_matches_params, check_no_masked_nodes
-from optax_usam.perturbation import accumulation_dtype, adaptive_scales, perturb
+from optax_usam.perturbation import accumulation_dtype, adaptive_scales, leaf_mask, perturb
 
 GradFn = Callable[[optax.Params], optax.Updates]
 
@@ -183,7 +183,8 @@ def unified_sam(
     if axis_name is not None and sync_perturbation:
       updates = _pmean(updates, axis_name)
     scales = adaptive_scales(params, adaptive_eta, adaptive_mask) if adaptive else None
-    ascent = perturb(params, updates, rho_t, lambd_t, eps, scales=scales, mask=perturb_mask)
+    mask = jax.tree.unflatten(jax.tree.structure(params), leaf_mask(perturb_mask, params, "perturb_mask"))
+    ascent = perturb(params, updates, rho_t, lambd_t, eps, scales=scales, mask=mask)
     sam_grads = grad_fn(ascent.params)
     check_matches_params(sam_grads, params, "grad_fn(params + e)", dtypes=True)
     grad_norm, perturbation_norm = ascent.grad_norm, ascent.perturbation_norm

@@ -39,17 +39,21 @@ def lambda_at(lambd, count: int) -> float:
   return float(lambd)
 
 
-def perturbation(g: Params, rho: float, lambd: float, eps: float = 1e-12) -> tuple[Params, float]:
-  """e = rho (1 - lambda + lambda / (||g|| + eps)) g, and ||g||."""
-  norm = np.sqrt(sum(np.sum(v**2) for v in g.values()))
+def perturbation(
+    g: Params, rho: float, lambd: float, eps: float = 1e-12, mask: dict[str, bool] | None = None
+) -> tuple[Params, float]:
+  """e = rho (1 - lambda + lambda / (||g|| + eps)) g, and ||g||, over the leaves where ``mask`` is True."""
+  mask = mask or {k: True for k in g}
+  norm = np.sqrt(sum(np.sum(v**2) for k, v in g.items() if mask[k]))
   scale = rho * (1 - lambd + lambd / (norm + eps))
-  return {k: scale * v for k, v in g.items()}, norm
+  return {k: scale * v if mask[k] else np.zeros_like(v) for k, v in g.items()}, norm
 
 
-def unified_sam_sgd(p, grad, steps, rho, lambd, lr, momentum, weight_decay):
+def unified_sam_sgd(p, grad, steps, rho, lambd, lr, momentum, weight_decay, mask=None):
   """Runs Unified SAM -> add_decayed_weights -> momentum SGD; returns params and per-step diagnostics.
 
-  ``rho`` is a float or a NumPy callable of the count; ``grad`` maps params to gradients.
+  ``rho`` is a float or a NumPy callable of the count; ``grad`` maps params to gradients;
+  ``mask`` (a dict of bools) says which leaves are perturbed.
   """
   p = {k: v.copy() for k, v in p.items()}
   trace = {k: np.zeros_like(v) for k, v in p.items()}
@@ -58,7 +62,7 @@ def unified_sam_sgd(p, grad, steps, rho, lambd, lr, momentum, weight_decay):
     rho_t = float(rho(count)) if callable(rho) else rho
     lambd_t = lambda_at(lambd, count)
     g = grad(p)
-    e, norm = perturbation(g, rho_t, lambd_t)
+    e, norm = perturbation(g, rho_t, lambd_t, mask=mask)
     g_sam = grad({k: p[k] + e[k] for k in p})
     for k in p:
       d = g_sam[k] + weight_decay * p[k]
