@@ -112,6 +112,15 @@ def test_sam_update_batchnorm_and_dropout(lambd):
   assert not np.allclose(second.bn.mean[...], first.bn.mean[...])
   assert int(model.dropout.rngs.count[...]) == int(first.dropout.rngs.count[...]) == 1
 
+  # Diagnostics straight from the nnx.Optimizer state: plain arrays, the float64 NumPy values.
+  diag = optax_usam.get_diagnostics(optimizer.opt_state)
+  assert all(type(v) is type(jnp.zeros(())) for v in diag.values()), {k: type(v) for k, v in diag.items()}
+  g1_leaves = [np.asarray(g, np.float64) for g in jax.tree.leaves(nnx.as_pure(g1))]
+  np.testing.assert_allclose(diag["grad_norm"], np.sqrt(sum(np.sum(g**2) for g in g1_leaves)), rtol=1e-5)
+  e_norm = np.sqrt(sum(np.sum(v**2) for v in jax.tree.leaves(e)))
+  np.testing.assert_allclose(diag["perturbation_norm"], e_norm, rtol=1e-5)
+  assert int(diag["count"]) == 1
+
   # The same dropout mask in both passes matters: a different mask moves elsewhere.
   other = nnx.clone(first)  # its RNG count is one ahead: another mask
   nnx.update(other, nnx.state(second, nnx.Param))

@@ -161,3 +161,21 @@ def test_adaptive_mask_may_be_a_prefix():
   scales = optax_usam.adaptive_scales(params, 0.5, {"enc": False, "head": True})
   assert scales["enc"]["w"] is None and scales["enc"]["b"] is None
   np.testing.assert_allclose(scales["head"], 1.5)
+
+
+@pytest.mark.parametrize("lambd", [0.0, 0.5, 1.0])
+def test_perturb_mask_and_none_leaves(lambd):
+  """Masked-out leaves stay put and leave the norm; None leaves (Equinox fields) stay None."""
+  params, grads = _tree(6)
+  mask = {"w": True, "b": False, "c": True}
+  e, norm = ref.perturbation(grads, 0.2, lambd, mask=mask)
+  with jax.enable_x64(True):
+    p = {**jax.tree.map(jnp.asarray, params), "act": None}
+    g = {**jax.tree.map(jnp.asarray, grads), "act": None}
+    out = optax_usam.perturb(p, g, 0.2, lambd, mask={**mask, "act": None})
+    assert out.params["act"] is None
+    for k in params:
+      np.testing.assert_allclose(out.params[k], params[k] + e[k], rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(out.grad_norm, norm, rtol=1e-13)
+    e_norm = np.sqrt(sum(np.sum(v**2) for v in e.values()))
+    np.testing.assert_allclose(out.perturbation_norm, e_norm, rtol=1e-13)
