@@ -89,6 +89,12 @@ def unified_sam(
     updates, opt_state = tx.update(
         grads, opt_state, params, grad_fn=lambda p: jax.grad(loss_fn)(p, batch))
 
+  ``optax.inject_hyperparams(unified_sam)(rho=..., lambd_schedule=...)``
+  works under ``jit``: traced values are used as they are (not range-checked).
+  For gradient accumulation use :func:`optax_usam.microbatch_grad_fn`:
+  ``optax.MultiSteps`` around this transformation takes the gradient at the
+  perturbed point on the last micro-batch only (``docs/recipes.md``).
+
   Args:
     rho: perturbation radius, a non-negative float or an optax schedule
       ``count -> rho`` (count starts at 0).
