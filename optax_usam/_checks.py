@@ -43,17 +43,33 @@ def check_matches_params(tree: Any, params: Any, name: str, *, dtypes: bool) -> 
       )
 
 
+_INJECT_HINT = (
+    "A callable mask given to optax.inject_hyperparams must be listed in its static_args, or "
+    "inject_hyperparams calls it with the step count, as a schedule."
+)
+
+
 def check_mask(mask: Any, name: str) -> Any:
-  """Returns ``mask`` if it is None, a callable, or a tree of bools; raises TypeError otherwise."""
+  """Returns ``mask`` if it is None, a callable, or a tree of bools selecting something; raises otherwise."""
   if mask is None or callable(mask):
     return mask
   leaves = jax.tree.leaves(mask)
   if not leaves or not all(isinstance(m, (bool, np.bool_)) for m in leaves):
     raise TypeError(
         f"{name} must be None, a tree of bools like params (or a prefix of it), or a callable "
-        f"params -> such a tree; got {mask!r}."
+        f"params -> such a tree; got {mask!r}. {_INJECT_HINT}"
     )
+  check_selects_some(leaves, name)
   return mask
+
+
+def check_selects_some(flags: list[bool], name: str) -> None:
+  """Raises ValueError if a mask selects no leaf: always a mistake, and the one an unlisted mask makes."""
+  if not any(flags):
+    what = "nothing is adapted: use adaptive=False" if name == "adaptive_mask" else (
+        "nothing is perturbed: use rho=0 for plain gradients"
+    )
+    raise ValueError(f"{name} selects no floating parameter, so {what}. {_INJECT_HINT}")
 
 
 def check_no_masked_nodes(params: Any) -> None:

@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import optax
 
 from optax_usam import schedules
-from optax_usam._checks import check_mask, check_matches_params, check_no_masked_nodes
-from optax_usam.perturbation import accumulation_dtype, adaptive_scales, leaf_mask, perturb
+from optax_usam._checks import check_mask, check_matches_params, check_no_masked_nodes, check_selects_some
+from optax_usam.perturbation import accumulation_dtype, adaptive_scales, is_float_leaf, leaf_mask, perturb
 
 GradFn = Callable[[optax.Params], optax.Updates]
 
@@ -49,6 +49,16 @@ def _pmean(tree: Any, axis_name: Hashable) -> Any:
         f"axis_name={axis_name!r} is not bound here: call update inside jax.pmap or "
         f"jax.shard_map over that axis, or build unified_sam with axis_name=None."
     ) from err
+
+
+def _expand_perturb_mask(perturb_mask: Any, params: optax.Params) -> optax.Params | None:
+  """``perturb_mask`` as a full tree of bools over ``params``, checked to select some floating leaf."""
+  if perturb_mask is None:
+    return None
+  flags = leaf_mask(perturb_mask, params, "perturb_mask")
+  leaves = jax.tree.leaves(params)
+  check_selects_some([f and is_float_leaf(x) for f, x in zip(flags, leaves, strict=True)], "perturb_mask")
+  return jax.tree.unflatten(jax.tree.structure(params), flags)
 
 
 def unified_sam(
@@ -189,7 +199,7 @@ def unified_sam(
     if axis_name is not None and sync_perturbation:
       updates = _pmean(updates, axis_name)
     scales = adaptive_scales(params, adaptive_eta, adaptive_mask) if adaptive else None
-    mask = jax.tree.unflatten(jax.tree.structure(params), leaf_mask(perturb_mask, params, "perturb_mask"))
+    mask = _expand_perturb_mask(perturb_mask, params)
     ascent = perturb(params, updates, rho_t, lambd_t, eps, scales=scales, mask=mask)
     sam_grads = grad_fn(ascent.params)
     check_matches_params(sam_grads, params, "grad_fn(params + e)", dtypes=True)
