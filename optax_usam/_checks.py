@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optax_usam.perturbation import is_float_leaf
+from optax_usam.perturbation import is_float_leaf, is_mask_function
 
 
 def check_matches_params(tree: Any, params: Any, name: str, *, dtypes: bool) -> None:
@@ -51,7 +51,7 @@ _INJECT_HINT = (
 
 def check_mask(mask: Any, name: str) -> Any:
   """Returns ``mask`` if it is None, a callable, or a tree of bools selecting something; raises otherwise."""
-  if mask is None or callable(mask):
+  if mask is None or is_mask_function(mask):
     return mask
   leaves = jax.tree.leaves(mask)
   if not leaves or not all(isinstance(m, (bool, np.bool_)) for m in leaves):

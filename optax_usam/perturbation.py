@@ -60,6 +60,17 @@ class Perturbed(NamedTuple):
   perturbation_norm: chex.Array
 
 
+def is_mask_function(mask: Any) -> bool:
+  """Whether ``mask`` is a function ``params -> mask`` rather than a tree of bools.
+
+  ``callable(mask)`` is not enough: an Equinox module of bools (the mask of an
+  ``eqx.Module`` model) is callable too. A function is a pytree leaf, so it is
+  one exactly when every leaf of ``mask`` is callable.
+  """
+  leaves = jax.tree.leaves(mask)
+  return bool(leaves) and all(callable(leaf) for leaf in leaves)
+
+
 def leaf_mask(mask: Any, params: Params, name: str = "mask") -> list[bool]:
   """``mask`` as one bool per leaf of ``params``, in ``jax.tree.leaves`` order.
 
@@ -68,7 +79,7 @@ def leaf_mask(mask: Any, params: Params, name: str = "mask") -> list[bool]:
   it), or a callable ``params -> such a tree``, as in :func:`optax.masked`.
   ``None`` leaves of ``params`` (Equinox's filtered fields) are absent, as in optax.
   """
-  if callable(mask):
+  if is_mask_function(mask):
     mask = mask(params)
   if mask is None:
     return [True] * len(jax.tree.leaves(params))

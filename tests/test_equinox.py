@@ -176,6 +176,52 @@ def test_frozen_layer_is_left_out():
   assert not np.allclose(trained.layers[2].bias, model.layers[2].bias)
 
 
+WEIGHTS = lambda p: jax.tree.map(lambda v: v.ndim > 1, p)
+
+
+@pytest.mark.parametrize("as_tree", [False, True], ids=["callable", "tree"])
+def test_perturb_mask_over_an_equinox_module(as_tree):
+  """An eqx.Module of bools is callable; it must still be read as a mask tree, not called."""
+  model = _mlp()
+  x, y = _data()
+  params, static = eqx.partition(model, eqx.is_array)
+  grads = eqx.filter_grad(_loss)(model, x, y)
+  mask = WEIGHTS(params) if as_tree else WEIGHTS
+  seen = []
+
+  def grad_fn(p):
+    seen.append(p)
+    return eqx.filter_grad(_loss)(eqx.combine(p, static), x, y)
+
+  tx = optax_usam.sam(RHO, perturb_mask=mask)
+  tx.update(grads, tx.init(params), params, grad_fn=grad_fn)
+  flags = jax.tree.leaves(WEIGHTS(params))
+  g = [np.asarray(v, np.float64) for v in jax.tree.leaves(grads)]
+  norm = np.sqrt(sum(np.sum(v**2) for v, f in zip(g, flags, strict=True) if f))
+  for a, p, gv, f in zip(jax.tree.leaves(seen[0]), jax.tree.leaves(params), g, flags, strict=True):
+    want = np.asarray(p, np.float64) + (RHO * gv / norm if f else 0)
+    np.testing.assert_allclose(a, want, rtol=1e-5, atol=1e-7)
+
+
+def test_adaptive_mask_over_an_equinox_module():
+  model = _mlp()
+  x, y = _data()
+  params, _ = eqx.partition(model, eqx.is_array)
+  grads = eqx.filter_grad(_loss)(model, x, y)
+  outs = []
+  for mask in (WEIGHTS, WEIGHTS(params)):
+    tx = optax_usam.sam(RHO, adaptive=True, adaptive_mask=mask)
+    _, state = tx.update(grads, tx.init(params), params, grad_fn=lambda p: (outs.append(p), p)[1])
+  for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1]), strict=True):
+    np.testing.assert_array_equal(a, b)
+  # The adapted norm ||T g|| with T = |w| + 0.01 on the weights, 1 on the biases, in NumPy.
+  flags = jax.tree.leaves(WEIGHTS(params))
+  as64 = lambda v: np.asarray(v, np.float64)
+  tg = [(np.abs(as64(p)) + 0.01) * as64(g) if f else as64(g)
+        for p, g, f in zip(jax.tree.leaves(params), jax.tree.leaves(grads), flags, strict=True)]
+  np.testing.assert_allclose(optax_usam.get_diagnostics(state)["grad_norm"], _np_norm(tg), rtol=1e-5)
+
+
 def _load_example():
   spec = importlib.util.spec_from_file_location("example_equinox_mlp", EXAMPLE)
   module = importlib.util.module_from_spec(spec)
