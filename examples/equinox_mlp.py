@@ -22,8 +22,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 import optax_usam
-
-LAMBDA_STRINGS = ("1/t", "1-1/t")
+from optax_usam.schedules import LAMBDA_STRINGS
 
 
 def positive_int(text: str) -> int:
@@ -34,16 +33,8 @@ def positive_int(text: str) -> int:
 
 
 def lambd_arg(text: str) -> float | str:
-  """``--lambd``: a float in [0, 1], or one of ``LAMBDA_STRINGS``."""
-  if text in LAMBDA_STRINGS:
-    return text
-  try:
-    value = float(text)
-  except ValueError:
-    value = None
-  if value is None or not 0 <= value <= 1:
-    raise argparse.ArgumentTypeError(f"must be a float in [0, 1] or one of {LAMBDA_STRINGS}; got {text!r}")
-  return value
+  """``--lambd``: one of ``LAMBDA_STRINGS`` or a number (its range is the library's to check)."""
+  return text if text in LAMBDA_STRINGS else float(text)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,7 +45,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--lr", type=float, default=0.05)
   p.add_argument("--batch-size", type=positive_int, default=64)
   p.add_argument("--seed", type=int, default=0, help="seeds the train/test split, the model and the batches")
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  try:
+    optax_usam.unified_sam(args.rho, args.lambd)
+  except (ValueError, TypeError) as err:
+    p.error(str(err))
+  return args
 
 
 def load_data(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
