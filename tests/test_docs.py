@@ -21,7 +21,7 @@ HEADING = re.compile(r"^#{1,6}[ \t]+(.+?)[ \t]*#*[ \t]*$", re.MULTILINE)
 
 
 def _blank_fences(text: str) -> str:
-  """``text`` with every fenced block's characters (newlines kept) blanked, so ``# comments`` are no headings."""
+  """``text`` with the fenced blocks blanked (newlines kept): a ``# comment`` in code is no heading."""
   return FENCE.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), text)
 
 
@@ -46,7 +46,8 @@ BLOCKS = _python_blocks(TEXT)
 
 def _ids() -> list[str]:
   slugs = [_slug(section) for section, _, _ in BLOCKS]
-  return [f"{s}-line{line}" if slugs.count(s) > 1 else s for s, (_, line, _) in zip(slugs, BLOCKS, strict=True)]
+  lines = [line for _, line, _ in BLOCKS]
+  return [f"{s}-line{line}" if slugs.count(s) > 1 else s for s, line in zip(slugs, lines, strict=True)]
 
 
 def test_page_has_the_recipes():
