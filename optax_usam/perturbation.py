@@ -123,7 +123,7 @@ def perturb(
     \qquad \text{returns } x + e,
 
   with :math:`\|g\|` the global L2 norm over all floating leaves of ``grads``
-  (Oikonomou & Loizou 2025, Algorithm 1 / eq. (4)). :math:`\lambda = 1` is SAM
+  (the Unified SAM step of Oikonomou & Loizou 2025). :math:`\lambda = 1` is SAM
   (:math:`\|e\| = \rho`), :math:`\lambda = 0` is USAM. A zero gradient gives
   ``e = 0`` (no division by zero: :math:`\epsilon` is in the denominator).
   Non-floating leaves of ``params`` are returned unchanged and their gradients
