@@ -24,8 +24,8 @@ import optax
 
 from optax_usam import schedules
 from optax_usam._checks import check_positive_int
+from optax_usam._collectives import pmean
 from optax_usam.perturbation import accumulation_dtype, global_norm, is_float_leaf
-from optax_usam.transform import _pmean
 
 
 class ReuseState(NamedTuple):
@@ -67,7 +67,7 @@ def _vdot(a: optax.Updates, b: optax.Updates, dtype: jnp.dtype) -> chex.Array:
 def _mean_over(tree: optax.Updates, axis_name: Hashable | None) -> optax.Updates:
   # The SAM branch averages inside unified_sam(axis_name=...); the cheap branches must too,
   # or the replicas of a pmap would drift apart.
-  return tree if axis_name is None else _pmean(tree, axis_name)
+  return tree if axis_name is None else pmean(tree, axis_name)
 
 
 def reuse_sam(

@@ -12,6 +12,7 @@ import optax
 
 from optax_usam import schedules
 from optax_usam._checks import check_mask, check_matches_params, check_no_masked_nodes, check_selects_some
+from optax_usam._collectives import pmean
 from optax_usam.perturbation import accumulation_dtype, adaptive_scales, is_float_leaf, leaf_mask, perturb
 
 GradFn = Callable[[optax.Params], optax.Updates]
@@ -39,16 +40,6 @@ class UnifiedSAMState(NamedTuple):
   lambd: chex.Array
   rho: chex.Array
   perturbation_norm: chex.Array
-
-
-def _pmean(tree: Any, axis_name: Hashable) -> Any:
-  try:
-    return jax.lax.pmean(tree, axis_name)
-  except NameError as err:
-    raise ValueError(
-        f"axis_name={axis_name!r} is not bound here: call update inside jax.pmap or "
-        f"jax.shard_map over that axis, or build unified_sam with axis_name=None."
-    ) from err
 
 
 def _expand_perturb_mask(perturb_mask: Any, params: optax.Params) -> optax.Params | None:
@@ -197,7 +188,7 @@ def unified_sam(
     rho_t = jnp.asarray(rho_fn(state.count), dtype)
     lambd_t = jnp.asarray(lambd_fn(state.count), dtype)
     if axis_name is not None and sync_perturbation:
-      updates = _pmean(updates, axis_name)
+      updates = pmean(updates, axis_name)
     scales = adaptive_scales(params, adaptive_eta, adaptive_mask) if adaptive else None
     mask = _expand_perturb_mask(perturb_mask, params)
     ascent = perturb(params, updates, rho_t, lambd_t, eps, scales=scales, mask=mask)
@@ -205,10 +196,10 @@ def unified_sam(
     check_matches_params(sam_grads, params, "grad_fn(params + e)", dtypes=True)
     grad_norm, perturbation_norm = ascent.grad_norm, ascent.perturbation_norm
     if axis_name is not None:
-      sam_grads = _pmean(sam_grads, axis_name)
+      sam_grads = pmean(sam_grads, axis_name)
       if not sync_perturbation:
         # Per-device norms differ; averaging keeps the state replicated across the axis.
-        grad_norm, perturbation_norm = _pmean((grad_norm, perturbation_norm), axis_name)
+        grad_norm, perturbation_norm = pmean((grad_norm, perturbation_norm), axis_name)
 
     new_state = UnifiedSAMState(
         count=optax.safe_increment(state.count),
