@@ -96,3 +96,17 @@ def check_positive_int(value: Any, name: str) -> int:
   if value < 1:
     raise ValueError(f"{name} must be a positive int; got {value!r}.")
   return value
+
+
+def check_eps(eps: Any, dtype: Any) -> None:
+  """Raises ValueError if a concrete ``eps`` is below ``dtype``'s smallest normal number.
+
+  Below it ``eps`` is flushed to 0 (XLA:CPU flushes subnormals), and a zero
+  gradient with lambda > 0 would give 0/0. A traced ``eps`` is not checked.
+  """
+  tiny = float(jnp.finfo(dtype).tiny)
+  if isinstance(eps, float) and eps < tiny:
+    raise ValueError(
+        f"eps={eps:g} is below the smallest normal {jnp.dtype(dtype).name} ({tiny:.3g}), the dtype the "
+        f"norm is accumulated in for these parameters: it would act as 0. Use eps >= {tiny:.3g}."
+    )

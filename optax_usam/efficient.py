@@ -44,6 +44,10 @@ class RandomizedState(NamedTuple):
   inner: Any
 
 
+# Rounding in two gradient evaluations and a projection stays within a few ulps of ||g_s||; 16 leaves margin.
+_NOISE_ULPS = 16
+
+
 def _is_none(x: Any) -> bool:
   return x is None
 
@@ -126,6 +130,11 @@ def reuse_sam(
       g_sf = _float_only(g_s, params)
       coef = _vdot(g, g_sf, dtype) / jnp.maximum(_vdot(g, g, dtype), tiny)
       g_v = jax.tree.map(lambda s, v: (s - coef.astype(s.dtype) * v).astype(s.dtype), g_sf, g)
+      # g_s parallel to g (a quadratic, rho = 0) leaves only rounding noise in g_v, a few ulps of ||g_s||;
+      # the cheap steps would rescale it to alpha ||g||. Below that floor the correction is 0.
+      ulp = max(float(jnp.finfo(v.dtype).eps) for v in jax.tree.leaves(g_sf))
+      noise = global_norm(g_v, dtype) <= _NOISE_ULPS * ulp * global_norm(g_sf, dtype)
+      g_v = jax.tree.map(lambda v: jnp.where(noise, jnp.zeros_like(v), v), g_v)
       return g_s, _like_params(keep(g_v, state.correction), params), inner
 
     def reuse_step(_: None) -> tuple[optax.Updates, optax.Updates, Any]:

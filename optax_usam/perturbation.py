@@ -13,6 +13,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 
 Params = Any
 
@@ -34,22 +35,41 @@ def accumulation_dtype(tree: Params) -> jnp.dtype:
 
 
 def global_norm(tree: Params, dtype: jnp.dtype | None = None) -> chex.Array:
-  """Global L2 norm over the floating leaves of ``tree``.
+  r"""Global L2 norm over the floating leaves of ``tree``, exact up to the largest representable norm.
 
   Each leaf is squared and summed in ``dtype`` (default:
   :func:`accumulation_dtype`), so bfloat16 and float16 gradients neither
-  overflow at float16's 65504 nor lose the sum to rounding. It is one pass
-  over the gradient, exactly what a hand-written SAM step does: in float32
-  the sum of squares overflows to ``inf`` only for norms above about 1e19 and
-  underflows to 0 only for norms below about 1e-19, far under the ``eps`` =
-  1e-12 that :func:`perturb` adds. Non-floating leaves are ignored.
+  overflow at float16's 65504 nor lose the sum to rounding. The same pass
+  also sums the squares of the leaves scaled by :math:`2^{-e}` (:math:`e`
+  half the exponent range, 64 in float32: an exact scaling), and the norm is
+  read from it when the plain sum of squares overflows (in float32: norms
+  above about 1.8e19), so a norm of 1e30 is exact, not ``inf``. An infinite
+  entry gives ``inf``, a NaN gives NaN. Norms below about 1e-19 (float32)
+  read 0: their squares underflow, and there ``eps`` = 1e-12 dominates the
+  denominator of :func:`perturb` anyway. Non-floating leaves are ignored.
   """
   dtype = accumulation_dtype(tree) if dtype is None else dtype
-  total = jnp.zeros((), dtype)
+  finfo = jnp.finfo(dtype)
+  shift = 2.0 ** (int(finfo.maxexp) // 2)
+  plain = scaled = jnp.zeros((), dtype)
   for x in jax.tree.leaves(tree):
     if is_float_leaf(x):
-      total = total + jnp.sum(jnp.square(jnp.abs(x).astype(dtype)))
-  return jnp.sqrt(total)
+      x = jnp.abs(x).astype(dtype)
+      plain = plain + jnp.sum(jnp.square(x))
+      scaled = scaled + jnp.sum(jnp.square(x * (1 / shift)))
+  return jnp.where(plain < jnp.inf, jnp.sqrt(plain), shift * jnp.sqrt(scaled))
+
+
+def _check_real(params: Params) -> None:
+  """Refuses complex leaves: for them jax.grad returns the conjugate of the ascent direction."""
+  for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+    if is_float_leaf(x) and jnp.issubdtype(jnp.result_type(x), jnp.complexfloating):
+      raise TypeError(
+          f"parameter {jax.tree_util.keystr(path) or '<root>'} is complex ({jnp.result_type(x)}): "
+          "Unified SAM supports real parameters only (jax.grad of a real loss returns the conjugate of the "
+          "ascent direction for complex ones, so the step would descend). Keep real and imaginary parts as "
+          "two real arrays, e.g. {'re': z.real, 'im': z.imag}."
+      )
 
 
 class Perturbed(NamedTuple):
@@ -157,6 +177,10 @@ def perturb(
     A :class:`Perturbed` with the perturbed parameters, :math:`\|T g\|` and
     :math:`\|e\|`, both in the accumulation dtype (float32 or float64).
   """
+  _check_real(params)
+  for name, value in (("rho", rho), ("lambd", lambd), ("eps", eps)):
+    if np.shape(value) != ():
+      raise ValueError(f"{name} must be a scalar; got shape {np.shape(value)}.")
   dtype = accumulation_dtype(params)
   leaves, treedef = jax.tree.flatten(params)
   grad_leaves = treedef.flatten_up_to(grads)
@@ -170,7 +194,13 @@ def perturb(
   grad_norm = global_norm(tg, dtype)
   rho = jnp.asarray(rho, dtype)
   lambd = jnp.asarray(lambd, dtype)
-  scale = rho * (1 - lambd + lambd / (grad_norm + eps))
+  # Free unless the caller checkifies: values a schedule produces after count 0 cannot be seen earlier.
+  checkify.debug_check((rho >= 0) & (rho < jnp.inf), "rho must be finite and >= 0; got rho_t = {}", rho)
+  checkify.debug_check((lambd >= 0) & (lambd <= 1), "lambd must be in [0, 1]; got lambd_t = {}", lambd)
+  denominator = grad_norm + eps
+  # A traced eps (inject_hyperparams) that is 0 in this dtype must not turn a zero gradient into 0/0.
+  normalized = jnp.where(denominator > 0, lambd / jnp.where(denominator > 0, denominator, 1), 0)
+  scale = rho * (1 - lambd + normalized)
 
   def move(x: Any, t: Any, tgx: Any) -> Any:
     if tgx is None:
@@ -185,5 +215,6 @@ def perturb(
     e_norm = grad_norm
   else:
     e_norm = global_norm([times(t, v) for t, v in zip(t_leaves, tg, strict=True)], dtype)
-  # An overflowed norm (inf) with lambda = 1 gives scale = 0 and e = 0: report ||e|| = 0, not 0 * inf.
-  return Perturbed(perturbed, grad_norm, jnp.where(scale == 0, 0, scale * e_norm))
+  # |scale|: lambda or rho out of range (unchecked when traced) may make it negative; a norm is not.
+  # An infinite gradient with lambda = 1 gives 0 * inf = NaN here, as in e itself.
+  return Perturbed(perturbed, grad_norm, jnp.abs(scale) * e_norm)

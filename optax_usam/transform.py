@@ -11,7 +11,13 @@ import jax.numpy as jnp
 import optax
 
 from optax_usam import schedules
-from optax_usam._checks import check_mask, check_matches_params, check_no_masked_nodes, check_selects_some
+from optax_usam._checks import (
+  check_eps,
+  check_mask,
+  check_matches_params,
+  check_no_masked_nodes,
+  check_selects_some,
+)
 from optax_usam._collectives import pmean
 from optax_usam.perturbation import accumulation_dtype, adaptive_scales, is_float_leaf, leaf_mask, perturb
 
@@ -143,6 +149,7 @@ def unified_sam(
   rho_fn = schedules.rho_schedule(rho)
   lambd_fn = schedules.lambda_schedule(lambd_schedule)
   eps = schedules.check_positive(eps, "eps", traced=True)
+  check_eps(eps, jnp.float64)
   if axis_name is not None and not isinstance(axis_name, Hashable):
     raise TypeError(f"axis_name must be None or a hashable axis name; got {axis_name!r}.")
   if not isinstance(sync_perturbation, bool):
@@ -185,6 +192,7 @@ def unified_sam(
     check_matches_params(updates, params, "updates", dtypes=False)
 
     dtype = state.grad_norm.dtype
+    check_eps(eps, dtype)
     rho_t = jnp.asarray(rho_fn(state.count), dtype)
     lambd_t = jnp.asarray(lambd_fn(state.count), dtype)
     if axis_name is not None and sync_perturbation:
