@@ -18,7 +18,10 @@ Two processes on one machine (each with 2 virtual CPU devices)::
 A cluster (SLURM, TPU pod, ...): one process per host, with
 ``--auto_cluster`` (``jax.distributed.initialize()`` finds the coordinator and
 the process ids) or the three explicit flags. Every process loads the same data
-and feeds only its own slice of each global batch.
+and feeds only its own slice of each global batch. SIGTERM stops each process
+(JAX's preemption service, which would catch it, is switched off); bad flags
+and a cluster that cannot be found or joined end in one ``error:`` line and
+exit status 2.
 """
 
 from __future__ import annotations
@@ -83,12 +86,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.num_processes < 1 or not 0 <= args.process_id < args.num_processes:
       p.error(f"need --num_processes >= 1 and 0 <= --process_id < --num_processes; got "
               f"{args.num_processes} and {args.process_id}")
+    host, _, port = args.coordinator.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+      p.error(f"--coordinator must be HOST:PORT with a port in 1..65535; got {args.coordinator!r}")
   return args
 
 
 def fail(message: str) -> NoReturn:
   print(f"distributed.py: error: {message}", file=sys.stderr)
   raise SystemExit(2)
+
+
+def port_in_use(port: int) -> bool:
+  """Whether a socket already listens on ``port`` here (SO_REUSEADDR, as gRPC: TIME_WAIT is no conflict)."""
+  import socket
+
+  with socket.socket() as probe:
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+      probe.bind(("", port))
+    except OSError:
+      return True
+  return False
+
+
+def first_line(err: BaseException) -> str:
+  lines = str(err).strip().splitlines()
+  return lines[0] if lines else type(err).__name__
 
 
 def load_digits(seed: int) -> tuple[Any, Any, Any, Any]:
@@ -113,14 +137,32 @@ def run(args: argparse.Namespace) -> None:
   import optax_usam
   from optax_usam import distributed
 
+  if args.process_id == 0 and port_in_use(int(args.coordinator.rpartition(":")[2])):
+    # Process 0 starts the coordinator on this port; JAX can crash outright when the port is taken.
+    fail(f"--coordinator {args.coordinator}: the port is in use on this host, where process 0 starts "
+         "the coordinator; pick a free port")
   if args.coordinator is not None or args.auto_cluster:
     # CPU processes need a collectives backend; GPU/TPU ignore this setting.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    if args.auto_cluster:
-      jax.distributed.initialize()
-    else:
-      jax.distributed.initialize(args.coordinator, num_processes=args.num_processes,
-                                 process_id=args.process_id)
+    # The preemption service turns SIGTERM into a notice for preemption sync points, which this
+    # script never polls: with it on, SIGTERM would not stop a run (only SIGKILL would).
+    jax.config.update("jax_enable_preemption_service", False)
+    try:
+      if args.auto_cluster:
+        jax.distributed.initialize()
+      else:
+        jax.distributed.initialize(args.coordinator, num_processes=args.num_processes,
+                                   process_id=args.process_id)
+    except (ValueError, TypeError) as err:
+      # Off a cluster, jax.distributed.initialize() lacks the coordinator, process count or id.
+      if args.auto_cluster:
+        fail(f"--auto_cluster found no cluster environment (jax.distributed.initialize(): "
+             f"{first_line(err).rstrip('.')}); pass --coordinator/--num_processes/--process_id")
+      fail(f"jax.distributed.initialize() rejected the flags: {first_line(err)}")
+    except RuntimeError as err:
+      # The coordinator could not be started (port taken) or reached in time.
+      where = "" if args.auto_cluster else f" with --coordinator {args.coordinator}"
+      fail(f"jax.distributed.initialize() failed{where}: {first_line(err)}")
   devices, processes, me = jax.device_count(), jax.process_count(), jax.process_index()
   if devices % args.num_model:
     fail(f"--num_model={args.num_model} must divide the number of devices ({devices})")
@@ -172,6 +214,8 @@ def run(args: argparse.Namespace) -> None:
     rows, index = index[: args.batch_size], index[args.batch_size :]
     mine = rows[me * local : (me + 1) * local]
     batch = distributed.shard_batch((x_train[mine], y_train[mine]), mesh)
+    # Asynchronous: on CPU the step itself waits for the step distributed.CPU_MAX_STEPS_AHEAD calls back,
+    # since a host far ahead of its devices deadlocks XLA's CPU client in a collective.
     params, opt_state, loss = step(params, opt_state, batch)
     if t == 1:
       jax.block_until_ready(loss)

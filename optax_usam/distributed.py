@@ -44,6 +44,8 @@ References:
 
 from __future__ import annotations
 
+import collections
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -55,6 +57,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, Sharding
 
 from optax_usam._checks import check_matches_params
+from optax_usam._collectives import pmean
 from optax_usam.perturbation import is_float_leaf
 from optax_usam.transform import unified_sam
 
@@ -63,6 +66,14 @@ Step = Callable[[optax.Params, optax.OptState, Any], tuple[optax.Params, optax.O
 
 # Sharding a leaf this small saves less memory than the collective it adds costs.
 DEFAULT_MIN_SHARD_SIZE = 1024
+
+# XLA's CPU client launches each local device's part of a program on a pool of max(cores, local
+# devices) threads, runs the parts on the same pool, and a launch holds its thread while its device
+# already has 32 programs in flight. A host that dispatches 32 or more steps ahead of its devices can
+# so leave one device's part of an older step, which the other devices wait for inside a collective,
+# without a thread, and every process hangs (seen with 2 processes of 2 devices on 2 cores). The
+# step returned by sam_train_step therefore waits for the step this many calls back on CPU meshes.
+CPU_MAX_STEPS_AHEAD = 8
 
 
 def make_mesh(
@@ -313,7 +324,10 @@ def sam_train_step(
 
   Returns:
     A :class:`SAMTrainStep` ``(tx, init, step)``. ``step`` raises ValueError,
-    before compiling, if ``params`` are not on ``param_shardings``.
+    before compiling, if ``params`` are not on ``param_shardings``, and if
+    ``loss_fn`` uses a collective over an axis the step does not bind. On CPU
+    devices it waits for the step :data:`CPU_MAX_STEPS_AHEAD` calls back, so
+    that a loop that never reads a result cannot deadlock XLA's CPU client.
   """
   if data_axis not in mesh.axis_names:
     raise ValueError(
@@ -330,15 +344,33 @@ def sam_train_step(
   sam_tx = unified_sam(rho, lambd_schedule, eps=eps, axis_name=axis_name, sync_perturbation=False)
   tx = optax.chain(sam_tx, base_optimizer)
   replicated = NamedSharding(mesh, PartitionSpec())
+  if per_device:
+    bound = (f"with per_device_perturbation=True the step binds only data_axis={data_axis!r} "
+             "(jax.shard_map); the other mesh axes stay with the compiler")
+  else:
+    bound = ("with per_device_perturbation=False the step runs under jax.jit on the global batch and "
+             "binds no axis")
+
+  def checked_loss(p: optax.Params, batch: Any) -> chex.Array:
+    try:
+      return loss_fn(p, batch)
+    except NameError as err:
+      axis = _unbound_axis(err)
+      if axis is None:
+        raise
+      raise ValueError(
+          f"loss_fn uses axis {axis!r}, which is not bound here: {bound}. Make loss_fn a plain mean "
+          "over its batch, with no collective: the step averages it over devices itself."
+      ) from err
 
   def one_step(
       params: optax.Params, opt_state: optax.OptState, batch: Any, local: optax.Params
   ) -> Any:
     """The step, with gradients taken at ``local`` (``params`` up to the sharding type)."""
     sam_state, base_state = opt_state
-    loss, grads = jax.value_and_grad(loss_fn)(local, batch)
+    loss, grads = jax.value_and_grad(checked_loss)(local, batch)
     sam_grads, sam_state = sam_tx.update(
-        grads, sam_state, local, grad_fn=lambda p: jax.grad(loss_fn)(p, batch)
+        grads, sam_state, local, grad_fn=lambda p: jax.grad(checked_loss)(p, batch)
     )
     updates, base_state = base_optimizer.update(sam_grads, base_state, params)
     return optax.apply_updates(params, updates), (sam_state, base_state), loss
@@ -351,7 +383,7 @@ def sam_train_step(
       # keeps each device's own gradient, which m-sharpness perturbs along.
       local = jax.tree.map(lambda x: jax.lax.pcast(x, data_axis, to="varying"), params)
       params, opt_state, loss = one_step(params, opt_state, batch, local)
-      return params, opt_state, jax.lax.pmean(loss, data_axis)
+      return params, opt_state, pmean(loss, data_axis)
 
     # Only the data axis is manual: a parameter axis stays under the compiler's
     # control, so FSDP-sharded parameters keep working inside.
@@ -382,8 +414,16 @@ def sam_train_step(
     _check_layout(params, _placeholders(params, p_sh), "params", "param_shardings")
     return jax.jit(tx.init, out_shardings=s_sh)(params)
 
-  step = ShardedStep(body, shardings_of, batch_sharding(mesh, data_axis=data_axis), replicated)
+  on_cpu = any(d.platform == "cpu" for d in mesh.devices.flat)
+  step = ShardedStep(body, shardings_of, batch_sharding(mesh, data_axis=data_axis), replicated,
+                     max_steps_ahead=CPU_MAX_STEPS_AHEAD if on_cpu else None)
   return SAMTrainStep(tx, init, step)
+
+
+def _unbound_axis(err: NameError) -> str | None:
+  """The axis name of JAX's unbound-axis NameError, or None for any other NameError."""
+  match = re.search(r"unbound axis name: (\S+?)\.?(?:\s|$)", str(err))
+  return match.group(1) if match else None
 
 
 class ShardedStep:
@@ -392,6 +432,11 @@ class ShardedStep:
   Call it as ``step(params, opt_state, batch)``; ``step.lower(params,
   opt_state, batch)`` gives the :class:`jax.stages.Lowered` program, for
   ``.compile().as_text()`` or ``.compile().memory_analysis()``.
+
+  Dispatch stays asynchronous, but with ``max_steps_ahead`` (set to
+  :data:`CPU_MAX_STEPS_AHEAD` on CPU meshes) a call, once it has dispatched
+  its step, waits until the step that many calls back has finished: the host
+  never runs far enough ahead to deadlock XLA's CPU client.
   """
 
   def __init__(
@@ -400,12 +445,17 @@ class ShardedStep:
       shardings_of: Callable[[optax.Params], tuple[Any, Any]],
       batch_sharding: NamedSharding,
       replicated: NamedSharding,
+      *,
+      max_steps_ahead: int | None = None,
   ) -> None:
     self._body = body
     self._shardings_of = shardings_of
     self._batch_sharding = batch_sharding
     self._replicated = replicated
     self._cache: dict[Any, tuple[Any, Callable[..., Any]]] = {}
+    self._max_steps_ahead = max_steps_ahead
+    # The losses of the steps that may still run: a step's outputs are ready once all of it has run.
+    self._in_flight: collections.deque[jax.Array] = collections.deque()
 
   def _jitted(self, params: optax.Params, opt_state: optax.OptState, batch: Any) -> Any:
     key = jax.tree.structure((params, opt_state, batch))
@@ -427,7 +477,12 @@ class ShardedStep:
   def __call__(
       self, params: optax.Params, opt_state: optax.OptState, batch: Any
   ) -> tuple[optax.Params, optax.OptState, chex.Array]:
-    return self._jitted(params, opt_state, batch)(params, opt_state, batch)
+    params, opt_state, loss = self._jitted(params, opt_state, batch)(params, opt_state, batch)
+    if self._max_steps_ahead is not None:
+      self._in_flight.append(loss)
+      if len(self._in_flight) > self._max_steps_ahead:
+        self._in_flight.popleft().block_until_ready()
+    return params, opt_state, loss
 
   def lower(self, params: optax.Params, opt_state: optax.OptState, batch: Any) -> jax.stages.Lowered:
     return self._jitted(params, opt_state, batch).lower(params, opt_state, batch)

@@ -6,6 +6,7 @@ import importlib.util
 import os
 import pathlib
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -25,27 +26,60 @@ def load_example():
   return module
 
 
-def run_processes(argvs: list[list[str]], tmp_path: pathlib.Path) -> list[str]:
-  """Runs the example once per argv, all at once; returns the outputs, killing leftovers."""
+def example_env() -> dict[str, str]:
+  """This environment, minus XLA_FLAGS (the example sets its own) and plus the repository on PYTHONPATH."""
   env = dict(os.environ)
   env.pop("XLA_FLAGS", None)
   env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+  return env
+
+
+def start(argv: list[str], log: pathlib.Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+  """Starts the example in a session of its own, so that :func:`stop` can kill all it started."""
+  with open(log, "w") as out:
+    return subprocess.Popen([sys.executable, str(EXAMPLE), *argv], env=example_env() if env is None else env,
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(job: subprocess.Popen) -> None:
+  """SIGKILL to a job's process group: a process stuck in a collective may not die of SIGTERM."""
+  if job.poll() is None:
+    try:
+      os.killpg(job.pid, signal.SIGKILL)
+    except ProcessLookupError:
+      pass
+    job.wait()
+
+
+def run_processes(argvs: list[list[str]], tmp_path: pathlib.Path, timeout_s: float = TIMEOUT_S) -> list[str]:
+  """Runs the example once per argv, all at once; returns the outputs.
+
+  Fails the test, after killing every process, if one exits non-zero or all have
+  not finished within ``timeout_s``: a hung collective must not hang the suite.
+  """
   jobs, logs = [], [tmp_path / f"run{i}.log" for i in range(len(argvs))]
   try:
     for argv, log in zip(argvs, logs, strict=True):
-      with open(log, "w") as out:
-        jobs.append(subprocess.Popen([sys.executable, str(EXAMPLE), *argv], env=env, stdout=out,
-                                     stderr=subprocess.STDOUT))
-    deadline = time.monotonic() + TIMEOUT_S
+      jobs.append(start(argv, log))
+    deadline = time.monotonic() + timeout_s
     for job, log in zip(jobs, logs, strict=False):
-      code = job.wait(timeout=max(1.0, deadline - time.monotonic()))
+      try:
+        code = job.wait(timeout=max(1.0, deadline - time.monotonic()))
+      except subprocess.TimeoutExpired:
+        tails = "\n".join(f"--- {lg.name}:\n{lg.read_text()[-1500:]}" for lg in logs)
+        pytest.fail(f"not finished after {timeout_s:.0f} s; killed all {len(jobs)} processes\n{tails}")
       assert code == 0, f"exit {code}:\n{log.read_text()[-3000:]}"
   finally:
     for job in jobs:
-      if job.poll() is None:
-        job.kill()
-        job.wait()
+      stop(job)
   return [log.read_text() for log in logs]
+
+
+def free_address() -> str:
+  """127.0.0.1:PORT with a port free right now, for a coordinator."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return f"127.0.0.1:{s.getsockname()[1]}"
 
 
 def accuracy(output: str) -> float:
@@ -54,9 +88,7 @@ def accuracy(output: str) -> float:
 
 def test_one_process_fsdp_and_two_processes_train_the_same_model(tmp_path):
   common = ["--steps", "30", "--log_every", "30", "--lambd", "0.5"]
-  port = socket.create_server(("127.0.0.1", 0))
-  address = f"127.0.0.1:{port.getsockname()[1]}"
-  port.close()
+  address = free_address()
   local, first, _ = run_processes(
       [
           ["--cpu_devices", "4", "--num_model", "2", *common],
@@ -85,6 +117,10 @@ def test_one_process_fsdp_and_two_processes_train_the_same_model(tmp_path):
         (["--coordinator", "h:1", "--num_processes", "2", "--process_id", "2"], "0 <= --process_id"),
         (["--auto_cluster", "--coordinator", "h:1", "--num_processes", "1", "--process_id", "0"],
          "not both"),
+        (["--coordinator", "nonsense", "--num_processes", "2", "--process_id", "0"],
+         "--coordinator must be HOST:PORT"),
+        (["--coordinator", "h:99999", "--num_processes", "2", "--process_id", "0"],
+         "--coordinator must be HOST:PORT"),
         (["--num_model", "3"], "--num_model=3 must divide the number of devices"),
         (["--batch_size", "12", "--num_model", "1"], "--batch_size=12 must be divisible by the 8"),
         (["--bogus"], "unrecognized arguments"),

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
 import time
 
 import numpy as np
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 WORKER = ROOT / "tests" / "_multihost_worker.py"
@@ -32,8 +34,9 @@ def launch(args: list[str], devices: int, log: pathlib.Path) -> subprocess.Popen
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
   with open(log, "w") as out:
+    # A session of its own, so that a timeout can kill the process and all it started.
     return subprocess.Popen([sys.executable, str(WORKER), *args], env=env, stdout=out,
-                            stderr=subprocess.STDOUT)
+                            stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def test_two_processes_match_one_process_with_four_devices(tmp_path):
@@ -48,13 +51,16 @@ def test_two_processes_match_one_process_with_four_devices(tmp_path):
            "--out", str(multi)], 2, tmp_path / f"process{i}.log")
     deadline = time.monotonic() + TIMEOUT_S
     for name, job in jobs.items():
-      code = job.wait(timeout=max(1.0, deadline - time.monotonic()))
-      log = (tmp_path / f"{name.replace(' ', '')}.log").read_text()
-      assert code == 0, f"{name} exited with {code}:\n{log[-3000:]}"
+      log = tmp_path / f"{name.replace(' ', '')}.log"
+      try:
+        code = job.wait(timeout=max(1.0, deadline - time.monotonic()))
+      except subprocess.TimeoutExpired:
+        pytest.fail(f"{name} not finished after {TIMEOUT_S} s; killed all:\n{log.read_text()[-3000:]}")
+      assert code == 0, f"{name} exited with {code}:\n{log.read_text()[-3000:]}"
   finally:
     for job in jobs.values():
       if job.poll() is None:
-        job.kill()
+        os.killpg(job.pid, signal.SIGKILL)  # SIGTERM may not end a process stuck in a collective
         job.wait()
 
   a, b = np.load(single), np.load(multi)
