@@ -18,6 +18,7 @@ import optax
 from flax import struct
 from flax.training import train_state
 
+from optax_usam._collectives import pmean
 from optax_usam.efficient import sub_batch
 
 Params = Any
@@ -158,6 +159,6 @@ def sam_train_step(
     state.params, batch_stats, first_batch, rng
   )
   if axis_name is not None:
-    new_batch_stats, loss = jax.lax.pmean((new_batch_stats, loss), axis_name)
+    new_batch_stats, loss = pmean((new_batch_stats, loss), axis_name)
   state = state.apply_gradients(grads=grads, grad_fn=grad_fn, batch_stats=new_batch_stats)
   return state, StepOutput(loss, aux)

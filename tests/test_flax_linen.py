@@ -6,6 +6,7 @@ import sys
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -213,3 +214,17 @@ def test_sam_train_step_averages_batch_stats_over_devices():
   # Parameters stay replicated: the gradients were averaged by unified_sam.
   kernel = np.asarray(new_state.params["Dense_0"]["kernel"])
   np.testing.assert_array_equal(kernel, np.broadcast_to(kernel[0], kernel.shape))
+
+
+def test_sam_train_step_with_an_unbound_axis_is_a_clear_error():
+  """axis_name outside pmap/shard_map: the core's ValueError, not JAX's NameError."""
+  model = nn.Dense(2)
+  params = model.init(jax.random.key(0), jnp.ones((1, 3)))["params"]
+  tx = optax.chain(optax_usam.sam(0.1), optax.sgd(0.1))
+  state = optax_usam.SAMTrainState.create(apply_fn=model.apply, params=params, tx=tx)
+
+  def loss_fn(params, batch_stats, batch, rng):
+    return jnp.mean(model.apply({"params": params}, batch) ** 2), (batch_stats, None)
+
+  with pytest.raises(ValueError, match="axis_name='data' is not bound"):
+    optax_usam.sam_train_step(state, jnp.ones((4, 3)), loss_fn, None, axis_name="data")
