@@ -12,7 +12,9 @@ with step sizes from ``optax_usam.theory`` and batches from
 ``optax_usam.sampling``, under ``lax.scan`` and vmapped over curves and
 trials, in float64. Plots (f(x_t) - f*)/(f(x_0) - f*) per epoch (n
 iterations), mean and +-1 std over trials, and writes
-``benchmarks/results/theory.json``.
+``benchmarks/results/theory.json``: the full run only; any other run (``--quick``, other
+epochs, trials, n or seed, ``--no-plots``) writes to ``benchmarks/results/quick/`` unless
+``--out`` says otherwise, so a short run never replaces the committed results.
 
   python benchmarks/theory.py                 # paper lengths
   python benchmarks/theory.py --quick         # a short run
@@ -45,6 +47,8 @@ LAMBDA_SUBSET = (0.0, 0.5, 1.0)
 GD_STEPS = 20_000
 UNROLL = 1
 PAPER_EPOCHS = 10_000  # the official notebook's ridge runs: 10,000 epochs of n = 100 iterations
+# The run whose outputs are committed under RESULTS (and quoted in the README and docs/theory.md).
+FULL_RUN = {"epochs": PAPER_EPOCHS, "trials": 5, "n": 100, "seed": 0}
 
 
 class Problem(NamedTuple):
@@ -405,6 +409,14 @@ def _positive_int(text: str) -> int:
   return value
 
 
+def output_dir(args: argparse.Namespace) -> Path:
+  """``--out``, or by default RESULTS for the full run and RESULTS/quick (ignored by git) for any other."""
+  if args.out is not None:
+    return args.out
+  full = not args.quick and not args.no_plots and all(getattr(args, k) == v for k, v in FULL_RUN.items())
+  return RESULTS if full else RESULTS / "quick"
+
+
 def main(argv: list[str] | None = None) -> None:
   parser = _Parser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--quick", action="store_true", help="short run (50 epochs, 2 trials)")
@@ -414,13 +426,15 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--numpy-baseline", type=_positive_int, default=0, metavar="ITERATIONS",
                       help="also time ITERATIONS of a plain NumPy loop of one curve")
-  parser.add_argument("--out", type=Path, default=RESULTS)
+  parser.add_argument("--out", type=Path, default=None,
+                      help="default: benchmarks/results for the full run, benchmarks/results/quick otherwise")
   parser.add_argument("--no-plots", action="store_true")
   args = parser.parse_args(argv)
   if args.n < 2:
     parser.error(f"--n must be at least 2, got {args.n}")
   args.epochs = args.epochs or (50 if args.quick else PAPER_EPOCHS)
   args.trials = args.trials or (2 if args.quick else 5)
+  args.out = output_dir(args)
   args.out.mkdir(parents=True, exist_ok=True)
   with jax.enable_x64(True):
     result = run(args)

@@ -17,6 +17,7 @@ CIFAR (the paper's setting; the data must be prepared with tfds first)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
@@ -24,7 +25,8 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -52,8 +54,20 @@ DEFAULTS = {
 AXIS = "data"
 
 
-class UsageError(Exception):
-  """Bad command-line input: reported as one line on stderr, exit code 2."""
+class CommandError(Exception):
+  """A failure reported as one line on stderr, ``train.py: error: ...``, with exit status ``exit_code``."""
+
+  exit_code = 1
+
+
+class UsageError(CommandError):
+  """Bad command-line input or a configuration that cannot run: exit status 2."""
+
+  exit_code = 2
+
+
+class DivergedError(CommandError):
+  """A run reached a non-finite loss or parameter: exit status 1, and no results are written."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,14 +179,22 @@ def build_parser() -> argparse.ArgumentParser:
     help="output directory for the PNG, the JSON and the CIFAR checkpoints (default: examples/results)",
   )
   p.add_argument("--data-dir", default=None, help="tfds data_dir for CIFAR (default: tfds's own)")
-  p.add_argument("--resume", action="store_true", help="CIFAR: continue each run from its latest checkpoint")
+  p.add_argument(
+    "--resume",
+    action="store_true",
+    help="CIFAR: continue each run from its newest intact checkpoint, under the settings it was started with",
+  )
   p.add_argument(
     "--stop-after-steps",
     type=int,
     default=None,
     help="CIFAR: checkpoint and stop each run after this many optimizer steps (to resume later)",
   )
-  p.add_argument("--no-progress", action="store_true", help="no progress bar")
+  p.add_argument(
+    "--no-progress",
+    action="store_true",
+    help="no progress bar (drawn on a terminal only; elsewhere a line per digits run stands in for it)",
+  )
   return p
 
 
@@ -220,13 +242,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   for ok, message in checks:
     if not ok:
       raise UsageError(message)
+  # Built once here so that whatever the library refuses stops the job before any training.
+  for method in args.methods:
+    make_tx(method, args, total_steps=1)
   return args
 
 
 def make_tx(
   method: Method, args: argparse.Namespace, total_steps: int, axis_name: str | None = None
 ) -> optax.GradientTransformationExtraArgs:
-  """Unified SAM (or, for SGD, a gradient average over ``axis_name``) + weight decay + momentum SGD."""
+  """Unified SAM (or, for SGD, a gradient average over ``axis_name``) + weight decay + momentum SGD.
+
+  The library checks its own arguments (rho, lambda, the cheaper variants' parameters) when a transformation
+  is built; their ValueError/TypeError becomes a usage error here instead of a traceback.
+  """
+  try:
+    return _make_tx(method, args, total_steps, axis_name)
+  except (ValueError, TypeError) as err:
+    raise UsageError(f"{method.name}: {err}") from err
+
+
+def _make_tx(
+  method: Method, args: argparse.Namespace, total_steps: int, axis_name: str | None
+) -> optax.GradientTransformationExtraArgs:
   if method.lambd is None:
     first = (
       optax.identity()
@@ -271,10 +309,62 @@ def diagnostics(state: SAMTrainState) -> dict[str, float]:
   return {"lambda_t": float(d["lambd"]), "rho_t": float(d["rho"]), "grad_norm": float(d["grad_norm"])}
 
 
-def progress(total: int, desc: str, disable: bool) -> Any:
-  from tqdm.auto import tqdm
+class Progress:
+  """A tqdm bar on a terminal; in a file or a pipe (CI logs, nohup) plain lines instead.
 
-  return tqdm(total=total, desc=desc, disable=disable, dynamic_ncols=True, file=sys.stderr)
+  A bar drawn into a file is one carriage-return redraw per update, about 135 KB for the default job, so it
+  is drawn only when stderr is a TTY.
+  """
+
+  def __init__(self, total: int, desc: str, disable: bool) -> None:
+    from tqdm.auto import tqdm
+
+    self.quiet = disable
+    self.interactive = not disable and getattr(sys.stderr, "isatty", lambda: False)()
+    self.bar = tqdm(total=total, desc=desc, disable=not self.interactive, dynamic_ncols=True, file=sys.stderr)
+
+  def update(self, n: int = 1, status: str | None = None) -> None:
+    if status is not None and self.interactive:
+      self.bar.set_postfix_str(status, refresh=False)
+    self.bar.update(n)
+
+  def write(self, line: str) -> None:
+    """A log line, always printed (above the bar on a terminal)."""
+    if self.interactive:
+      self.bar.write(line, file=sys.stderr)
+    else:
+      print(line, file=sys.stderr, flush=True)
+
+  def milestone(self, line: str) -> None:
+    """A line that stands in for the bar where there is none: printed only without a TTY and --no-progress."""
+    if not self.interactive and not self.quiet:
+      print(line, file=sys.stderr, flush=True)
+
+  def close(self) -> None:
+    self.bar.close()
+
+
+@jax.jit
+def all_finite(tree: Any) -> jax.Array:
+  """True if every floating leaf of ``tree`` is finite: one reduction on the device, one scalar to read."""
+  flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)
+
+
+def check_finite(run: str, epoch: int, loss: float, state: SAMTrainState) -> None:
+  """Stops the job at the first non-finite training loss or parameter (or BatchNorm statistic).
+
+  Called once per epoch (and before any checkpoint), on a loss the caller has already read back: a diverged
+  run must end in an error, not in a table of chance-level accuracies computed from NaN parameters.
+  """
+  params_ok = bool(all_finite((state.params, state.batch_stats)))
+  if math.isfinite(loss) and params_ok:
+    return
+  what = f"training loss {loss:g}" + ("" if params_ok else ", non-finite parameters")
+  raise DivergedError(
+    f"{run} diverged in epoch {epoch} ({what}); no results written: try a smaller --lr or --rho (a value "
+    "too large for float32 is inf), or check --weight-decay"
+  )
 
 
 # --------------------------------------------------------------------------- digits
@@ -293,62 +383,66 @@ def run_digits(args: argparse.Namespace) -> dict[str, Any]:
     raise UsageError("--dtype bfloat16 applies to the cnn model only")
   model = models.get_model(args.model, 10, dtype=jnp.dtype(args.dtype))
   loss_fn = make_loss_fn(model)
-  # One data order and one initialization per seed, shared by all methods.
-  init_params = [
-    model.init(jax.random.key(seed), splits[0].train.x[:1], train=False)["params"] for seed in seeds
-  ]
+  # One data order and one initialization per seed, shared by all methods. The BatchNorm models (tiny,
+  # resnet18, wrn28-10) also carry running statistics; the digits CNN has none (None below).
+  init_variables = [model.init(jax.random.key(seed), splits[0].train.x[:1], train=False) for seed in seeds]
 
   def batches(seed: int, epoch: int) -> np.ndarray:
     order = np.random.default_rng([seed, epoch]).permutation(n_train)
     return order[: steps * args.batch_size].reshape(steps, args.batch_size)
 
   @jax.jit
-  def test_accuracy(params, x, y):
-    return 100.0 * jnp.mean(jnp.argmax(model.apply({"params": params}, x, train=False), -1) == y)
+  def test_accuracy(params, batch_stats, x, y):
+    variables = {"params": params} if batch_stats is None else {"params": params, "batch_stats": batch_stats}
+    return 100.0 * jnp.mean(jnp.argmax(model.apply(variables, x, train=False), -1) == y)
 
   results: dict[str, Any] = {}
-  bar = progress(len(args.methods) * len(seeds) * args.epochs, "digits", args.no_progress)
-  for method in args.methods:
-    # A Python loop of jitted steps, not lax.scan: XLA:CPU runs convolutions inside
-    # a while loop an order of magnitude slower.
-    fraction = args.ascent_fraction if method.variant == "subbatch-sam" else None
+  bar = Progress(len(args.methods) * len(seeds) * args.epochs, "digits", args.no_progress)
+  try:
+    for method in args.methods:
+      # A Python loop of jitted steps, not lax.scan: XLA:CPU runs convolutions inside
+      # a while loop an order of magnitude slower.
+      fraction = args.ascent_fraction if method.variant == "subbatch-sam" else None
 
-    @functools.partial(jax.jit, static_argnames="fraction")
-    def train_step(state, x, y, idx, fraction):
-      state, out = sam_train_step(state, {"x": x[idx], "y": y[idx]}, loss_fn, ascent_fraction=fraction)
-      return state, out.loss
+      @functools.partial(jax.jit, static_argnames="fraction")
+      def train_step(state, x, y, idx, fraction):
+        state, out = sam_train_step(state, {"x": x[idx], "y": y[idx]}, loss_fn, ascent_fraction=fraction)
+        return state, out.loss
 
-    tx = make_tx(method, args, total_steps)
-    curves, losses, finals, finite = [], [], [], []
-    for seed, split, params in zip(seeds, splits, init_params, strict=True):
-      state = SAMTrainState.create(apply_fn=model.apply, params=params, tx=tx)
-      x, y = jnp.asarray(split.train.x), jnp.asarray(split.train.y)
-      x_test, y_test = jnp.asarray(split.test.x), jnp.asarray(split.test.y)
-      curve, loss_curve = [], []
-      for epoch in range(args.epochs):
-        epoch_losses = []
-        for idx in batches(seed, epoch):
-          state, loss = train_step(state, x, y, idx, fraction)
-          epoch_losses.append(loss)
-        curve.append(float(test_accuracy(state.params, x_test, y_test)))
-        loss_curve.append(float(np.mean(epoch_losses)))
-        bar.set_postfix_str(f"{method.name} seed {seed} test acc {curve[-1]:.1f}")
-        bar.update()
-      curves.append(curve)
-      losses.append(loss_curve)
-      finals.append(diagnostics(state))
-      leaves = jax.tree.leaves(state.params)
-      finite.append(bool(np.all(np.isfinite(loss_curve)) and all(jnp.isfinite(v).all() for v in leaves)))
-    results[method.name] = {
-      "lambda": method.lambd,
-      "variant": method.variant,
-      "all_finite": finite,
-      "final_test_acc": [c[-1] for c in curves],
-      "test_acc_curve": np.round(curves, 3).tolist(),
-      "train_loss_curve": np.round(losses, 5).tolist(),
-      "last_diagnostics": finals,
-    }
-  bar.close()
+      tx = make_tx(method, args, total_steps)
+      curves, losses, finals, finite = [], [], [], []
+      for seed, split, variables in zip(seeds, splits, init_variables, strict=True):
+        state = SAMTrainState.create(
+          apply_fn=model.apply, params=variables["params"], tx=tx, batch_stats=variables.get("batch_stats")
+        )
+        x, y = jnp.asarray(split.train.x), jnp.asarray(split.train.y)
+        x_test, y_test = jnp.asarray(split.test.x), jnp.asarray(split.test.y)
+        curve, loss_curve = [], []
+        for epoch in range(args.epochs):
+          epoch_losses = []
+          for idx in batches(seed, epoch):
+            state, loss = train_step(state, x, y, idx, fraction)
+            epoch_losses.append(loss)
+          loss_curve.append(float(np.mean(epoch_losses)))
+          check_finite(f"{method.name} seed {seed}", epoch + 1, loss_curve[-1], state)
+          curve.append(float(test_accuracy(state.params, state.batch_stats, x_test, y_test)))
+          bar.update(status=f"{method.name} seed {seed} test acc {curve[-1]:.1f}")
+        bar.milestone(f"digits: {method.name} seed {seed}: final test acc {curve[-1]:.1f}")
+        curves.append(curve)
+        losses.append(loss_curve)
+        finals.append(diagnostics(state))
+        finite.append(True)  # check_finite stopped the job otherwise
+      results[method.name] = {
+        "lambda": method.lambd,
+        "variant": method.variant,
+        "all_finite": finite,
+        "final_test_acc": [c[-1] for c in curves],
+        "test_acc_curve": np.round(curves, 3).tolist(),
+        "train_loss_curve": np.round(losses, 5).tolist(),
+        "last_diagnostics": finals,
+      }
+  finally:
+    bar.close()
   return results
 
 
@@ -380,12 +474,20 @@ def make_cifar_step(model: Any, mesh: jax.sharding.Mesh) -> Callable[..., Any]:
   return jax.jit(sharded, donate_argnums=0)
 
 
-def evaluate(model: Any, state: SAMTrainState, split: data_lib.Split, batch: int = 1000) -> float:
+def make_evaluate(model: Any) -> Callable[[SAMTrainState, data_lib.Split], float]:
+  """``evaluate(state, split)``: test accuracy in %, through a function compiled once, not at every call."""
+
   @jax.jit
   def correct(params, batch_stats, x, y):
     logits = model.apply({"params": params, "batch_stats": batch_stats}, data_lib.normalize(x), train=False)
     return jnp.sum(jnp.argmax(logits, -1) == y)
 
+  return functools.partial(_evaluate, correct)
+
+
+def _evaluate(
+  correct: Callable[..., Any], state: SAMTrainState, split: data_lib.Split, batch: int = 1000
+) -> float:
   total = sum(
     int(correct(state.params, state.batch_stats, split.x[i : i + batch], split.y[i : i + batch]))
     for i in range(0, len(split.y), batch)
@@ -402,26 +504,234 @@ def _checkpoint_tree(state: SAMTrainState) -> dict[str, Any]:
   }
 
 
+# How a refused --resume names each setting stored in a run's config.json.
+CONFIG_NAMES = {
+  "dataset": "--dataset",
+  "model": "--model",
+  "method": "method",
+  "lambd": "lambda",
+  "seed": "seed",
+  "rho": "--rho",
+  "epochs": "--epochs",
+  "batch_size": "--batch-size",
+  "lr": "--lr",
+  "momentum": "--momentum",
+  "weight_decay": "--weight-decay",
+  "noise": "--noise",
+  "devices": "local device count",
+  "train_images": "training images",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class CifarRun:
+  """One (method, seed) run: its directory and the configuration it stores there as config.json."""
+
+  method: Method
+  seed: int
+  dir: Path
+  config: dict[str, Any]
+
+
+def cifar_runs(args: argparse.Namespace, n_train: int, n_dev: int) -> list[CifarRun]:
+  runs = []
+  for method in args.methods:
+    for seed in range(args.seeds):
+      # Everything that changes the sequence of states a run goes through: the cosine schedule spans
+      # epochs x (train_images // batch_size) steps, and each device augments its own shard.
+      config = {
+        "dataset": args.dataset,
+        "model": args.model,
+        "method": method.name,
+        "lambd": method.lambd,
+        "seed": seed,
+        "rho": args.rho,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "momentum": args.momentum,
+        "weight_decay": args.weight_decay,
+        "noise": args.noise,
+        "devices": n_dev,
+        "train_images": n_train,
+      }
+      name = f"{args.dataset}-{args.model}-rho{args.rho:g}-{method.slug}-seed{seed}"
+      runs.append(CifarRun(method, seed, Path(args.out).absolute() / "runs" / name, config))
+  return runs
+
+
+def check_run_dir(run: CifarRun, resume: bool) -> None:
+  """Refuses to mix two runs in one directory: without --resume, or under settings other than its own.
+
+  No setting may change on --resume, not even --epochs of an unfinished run: the cosine schedule is laid over
+  the total number of steps, so the steps already taken followed another schedule than the new command's,
+  and the run would match neither an uninterrupted run of the old settings nor one of the new.
+  """
+  has_checkpoints = any((run.dir / "checkpoints").glob("*"))
+  if not resume:
+    if has_checkpoints:
+      raise UsageError(
+        f"{run.dir} holds checkpoints of an earlier run: pass --resume, or delete it to start over"
+      )
+    return
+  if not has_checkpoints and not (run.dir / "result.json").exists():
+    return  # nothing to continue: the run starts afresh
+  try:
+    stored = json.loads((run.dir / "config.json").read_text())
+  except (OSError, ValueError) as err:
+    raise UsageError(
+      f"cannot --resume {run.dir}: its config.json is missing or unreadable ({type(err).__name__}), so its "
+      "settings cannot be checked against this command's; delete the directory to start over"
+    ) from err
+  changed = [key for key in run.config if not isinstance(stored, dict) or stored.get(key) != run.config[key]]
+  if changed:
+    old = ", ".join(f"{CONFIG_NAMES[k]} {_setting(stored, k)}" for k in changed)
+    new = ", ".join(f"{CONFIG_NAMES[k]} {_setting(run.config, k)}" for k in changed)
+    raise UsageError(
+      f"cannot --resume {run.dir.name}: it was started with {old}, this command has {new}; a run continues "
+      "only under its own settings (its schedule, batches and augmentation depend on them): repeat them, "
+      "or use another --out"
+    )
+
+
+def _setting(config: Any, key: str) -> str:
+  value = config.get(key, "(unset)") if isinstance(config, dict) else "(unreadable)"
+  if not isinstance(value, float):
+    return str(value)
+  short = f"{value:g}"
+  return short if float(short) == value else repr(value)  # 0.1 vs 0.1000001 must not both read 0.1
+
+
+def _write_atomic(path: Path, text: str) -> None:
+  # A kill mid-write leaves the old file or the new one, never part of one.
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(text)
+  os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _quiet_absl() -> Iterator[None]:
+  # orbax logs its own warnings and errors about a damaged checkpoint; the one-line report below says it.
+  from absl import logging as absl_logging
+
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.FATAL)
+  try:
+    yield
+  finally:
+    absl_logging.set_verbosity(verbosity)
+
+
+def _drop_orbax_teardown_reports() -> None:
+  """Silences what a failed orbax restore leaves behind: its exception is handled where it is raised.
+
+  The tensorstore reads still in flight when one read fails complete later on orbax's closed event loop and
+  report "Event loop is closed" through ``sys.unraisablehook``: a multi-line traceback at a random moment.
+  Only that exact report is dropped; every other one goes to the previous hook.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_orbax_teardown", False):
+    return
+
+  def hook(unraisable: Any) -> None:
+    exc = unraisable.exc_value
+    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+      return
+    previous(unraisable)
+
+  hook.drops_orbax_teardown = True  # type: ignore[attr-defined]
+  sys.unraisablehook = hook
+
+
+def _one_line(err: BaseException, limit: int = 160) -> str:
+  text = " ".join(str(err).split()) or "no message"
+  text = f"{type(err).__name__}: {text}"
+  return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _save_args(state: SAMTrainState, history: dict[int, dict[str, Any]]) -> Any:
+  import orbax.checkpoint as ocp
+
+  # The epoch log travels inside the checkpoint, so a resumed run's log is exactly that of its checkpoint.
+  epochs = [history[e] for e in sorted(history)]
+  return ocp.args.Composite(
+    state=ocp.args.StandardSave(_checkpoint_tree(state)), history=ocp.args.JsonSave({"epochs": epochs})
+  )
+
+
+def restore_newest_intact(
+  manager: Any, state: SAMTrainState, run: CifarRun, steps_per_epoch: int
+) -> tuple[SAMTrainState, dict[int, dict[str, Any]]] | None:
+  """The newest checkpoint that restores completely, or None if there is none to restore.
+
+  A damaged newer checkpoint (a truncated file, flipped bytes, an emptied directory) is moved to
+  ``corrupt-checkpoints/`` so that the run can write that step again, and the fallback is reported in one
+  line. If every checkpoint is damaged, a usage error says so.
+  """
+  import orbax.checkpoint as ocp
+
+  _drop_orbax_teardown_reports()  # before the first attempt: the reports may come as soon as one fails
+  target = _checkpoint_tree(state)
+  failed: list[tuple[int, str]] = []
+  with _quiet_absl():
+    steps = sorted(manager.all_steps(), reverse=True)
+  for step in steps:
+    try:
+      with _quiet_absl():
+        restored = manager.restore(
+          step,
+          args=ocp.args.Composite(state=ocp.args.StandardRestore(target), history=ocp.args.JsonRestore()),
+        )
+      tree, epochs = restored["state"], restored["history"]["epochs"]
+      # What orbax cannot tell: a checkpoint is whole only if it holds the step it is named after, one log
+      # entry per finished epoch, and (being written only after the finiteness check) finite numbers.
+      history = {int(entry["epoch"]): entry for entry in epochs}
+      if int(tree["step"]) != step or sorted(history) != list(range(1, step // steps_per_epoch + 1)):
+        raise ValueError(f"holds step {int(tree['step'])} and epochs {sorted(history)}")
+      if not bool(all_finite(tree)):
+        raise ValueError("holds non-finite numbers")
+    except Exception as err:  # orbax and tensorstore raise many types for damage; all mean "unusable"
+      failed.append((step, _one_line(err)))
+      continue
+    note = ""
+    if failed:
+      aside = run.dir / "corrupt-checkpoints"
+      aside.mkdir(exist_ok=True)
+      for bad, _ in failed:
+        dest = aside / f"{bad}-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.replace(run.dir / "checkpoints" / str(bad), dest)
+      manager.reload()
+      bad_steps = ", ".join(str(bad) for bad, _ in failed)
+      note = (
+        f", the newest intact checkpoint (step {bad_steps} unreadable: {failed[0][1]}; moved to "
+        f"{aside.name}/)"
+      )
+    print(f"resumed {run.dir.name} at step {step}{note}", file=sys.stderr)
+    return state.replace(**tree), history
+  if failed:
+    steps = ", ".join(str(bad) for bad, _ in failed)
+    raise UsageError(
+      f"cannot --resume {run.dir.name}: no intact checkpoint (step {steps}: {failed[0][1]}); "
+      f"delete {run.dir} to start over"
+    )
+  return None
+
+
 def run_cifar_one(
-  args: argparse.Namespace, dataset: data_lib.Dataset, method: Method, seed: int, mesh: jax.sharding.Mesh
+  args: argparse.Namespace, dataset: data_lib.Dataset, run: CifarRun, mesh: jax.sharding.Mesh
 ) -> dict[str, Any] | None:
   """One (method, seed) run with a checkpoint per epoch; None if stopped by --stop-after-steps."""
   import orbax.checkpoint as ocp
   from jax.sharding import NamedSharding
   from jax.sharding import PartitionSpec as P
 
-  run_dir = (
-    Path(args.out).absolute()
-    / "runs"
-    / f"{args.dataset}-{args.model}-rho{args.rho:g}-{method.slug}-seed{seed}"
-  )
-  done = run_dir / "result.json"
+  done = run.dir / "result.json"
   if args.resume and done.exists():
-    return json.loads(done.read_text())
-  if not args.resume and any((run_dir / "checkpoints").glob("*")):
-    raise UsageError(
-      f"{run_dir} holds checkpoints of an earlier run: pass --resume, or delete it to start over"
-    )
+    try:
+      return json.loads(done.read_text())
+    except ValueError:
+      pass  # unreadable: evaluated again from the final checkpoint below
+  method, seed = run.method, run.seed
   n_train = len(dataset.train.y)
   steps = n_train // args.batch_size
   total_steps = steps * args.epochs
@@ -438,70 +748,82 @@ def run_cifar_one(
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P(AXIS))
   state = jax.device_put(state, replicated)
 
-  manager = ocp.CheckpointManager(
-    run_dir / "checkpoints", options=ocp.CheckpointManagerOptions(max_to_keep=2)
-  )
-  history: dict[int, dict[str, Any]] = {}
-  log_path = run_dir / "log.jsonl"
-  if args.resume and manager.latest_step() is not None:
-    restored = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(_checkpoint_tree(state)))
-    state = state.replace(**restored)
-    if log_path.exists():
-      for line in log_path.read_text().splitlines():
-        entry = json.loads(line)
-        history[entry["epoch"]] = entry
-    print(f"resumed {run_dir.name} at step {int(state.step)}", file=sys.stderr)
-  else:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log_path.write_text("")
+  # cleanup_tmp_directories: a write cut short by a kill leaves a temporary directory, never a step. Quiet:
+  # orbax warns about damaged steps as it lists them; restore_newest_intact reports them in one line.
+  with _quiet_absl():
+    manager = ocp.CheckpointManager(
+      run.dir / "checkpoints",
+      options=ocp.CheckpointManagerOptions(max_to_keep=2, cleanup_tmp_directories=True),
+    )
+  bar = None
+  try:
+    history: dict[int, dict[str, Any]] = {}
+    restored = restore_newest_intact(manager, state, run, steps) if args.resume else None
+    if restored is not None:
+      state, history = restored
+    else:
+      run.dir.mkdir(parents=True, exist_ok=True)
+      _write_atomic(run.dir / "config.json", json.dumps(run.config, indent=1) + "\n")
+    # Rewritten from the checkpoint: epochs logged after it (killed between the log line and the
+    # checkpoint) are trained again and must not appear twice.
+    log_path = run.dir / "log.jsonl"
+    _write_atomic(log_path, "".join(json.dumps(history[e]) + "\n" for e in sorted(history)))
 
-  train_step = make_cifar_step(model, mesh)
-  key = jax.random.key(seed)
-  bar = progress(total_steps, f"{method.name} seed {seed}", args.no_progress)
-  bar.update(int(state.step))
-  epoch_order = None
-  while int(state.step) < total_steps:
-    step = int(state.step)
-    epoch, i = divmod(step, steps)
-    if i == 0 or epoch_order is None:
-      # The data order depends on (seed, epoch) only, so a resumed run sees the same batches.
-      epoch_order = np.random.default_rng([seed, epoch]).permutation(n_train)[: steps * args.batch_size]
-      epoch_order = epoch_order.reshape(steps, args.batch_size)
-    idx = epoch_order[i]
-    images = jax.device_put(dataset.train.x[idx], sharded)
-    labels = jax.device_put(train_labels[idx], sharded)
-    state, metrics = train_step(state, images, labels, jax.random.fold_in(key, step))
-    bar.update()
-    stop = args.stop_after_steps is not None and step + 1 >= args.stop_after_steps
-    if i == steps - 1:
-      entry = {
-        "epoch": epoch + 1,
-        "step": step + 1,
-        "loss": float(metrics["loss"]),
-        "train_acc": 100 * float(metrics["acc"]),
-        "test_acc": evaluate(model, state, dataset.test),
-        **diagnostics(state),
-      }
-      history[epoch + 1] = entry
-      with log_path.open("a") as f:
-        f.write(json.dumps(entry) + "\n")
-      bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items()))
-    if i == steps - 1 or stop:
-      manager.save(step + 1, args=ocp.args.StandardSave(_checkpoint_tree(state)))
-    if stop and step + 1 < total_steps:
-      manager.wait_until_finished()
+    train_step, evaluate = make_cifar_step(model, mesh), make_evaluate(model)
+    key = jax.random.key(seed)
+    bar = Progress(total_steps, f"{method.name} seed {seed}", args.no_progress)
+    bar.update(int(state.step))
+    epoch_order = None
+    while int(state.step) < total_steps:
+      step = int(state.step)
+      epoch, i = divmod(step, steps)
+      if i == 0 or epoch_order is None:
+        # The data order depends on (seed, epoch) only, so a resumed run sees the same batches.
+        epoch_order = np.random.default_rng([seed, epoch]).permutation(n_train)[: steps * args.batch_size]
+        epoch_order = epoch_order.reshape(steps, args.batch_size)
+      idx = epoch_order[i]
+      images = jax.device_put(dataset.train.x[idx], sharded)
+      labels = jax.device_put(train_labels[idx], sharded)
+      state, metrics = train_step(state, images, labels, jax.random.fold_in(key, step))
+      bar.update()
+      stop = args.stop_after_steps is not None and step + 1 >= args.stop_after_steps
+      end_of_epoch = i == steps - 1
+      if not (end_of_epoch or stop):
+        continue
+      # Once per epoch, and before every checkpoint: a diverged state is never saved.
+      loss = float(metrics["loss"])
+      check_finite(run.dir.name, epoch + 1, loss, state)
+      if end_of_epoch:
+        entry = {
+          "epoch": epoch + 1,
+          "step": step + 1,
+          "loss": loss,
+          "train_acc": 100 * float(metrics["acc"]),
+          "test_acc": evaluate(state, dataset.test),
+          **diagnostics(state),
+        }
+        history[epoch + 1] = entry
+        with log_path.open("a") as f:
+          f.write(json.dumps(entry) + "\n")
+        bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items()))
+      manager.save(step + 1, args=_save_args(state, history))
+      if stop and step + 1 < total_steps:
+        bar.close()
+        print(f"stopped {run.dir.name} after step {step + 1}; continue with --resume", file=sys.stderr)
+        return None
+  finally:
+    if bar is not None:
       bar.close()
-      print(f"stopped {run_dir.name} after step {step + 1}; continue with --resume", file=sys.stderr)
-      return None
-  manager.wait_until_finished()
-  bar.close()
+    # An error above must not cut short the write of the last good checkpoint.
+    manager.wait_until_finished()
+    manager.close()
   curve = [history[e]["test_acc"] for e in sorted(history)]
   result = {
-    "final_test_acc": evaluate(model, state, dataset.test),
+    "final_test_acc": evaluate(state, dataset.test),
     "test_acc_curve": curve,
     "last_diagnostics": diagnostics(state),
   }
-  done.write_text(json.dumps(result))
+  _write_atomic(done, json.dumps(result))
   return result
 
 
@@ -518,6 +840,10 @@ def run_cifar(args: argparse.Namespace) -> dict[str, Any] | None:
     raise UsageError(
       f"--batch-size {args.batch_size} is larger than the {len(dataset.train.y)} training images"
     )
+  runs = cifar_runs(args, len(dataset.train.y), n_dev)
+  # Every run directory is checked before the first step, not after hours of the runs before it.
+  for run in runs:
+    check_run_dir(run, args.resume)
   print(
     f"{args.dataset}: {len(dataset.train.y)} train / {len(dataset.test.y)} test images, "
     f"{args.model}, data parallel over {n_dev} device(s)",
@@ -526,7 +852,7 @@ def run_cifar(args: argparse.Namespace) -> dict[str, Any] | None:
   results: dict[str, Any] = {}
   stopped = False
   for method in args.methods:
-    per_seed = [run_cifar_one(args, dataset, method, seed, mesh) for seed in range(args.seeds)]
+    per_seed = [run_cifar_one(args, dataset, run, mesh) for run in runs if run.method == method]
     if any(r is None for r in per_seed):
       stopped = True
       continue
@@ -589,10 +915,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     args = parse_args(argv)
     start = time.perf_counter()
-    results = run_digits(args) if args.dataset == "digits" else run_cifar(args)
-  except UsageError as err:
+    with warnings.catch_warnings():
+      # A setting too large for float32 (--rho 1e39) becomes inf when a step is traced, and numpy warns
+      # about the cast in several lines; the finiteness check reports what follows in one.
+      warnings.filterwarnings("ignore", "overflow encountered in cast", RuntimeWarning)
+      results = run_digits(args) if args.dataset == "digits" else run_cifar(args)
+  except CommandError as err:
     print(f"train.py: error: {err}", file=sys.stderr)
-    return 2
+    return err.exit_code
   if results is None:
     return 0
   seconds = time.perf_counter() - start

@@ -8,16 +8,9 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
-import tensorflow_datasets as tfds
 
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
-sys.path.insert(0, EXAMPLES)
-
-import data as data_lib  # noqa: E402
-import models  # noqa: E402
-import train  # noqa: E402
+from tests.train_helpers import EXAMPLES, cifar, data_lib, final_checkpoint, models, train
 
 
 def test_digits_split_and_symmetric_noise():
@@ -127,51 +120,21 @@ def test_digits_job_writes_table_png_json_and_shares_order_and_init(tmp_path, ca
   assert not np.allclose(sgd[0], sgd[1])
 
 
-def _cifar(argv, out, num_examples=48):
-  with tfds.testing.mock_data(num_examples=num_examples):
-    return train.main(
-      [
-        "--dataset",
-        "cifar10",
-        "--model",
-        "tiny",
-        "--seeds",
-        "1",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "16",
-        "--no-progress",
-        "--data-dir",
-        "/nonexistent",
-        "--out",
-        str(out),
-        *argv,
-      ]
-    )
-
-
-def _final_checkpoint(out):
-  (run,) = (out / "runs").iterdir()
-  manager = ocp.CheckpointManager(run / "checkpoints")
-  return manager.latest_step(), manager.restore(manager.latest_step())
-
-
 def test_cifar_stop_resume_equals_uninterrupted_run(tmp_path):
   n_dev = jax.local_device_count()
   assert 16 % n_dev == 0
   # Mock images are random: resume equality is the point here, not accuracy.
-  assert _cifar(["--methods", "1-1/t"], tmp_path / "straight") == 0
-  assert _cifar(["--methods", "1-1/t", "--stop-after-steps", "4"], tmp_path / "resumed") == 0
-  step, stopped = _final_checkpoint(tmp_path / "resumed")
+  assert cifar(["--methods", "1-1/t"], tmp_path / "straight") == 0
+  assert cifar(["--methods", "1-1/t", "--stop-after-steps", "4"], tmp_path / "resumed") == 0
+  step, stopped = final_checkpoint(tmp_path / "resumed")
   assert step == 4 and int(stopped["opt_state"][0]["count"]) == 4
   assert not (tmp_path / "resumed" / "cifar10_results.json").exists()
   # Restarting without --resume would mix two runs' checkpoints: refused.
-  assert _cifar(["--methods", "1-1/t"], tmp_path / "resumed") == 2
-  assert _cifar(["--methods", "1-1/t", "--resume"], tmp_path / "resumed") == 0
+  assert cifar(["--methods", "1-1/t"], tmp_path / "resumed") == 2
+  assert cifar(["--methods", "1-1/t", "--resume"], tmp_path / "resumed") == 0
 
-  step_a, a = _final_checkpoint(tmp_path / "straight")
-  step_b, b = _final_checkpoint(tmp_path / "resumed")
+  step_a, a = final_checkpoint(tmp_path / "straight")
+  step_b, b = final_checkpoint(tmp_path / "resumed")
   assert step_a == step_b == 6  # 48 // 16 = 3 steps per epoch, 2 epochs
   # The lambda schedule's count survived the checkpoint: t = 6 at the last step.
   assert int(b["opt_state"][0]["count"]) == 6

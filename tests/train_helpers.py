@@ -1,0 +1,111 @@
+"""Shared by the tests of examples/train.py: its CIFAR path on tfds's mock data, here or in a child process.
+
+Run as a script, this module is that child process::
+
+  python tests/train_helpers.py [--kill-at-checkpoint STEP] TRAIN_ARGS...
+
+runs ``train.main(CIFAR_ARGS + TRAIN_ARGS)`` on the mock data and exits with its status. With
+``--kill-at-checkpoint STEP`` the process SIGKILLs itself in the middle of writing checkpoint STEP: after
+orbax has written every file of it into its temporary directory, before the rename that commits it. The kill
+lands there on every run, which a timer or a watcher of the directory could not promise.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = str(ROOT / "examples")
+if EXAMPLES not in sys.path:
+  sys.path.insert(0, EXAMPLES)
+
+import data as data_lib  # noqa: E402
+import models  # noqa: E402
+import train  # noqa: E402
+
+# Re-exported: importing them from here puts examples/ on sys.path first.
+__all__ = ["EXAMPLES", "cifar", "cifar_subprocess", "data_lib", "final_checkpoint", "models", "run_dir",
+           "train"]
+
+# 48 mock images at batch 16: 3 steps per epoch, 2 epochs, checkpoints at steps 3 and 6.
+CIFAR_ARGS = [
+  "--dataset",
+  "cifar10",
+  "--model",
+  "tiny",
+  "--seeds",
+  "1",
+  "--epochs",
+  "2",
+  "--batch-size",
+  "16",
+  "--no-progress",
+  "--data-dir",
+  "/nonexistent",
+]
+NUM_EXAMPLES = 48
+
+
+def cifar(argv: list[str], out: Path, num_examples: int = NUM_EXAMPLES) -> int:
+  """``train.main`` in this process on the mock CIFAR-10, with the small settings above."""
+  import tensorflow_datasets as tfds
+
+  with tfds.testing.mock_data(num_examples=num_examples):
+    return train.main([*CIFAR_ARGS, *argv, "--out", str(out)])
+
+
+def cifar_subprocess(
+  argv: list[str], out: Path, kill_at_checkpoint: int | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+  """The same in a child process (see the module docstring), its output captured."""
+  kill = [] if kill_at_checkpoint is None else ["--kill-at-checkpoint", str(kill_at_checkpoint)]
+  return subprocess.run(
+    [sys.executable, __file__, *kill, *argv, "--out", str(out)],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=env,
+  )
+
+
+def run_dir(out: Path) -> Path:
+  (run,) = (out / "runs").iterdir()
+  return run
+
+
+def final_checkpoint(out: Path, step: int | None = None) -> tuple[int, dict[str, Any]]:
+  """(step, state tree) of the latest checkpoint of the only run under ``out`` (or of ``step``)."""
+  import orbax.checkpoint as ocp
+
+  manager = ocp.CheckpointManager(run_dir(out) / "checkpoints")
+  step = manager.latest_step() if step is None else step
+  args = ocp.args.Composite(state=ocp.args.StandardRestore(), history=ocp.args.JsonRestore())
+  return step, manager.restore(step, args=args)["state"]
+
+
+def _kill_while_writing(step: int) -> None:
+  from orbax.checkpoint._src.path import atomicity
+
+  finalize = atomicity.AtomicRenameTemporaryPath.finalize
+
+  async def killing_finalize(self: Any) -> None:
+    if self.get_final().name == str(step):
+      os.kill(os.getpid(), signal.SIGKILL)
+    await finalize(self)
+
+  atomicity.AtomicRenameTemporaryPath.finalize = killing_finalize
+
+
+if __name__ == "__main__":
+  args = sys.argv[1:]
+  if args[:1] == ["--kill-at-checkpoint"]:
+    _kill_while_writing(int(args[1]))
+    args = args[2:]
+  out = Path(args[args.index("--out") + 1])
+  del args[args.index("--out") : args.index("--out") + 2]
+  sys.exit(cifar(args, out))
