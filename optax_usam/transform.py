@@ -69,6 +69,7 @@ def unified_sam(
     adaptive_eta: float = 0.01,
     adaptive_mask: Any = None,
     perturb_mask: Any = None,
+    check_values: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Unified SAM (Oikonomou & Loizou, ICLR 2025).
 
@@ -132,6 +133,11 @@ def unified_sam(
       restrict SAM to some parameters: inside ``optax.masked``,
       ``optax.partition`` or ``optax.multi_transform`` ``grad_fn`` would see
       only part of the parameters, so ``update`` refuses that.
+    check_values: check each step's :math:`\rho_t \ge 0` and
+      :math:`\lambda_t \in [0, 1]` (values a schedule gives after count 0,
+      traced values) with ``checkify.debug_check``; they report under
+      ``jax.experimental.checkify.checkify(step, errors=checkify.user_checks)``.
+      Off by default: it costs jit's fast dispatch path (see :func:`perturb`).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` whose ``update`` takes
@@ -156,6 +162,8 @@ def unified_sam(
     raise TypeError(f"sync_perturbation must be a bool; got {sync_perturbation!r}.")
   if not isinstance(adaptive, bool):
     raise TypeError(f"adaptive must be a bool; got {adaptive!r}.")
+  if not isinstance(check_values, bool):
+    raise TypeError(f"check_values must be a bool; got {check_values!r}.")
   adaptive_eta = schedules.check_nonnegative(adaptive_eta, "adaptive_eta", traced=True)
   if adaptive_mask is not None and not adaptive:
     raise ValueError("adaptive_mask only applies with adaptive=True.")
@@ -199,7 +207,9 @@ def unified_sam(
       updates = pmean(updates, axis_name)
     scales = adaptive_scales(params, adaptive_eta, adaptive_mask) if adaptive else None
     mask = _expand_perturb_mask(perturb_mask, params)
-    ascent = perturb(params, updates, rho_t, lambd_t, eps, scales=scales, mask=mask)
+    ascent = perturb(
+        params, updates, rho_t, lambd_t, eps, scales=scales, mask=mask, check_values=check_values
+    )
     sam_grads = grad_fn(ascent.params)
     check_matches_params(sam_grads, params, "grad_fn(params + e)", dtypes=True)
     grad_norm, perturbation_norm = ascent.grad_norm, ascent.perturbation_norm
@@ -231,6 +241,7 @@ def sam(
     adaptive_eta: float = 0.01,
     adaptive_mask: Any = None,
     perturb_mask: Any = None,
+    check_values: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """SAM (Foret et al. 2021): :func:`unified_sam` with ``lambd_schedule=1``.
 
@@ -240,6 +251,7 @@ def sam(
   return unified_sam(
       rho, 1.0, eps=eps, axis_name=axis_name, sync_perturbation=sync_perturbation, adaptive=adaptive,
       adaptive_eta=adaptive_eta, adaptive_mask=adaptive_mask, perturb_mask=perturb_mask,
+      check_values=check_values,
   )
 
 
@@ -253,6 +265,7 @@ def usam(
     adaptive_eta: float = 0.01,
     adaptive_mask: Any = None,
     perturb_mask: Any = None,
+    check_values: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """USAM (Andriushchenko & Flammarion 2022): :func:`unified_sam` with ``lambd_schedule=0``.
 
@@ -262,4 +275,5 @@ def usam(
   return unified_sam(
       rho, 0.0, eps=eps, axis_name=axis_name, sync_perturbation=sync_perturbation, adaptive=adaptive,
       adaptive_eta=adaptive_eta, adaptive_mask=adaptive_mask, perturb_mask=perturb_mask,
+      check_values=check_values,
   )

@@ -135,7 +135,7 @@ def test_zero_gradient_with_traced_eps_that_underflows_gives_no_nan():
     ids=["lambda-1.5", "rho-negative", "rho-nan"],
 )
 def test_out_of_range_schedule_values_are_caught_by_checkify(rho, lambd):
-  tx = optax_usam.unified_sam(rho, lambd)
+  tx = optax_usam.unified_sam(rho, lambd, check_values=True)
   grad = quadratic_grad
 
   def step(state):
@@ -149,8 +149,9 @@ def test_out_of_range_schedule_values_are_caught_by_checkify(rho, lambd):
   err, state = checked(state)
   with pytest.raises(checkify.JaxRuntimeError, match=r"rho_t|lambd_t"):
     err.throw()
-  # Not checkified, the same step runs; the logged ||e|| is still a norm.
-  _, plain = tx.update(grad(QUADRATIC), state, QUADRATIC, grad_fn=grad)
+  # Not checkified (and without check_values), the same step runs; the logged ||e|| is still a norm.
+  unchecked = optax_usam.unified_sam(rho, lambd)
+  _, plain = unchecked.update(grad(QUADRATIC), state, QUADRATIC, grad_fn=grad)
   assert not float(optax_usam.get_diagnostics(plain)["perturbation_norm"]) < 0
 
 
@@ -161,6 +162,11 @@ def test_perturbation_norm_is_never_negative():
   e = np.asarray(out.params["w"])
   np.testing.assert_allclose(out.perturbation_norm, np.linalg.norm(e), rtol=1e-6)
   assert float(out.perturbation_norm) > 0
+
+
+def test_check_values_must_be_a_bool():
+  with pytest.raises(TypeError, match="check_values"):
+    optax_usam.sam(0.1, check_values="yes")
 
 
 @pytest.mark.parametrize("name", ["rho", "lambd", "eps"])
