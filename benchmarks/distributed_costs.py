@@ -1,6 +1,6 @@
 """Per-device memory and communication of one Unified SAM step, from the compiled program.
 
-Compiles ``optax_usam.distributed.sam_train_step`` for a 1024-4096-1024 MLP
+Compiles the step of ``optax_usam.distributed.make_sharded_trainer`` for a 1024-4096-1024 MLP
 (8.4M parameters) on 8 virtual CPU devices, for every (data x model) mesh and
 both perturbation modes, and prints what XLA reports: per-device bytes
 (arguments + outputs - aliased + temporaries, from ``memory_analysis()``) and
@@ -66,9 +66,9 @@ def main() -> None:
     for per_device in (False, True):
       if per_device and num_model == 8:
         continue  # a single data shard: both modes are the same program
-      _, init, step = distributed.sam_train_step(
-          loss_fn, optax.sgd(0.1, momentum=0.9), rho=0.05, lambd_schedule=1.0, mesh=mesh,
-          per_device_perturbation=per_device, param_shardings=shardings)
+      _, init, step = distributed.make_sharded_trainer(
+          loss_fn, optax.sgd(0.1, momentum=0.9), params, mesh=mesh, per_device_perturbation=per_device,
+          param_shardings=shardings, rho=0.05, lambd_schedule=1.0)
       opt_state = jax.eval_shape(init, p)
       compiled = step.lower(p, opt_state, batch).compile()
       mem = compiled.memory_analysis()

@@ -16,20 +16,17 @@ iterations), mean and +-1 std over trials, and writes
 epochs, trials, n or seed, ``--no-plots``) writes to ``benchmarks/results/quick/`` unless
 ``--out`` says otherwise, so a short run never replaces the committed results.
 
-  python benchmarks/theory.py                 # paper lengths
-  python benchmarks/theory.py --quick         # a short run
-  python benchmarks/theory.py --numpy-baseline 20000   # also time a plain NumPy loop
+  python -m benchmarks.theory                 # paper lengths
+  python -m benchmarks.theory --quick         # a short run
+  python -m benchmarks.theory --numpy-baseline 20000   # also time a plain NumPy loop
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -39,6 +36,8 @@ import numpy as np
 import optax
 
 import optax_usam
+from benchmarks import report
+from examples import cli
 from optax_usam import sampling, theory
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -266,28 +265,25 @@ def first_below(mean: np.ndarray, level: float, n: int) -> int | None:
   return int(below[0]) * n if below.size else None
 
 
-def plot(path: Path, title: str, lines: list[tuple[str, np.ndarray, np.ndarray, Any, str]], n: int) -> None:
+def plot(
+    path: Path, title: str, lines: list[tuple[str, np.ndarray, np.ndarray, Any, str]], n: int, trials: int
+) -> None:
   """One figure: (label, mean, std, color, linestyle) per curve, +-1 std band, log y axis."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
+  plt = report.pyplot()
   fig, ax = plt.subplots(figsize=(6, 4.5))
-  for label, mean, std, color, style in lines:
+  for i, (label, mean, std, color, style) in enumerate(lines):
     iters = np.arange(mean.size) * n
-    ax.plot(iters, mean, color=color, ls=style, lw=1.5, label=label)
     # The band's lower edge is clipped so the log axis keeps it.
-    ax.fill_between(iters, np.maximum(mean - std, mean * 1e-2), mean + std, color=color, alpha=0.2)
+    lower = np.maximum(mean - std, mean * 1e-2)
+    report.line_with_band(ax, iters, mean, lower, mean + std, label, i, color, style)
+  report.band_legend(ax, f"+-1 std over {trials} trials")
   ax.set_yscale("log")
   ax.set_xlabel("iterations")
   ax.set_ylabel(r"$(f(x_t)-f^*)/(f(x_0)-f^*)$")
   ax.set_title(title, fontsize=9)
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize=7, ncol=2)
-  fig.tight_layout()
-  fig.savefig(path, dpi=80)
-  plt.close(fig)
+  report.save(fig, path, dpi=80)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -369,7 +365,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         title = (f"{problem.name} ({figure}): n=d={args.n}, cond 10, reg 3/n, batch 1, {args.trials} trials\n"
                  f"mu={problem.mu:.3g}, L={problem.L:.3g}, L_max={problem.smoothness.max():.3g}, "
                  f"L_avg={problem.smoothness.mean():.3g}; Theorem 3.2/3.5 step sizes")
-        plot(args.out / f"theory_{problem.name}_{figure}.png", title, lines, args.n)
+        plot(args.out / f"theory_{problem.name}_{figure}.png", title, lines, args.n, args.trials)
   time_numpy()
   timing["script_wall_s"] = round(time.perf_counter() - start_all, 2)
   timing["jax_total_s"] = round(compute_s, 2)
@@ -386,27 +382,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   return {
       "config": {"n": args.n, "d": args.n, "cond": 10.0, "reg": 3.0 / args.n, "batch_size": 1,
                  "epochs": args.epochs, "trials": args.trials, "seed": args.seed, "quick": args.quick},
-      "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "jax": jax.__version__,
-                  "backend": jax.default_backend()},
+      "machine": report.machine(),
       "timing": timing,
       "records": records,
   }
 
 
-class _Parser(argparse.ArgumentParser):
-  def error(self, message: str) -> None:  # type: ignore[override]
-    print(f"theory.py: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def _positive_int(text: str) -> int:
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-  if value <= 0:
-    raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-  return value
+def parser() -> cli.Parser:
+  p = cli.Parser(prog="theory", description=__doc__.split("\n\n")[0])
+  p.add_argument("--quick", action="store_true", help="short run (50 epochs, 2 trials)")
+  p.add_argument("--epochs", type=cli.positive_int, default=None, help="epochs of n iterations")
+  p.add_argument("--trials", type=cli.positive_int, default=None)
+  p.add_argument("--n", type=cli.positive_int, default=100, help="n = d")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--numpy-baseline", type=cli.positive_int, default=0, metavar="ITERATIONS",
+                 help="also time ITERATIONS of a plain NumPy loop of one curve")
+  p.add_argument("--out", type=Path, default=None,
+                 help="default: benchmarks/results for the full run, benchmarks/results/quick otherwise")
+  p.add_argument("--no-plots", action="store_true")
+  return p
 
 
 def output_dir(args: argparse.Namespace) -> Path:
@@ -417,29 +411,18 @@ def output_dir(args: argparse.Namespace) -> Path:
   return RESULTS if full else RESULTS / "quick"
 
 
-def main(argv: list[str] | None = None) -> None:
-  parser = _Parser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--quick", action="store_true", help="short run (50 epochs, 2 trials)")
-  parser.add_argument("--epochs", type=_positive_int, default=None, help="epochs of n iterations")
-  parser.add_argument("--trials", type=_positive_int, default=None)
-  parser.add_argument("--n", type=_positive_int, default=100, help="n = d")
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--numpy-baseline", type=_positive_int, default=0, metavar="ITERATIONS",
-                      help="also time ITERATIONS of a plain NumPy loop of one curve")
-  parser.add_argument("--out", type=Path, default=None,
-                      help="default: benchmarks/results for the full run, benchmarks/results/quick otherwise")
-  parser.add_argument("--no-plots", action="store_true")
-  args = parser.parse_args(argv)
-  if args.n < 2:
-    parser.error(f"--n must be at least 2, got {args.n}")
+def main(argv: Sequence[str] | None = None) -> None:
+  p = parser()
+  with cli.exit_on_error(p.prog):
+    args = p.parse_args(argv)
+    if args.n < 2:
+      p.error(f"--n must be at least 2, got {args.n}")
   args.epochs = args.epochs or (50 if args.quick else PAPER_EPOCHS)
   args.trials = args.trials or (2 if args.quick else 5)
   args.out = output_dir(args)
-  args.out.mkdir(parents=True, exist_ok=True)
   with jax.enable_x64(True):
     result = run(args)
-  path = args.out / "theory.json"
-  path.write_text(json.dumps(result, indent=1) + "\n")
+  path = report.write_json(args.out / "theory.json", result)
   print(json.dumps(result["timing"]))
   print(f"{'problem':9s}{'figure':14s}{'steps':11s}{'sampling':11s}{'lambda':>7s}{'final rel subopt':>26s}")
   for r in result["records"]:

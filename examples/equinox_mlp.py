@@ -12,7 +12,12 @@ Needs equinox and scikit-learn (``pip install equinox scikit-learn``)::
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import cli
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -22,34 +27,28 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 import optax_usam
-from optax_usam.schedules import LAMBDA_STRINGS
 
-
-def positive_int(text: str) -> int:
-  value = int(text)
-  if value < 1:
-    raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
-  return value
-
-
-def lambd_arg(text: str) -> float | str:
-  """``--lambd``: one of ``LAMBDA_STRINGS`` or a number (its range is the library's to check)."""
-  return text if text in LAMBDA_STRINGS else float(text)
+PROG = "equinox_mlp.py"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--epochs", type=positive_int, default=20)
+  """The command line; a bad flag, or a value the library refuses, exits with one line and status 2."""
+  p = cli.Parser(prog=PROG, description=__doc__.splitlines()[0])
+  p.add_argument("--epochs", type=cli.positive_int, default=20)
   p.add_argument("--rho", type=float, default=0.05, help="perturbation radius")
-  p.add_argument("--lambd", type=lambd_arg, default="1-1/t", help=f"a float in [0, 1] or {LAMBDA_STRINGS}")
-  p.add_argument("--lr", type=float, default=0.05)
-  p.add_argument("--batch-size", type=positive_int, default=64)
+  p.add_argument(
+    "--lambd",
+    type=cli.lambda_value,
+    default="1-1/t",
+    help=f"a float in [0, 1] or one of {', '.join(optax_usam.LAMBDA_STRINGS)}",
+  )
+  p.add_argument("--lr", type=cli.positive_float, default=0.05)
+  p.add_argument("--batch-size", type=cli.positive_int, default=64)
   p.add_argument("--seed", type=int, default=0, help="seeds the train/test split, the model and the batches")
-  args = p.parse_args(argv)
-  try:
-    optax_usam.unified_sam(args.rho, args.lambd)
-  except (ValueError, TypeError) as err:
-    p.error(str(err))
+  with cli.exit_on_error(PROG):
+    args = p.parse_args(argv)
+    with cli.library_errors({"rho": "--rho", "lambd": "--lambd"}):
+      optax_usam.unified_sam(args.rho, args.lambd)
   return args
 
 

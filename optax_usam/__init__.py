@@ -1,29 +1,36 @@
 """optax_usam: Unified SAM (Oikonomou & Loizou, ICLR 2025) for JAX and Optax."""
 
 from optax_usam import distributed, sampling, theory
+from optax_usam._validation import LAMBDA_STRINGS
 from optax_usam.accumulation import microbatch_grad_fn
+from optax_usam.cheaper import RandomizedState, ReuseState, randomized_sam, reuse_sam, sub_batch
 from optax_usam.diagnostics import find_state, get_diagnostics
-from optax_usam.efficient import RandomizedState, ReuseState, randomized_sam, reuse_sam, sub_batch
 from optax_usam.perturbation import Perturbed, adaptive_scales, global_norm, perturb
 from optax_usam.transform import UnifiedSAMState, sam, unified_sam, usam
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "LAMBDA_STRINGS",
     "Perturbed",
     "RandomizedState",
     "ReuseState",
+    "SAMTrainState",
     "UnifiedSAMState",
     "adaptive_scales",
     "distributed",
     "find_state",
+    "flax_linen",
+    "flax_nnx",
     "get_diagnostics",
     "global_norm",
+    "linen_train_step",
     "microbatch_grad_fn",
     "perturb",
     "randomized_sam",
     "reuse_sam",
     "sam",
+    "sam_update",
     "sampling",
     "sub_batch",
     "theory",
@@ -31,19 +38,20 @@ __all__ = [
     "usam",
 ]
 
-# Flax is an optional extra: its glue is imported on first use only.
+# Flax is an optional extra: its glue is imported on first use only, so `import optax_usam` does not need it
+# (`from optax_usam import *` does, since __all__ lists these names).
 _LAZY = {
     "SAMTrainState": ("optax_usam.flax_linen", "SAMTrainState"),
-    "sam_train_step": ("optax_usam.flax_linen", "sam_train_step"),
+    "linen_train_step": ("optax_usam.flax_linen", "linen_train_step"),
     "sam_update": ("optax_usam.flax_nnx", "sam_update"),
     "flax_linen": ("optax_usam.flax_linen", None),
     "flax_nnx": ("optax_usam.flax_nnx", None),
 }
-# Not in __all__: `from optax_usam import *` must not need flax.
 
 
 def __dir__() -> list[str]:
-  return sorted([*globals(), *_LAZY])
+  # The public names and the dunders; the implementation modules (transform, cheaper, ...) stay importable.
+  return sorted(name for name in {*globals(), *_LAZY} if name in __all__ or name.startswith("__"))
 
 
 def __getattr__(name: str):
@@ -57,7 +65,5 @@ def __getattr__(name: str):
   except ImportError as err:
     if (err.name or "").split(".")[0] != "flax":
       raise
-    raise ImportError(
-        f"optax_usam.{name} needs flax: pip install 'optax_usam[flax]'."
-    ) from err
+    raise ImportError(f"optax_usam.{name} needs flax: pip install 'optax_usam[flax]'.") from err
   return module if attr is None else getattr(module, attr)

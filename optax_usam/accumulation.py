@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optax_usam._checks import check_positive_int
+from optax_usam import _validation
 from optax_usam.perturbation import is_float_leaf
 
 BatchGradFn = Callable[[optax.Params, Any], optax.Updates]
@@ -29,10 +29,7 @@ def microbatch_grad_fn(
 
   Used for both gradients of a step, it gives exact Unified SAM on the whole
   batch: the perturbation comes from the full-batch gradient and the returned
-  gradient is the mean over all micro-batches at the perturbed point::
-
-    grad_fn = optax_usam.microbatch_grad_fn(jax.grad(loss_fn), batch, num_microbatches=4)
-    updates, opt_state = tx.update(grad_fn(params), opt_state, params, grad_fn=grad_fn)
+  gradient is the mean over all micro-batches at the perturbed point.
 
   ``optax.MultiSteps`` cannot do this: it sees each micro-batch once, so the
   ``grad_fn`` of its last micro-step only knows the last micro-batch (see the
@@ -52,17 +49,27 @@ def microbatch_grad_fn(
   Returns:
     A function ``params -> gradients``, usable as ``grad_fn`` and for the
     first gradient of the step.
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import optax_usam
+    >>> def loss_fn(params, batch):
+    ...   return jnp.mean((batch["x"] @ params["w"] - batch["y"]) ** 2)
+    >>> batch = {"x": jnp.ones((8, 2)), "y": jnp.arange(8.0)}
+    >>> params = {"w": jnp.zeros(2)}
+    >>> grad_fn = optax_usam.microbatch_grad_fn(jax.grad(loss_fn), batch, num_microbatches=4)
+    >>> print(grad_fn(params)["w"], jax.grad(loss_fn)(params, batch)["w"])  # the same
+    [-7. -7.] [-7. -7.]
+    >>> tx = optax.chain(optax_usam.sam(0.05), optax.sgd(0.1))
+    >>> opt_state = tx.init(params)
+    >>> update = jax.jit(lambda params, state: tx.update(grad_fn(params), state, params, grad_fn=grad_fn))
+    >>> updates, opt_state = update(params, opt_state)
   """
-  if not callable(batch_grad_fn):
-    raise TypeError(f"batch_grad_fn must be callable (params, batch) -> gradients; got {batch_grad_fn!r}.")
-  num_microbatches = check_positive_int(num_microbatches, "num_microbatches")
-  sizes = {np.shape(x)[0] if np.ndim(x) else None for x in jax.tree.leaves(batch)}
-  if not sizes or None in sizes or len(sizes) != 1:
-    raise ValueError(
-        "batch must be a pytree of arrays sharing their leading axis; got leading sizes "
-        f"{sorted(sizes, key=str)}."
-    )
-  size = sizes.pop()
+  _validation.check_callable(batch_grad_fn, "batch_grad_fn", "(params, batch) -> gradients")
+  num_microbatches = _validation.check_int(num_microbatches, "num_microbatches", 1, bounds="a positive int")
+  size = _validation.leading_size(batch)
   if size % num_microbatches:
     raise ValueError(
         f"num_microbatches={num_microbatches} must divide the batch size {size}: unequal micro-batches "

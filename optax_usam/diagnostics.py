@@ -35,11 +35,19 @@ def get_diagnostics(opt_state: Any) -> dict[str, chex.Array]:
 
   Keys: ``count``, ``grad_norm``, ``lambd``, ``rho``, ``perturbation_norm``.
   The values are plain arrays, also from an ``nnx.Optimizer``'s state, whose
-  leaves are wrapped in ``nnx`` variables. Usable inside ``jit`` and outside::
+  leaves are wrapped in ``nnx`` variables. Usable inside ``jit`` and outside.
 
-    opt_state = tx.init(params)
-    ...
-    metrics = optax_usam.get_diagnostics(opt_state)
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import optax_usam
+    >>> tx = optax.chain(optax.inject_hyperparams(optax_usam.sam)(rho=0.05), optax.sgd(0.1))
+    >>> params = {"w": jnp.array([3.0, 4.0])}
+    >>> opt_state = tx.init(params)
+    >>> grad_fn = lambda p: {"w": 2 * p["w"]}
+    >>> _, opt_state = tx.update(grad_fn(params), opt_state, params, grad_fn=grad_fn)
+    >>> {k: round(float(v), 4) for k, v in optax_usam.get_diagnostics(opt_state).items()}
+    {'count': 1.0, 'grad_norm': 10.0, 'lambd': 1.0, 'rho': 0.05, 'perturbation_norm': 0.05}
   """
   return {name: _unwrap(value) for name, value in find_state(opt_state)._asdict().items()}
 

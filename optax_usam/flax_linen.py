@@ -3,8 +3,10 @@
 The stock :class:`flax.training.train_state.TrainState` calls
 ``tx.update(grads, opt_state, params)`` with no extra arguments, so the
 ``grad_fn`` that :func:`optax_usam.unified_sam` needs never reaches it.
-:class:`SAMTrainState` passes it on. :func:`sam_train_step` is the whole step
-for models with BatchNorm and dropout.
+:class:`SAMTrainState` passes it on. :func:`linen_train_step` is the whole step
+for Linen models with BatchNorm and dropout (one device, or one device's part
+inside ``pmap``/``shard_map``; :func:`optax_usam.distributed.make_sharded_trainer`
+is the step for a whole mesh).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from flax import struct
 from flax.training import train_state
 
 from optax_usam._collectives import pmean
-from optax_usam.efficient import sub_batch
+from optax_usam.cheaper import sub_batch
 
 Params = Any
 BatchStats = Any
@@ -34,15 +36,25 @@ class SAMTrainState(train_state.TrainState):
   ``grad_fn`` (and any other optimizer keyword argument) to ``tx.update``, and
   that it has an optional ``batch_stats`` field for models with BatchNorm.
 
-  Example::
-
-    tx = optax.chain(optax_usam.unified_sam(0.05, "1-1/t"), optax.sgd(0.1, momentum=0.9))
-    state = SAMTrainState.create(apply_fn=model.apply, params=params, tx=tx)
-    grad_fn = lambda p: jax.grad(loss_fn)(p, batch)
-    state = state.apply_gradients(grads=grad_fn(state.params), grad_fn=grad_fn)
-
   Attributes:
     batch_stats: the model's ``batch_stats`` collection, or None.
+
+  Examples:
+    >>> import flax.linen as nn
+    >>> import jax.numpy as jnp
+    >>> import optax_usam
+    >>> from optax_usam.flax_linen import SAMTrainState
+    >>> model = nn.Dense(2)
+    >>> x, y = jnp.ones((4, 3)), jnp.zeros((4, 2))
+    >>> loss_fn = lambda params: jnp.mean((model.apply({"params": params}, x) - y) ** 2)
+    >>> tx = optax.chain(optax_usam.unified_sam(0.05, "1-1/t"), optax.sgd(0.1, momentum=0.9))
+    >>> params = jax.jit(model.init)(jax.random.key(0), x)["params"]
+    >>> state = SAMTrainState.create(apply_fn=model.apply, params=params, tx=tx)
+    >>> grad_fn = jax.grad(loss_fn)
+    >>> step = jax.jit(lambda state: state.apply_gradients(grads=grad_fn(state.params), grad_fn=grad_fn))
+    >>> new_state = step(state)
+    >>> int(new_state.step), bool(loss_fn(new_state.params) < loss_fn(state.params))
+    (1, True)
   """
 
   batch_stats: BatchStats = None
@@ -85,7 +97,7 @@ class SAMTrainState(train_state.TrainState):
 
 @struct.dataclass
 class StepOutput:
-  """What :func:`sam_train_step` returns next to the new state.
+  """What :func:`linen_train_step` returns next to the new state.
 
   Attributes:
     loss: the loss of the first (unperturbed) pass.
@@ -96,7 +108,7 @@ class StepOutput:
   aux: Any
 
 
-def sam_train_step(
+def linen_train_step(
   state: SAMTrainState,
   batch: Any,
   loss_fn: LossFn,
@@ -118,17 +130,9 @@ def sam_train_step(
     model's, so its running averages would be wrong).
 
   ``loss_fn(params, batch_stats, batch, rng)`` must return
-  ``(loss, (new_batch_stats, aux))``, typically::
-
-    def loss_fn(params, batch_stats, batch, rng):
-      logits, updates = model.apply(
-          {"params": params, "batch_stats": batch_stats}, batch["x"], train=True,
-          mutable=["batch_stats"], rngs={"dropout": rng})
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
-      return loss, (updates["batch_stats"], logits)
-
-  (a model without BatchNorm returns ``None`` for the statistics).
-  Call it under ``jit``; with ``functools.partial`` for ``loss_fn``.
+  ``(loss, (new_batch_stats, aux))`` (a model without BatchNorm returns
+  ``None`` for the statistics), as in the example below. Call it under
+  ``jit``; with ``functools.partial`` for ``loss_fn``.
 
   Args:
     state: the train state; ``state.tx`` contains :func:`optax_usam.unified_sam`
@@ -147,6 +151,33 @@ def sam_train_step(
 
   Returns:
     ``(new_state, StepOutput(loss, aux))``.
+
+  Examples:
+    >>> import functools
+    >>> import flax.linen as nn
+    >>> import jax.numpy as jnp
+    >>> import optax_usam
+    >>> from optax_usam.flax_linen import SAMTrainState, linen_train_step
+    >>> class Net(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x, train):
+    ...     x = nn.relu(nn.BatchNorm(use_running_average=not train)(nn.Dense(8)(x)))
+    ...     return nn.Dense(2)(nn.Dropout(0.5, deterministic=not train)(x))
+    >>> def loss_fn(params, batch_stats, batch, rng):
+    ...   logits, updates = Net().apply(
+    ...       {"params": params, "batch_stats": batch_stats}, batch["x"], train=True,
+    ...       mutable=["batch_stats"], rngs={"dropout": rng})
+    ...   loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
+    ...   return loss, (updates["batch_stats"], logits)
+    >>> batch = {"x": jnp.arange(24.0).reshape(8, 3), "y": jnp.zeros(8, jnp.int32)}
+    >>> variables = jax.jit(functools.partial(Net().init, train=False))(jax.random.key(0), batch["x"])
+    >>> state = SAMTrainState.create(
+    ...     apply_fn=Net().apply, params=variables["params"], batch_stats=variables["batch_stats"],
+    ...     tx=optax.chain(optax_usam.unified_sam(0.05, "1-1/t"), optax.sgd(0.1)))
+    >>> step = jax.jit(functools.partial(linen_train_step, loss_fn=loss_fn))
+    >>> state, out = step(state, batch, rng=jax.random.key(1))
+    >>> int(state.step), out.aux.shape
+    (1, (8, 2))
   """
   batch_stats = state.batch_stats
 

@@ -36,19 +36,6 @@ def sam_update(
     first pass, so it draws the same dropout mask and reads the same
     statistics, and whatever it writes is discarded.
 
-  Example::
-
-    model = Net(rngs=nnx.Rngs(0, dropout=1))
-    tx = optax.chain(optax_usam.unified_sam(0.05, "1/t"), optax.sgd(0.1, momentum=0.9))
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-
-    @nnx.jit
-    def train_step(model, optimizer, x, y):
-      def loss_fn(model, x, y):
-        logits = model(x)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-      return optax_usam.flax_nnx.sam_update(model, optimizer, loss_fn, x, y)
-
   Args:
     model: the model, in training mode; updated in place.
     optimizer: an ``nnx.Optimizer`` over ``model`` whose ``tx`` accepts
@@ -61,6 +48,28 @@ def sam_update(
 
   Returns:
     What the first pass of ``loss_fn`` returned (the loss, or ``(loss, aux)``).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax_usam
+    >>> class Net(nnx.Module):
+    ...   def __init__(self, rngs):
+    ...     self.dense, self.bn = nnx.Linear(3, 8, rngs=rngs), nnx.BatchNorm(8, rngs=rngs)
+    ...     self.dropout, self.out = nnx.Dropout(0.5, rngs=rngs), nnx.Linear(8, 2, rngs=rngs)
+    ...   def __call__(self, x):
+    ...     return self.out(self.dropout(nnx.relu(self.bn(self.dense(x)))))
+    >>> model = Net(nnx.Rngs(0, dropout=1))
+    >>> tx = optax.chain(optax_usam.unified_sam(0.05, "1/t"), optax.sgd(0.1, momentum=0.9))
+    >>> optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    >>> def loss_fn(model, x, y):
+    ...   return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
+    >>> @nnx.jit
+    ... def train_step(model, optimizer, x, y):
+    ...   return optax_usam.flax_nnx.sam_update(model, optimizer, loss_fn, x, y)
+    >>> x, y = jnp.arange(24.0).reshape(8, 3), jnp.zeros(8, jnp.int32)
+    >>> losses = [float(train_step(model, optimizer, x, y)) for _ in range(3)]
+    >>> losses[-1] < losses[0], int(optimizer.step[...])
+    (True, 3)
   """
   wrt = optimizer.wrt
   graphdef, _, rest = nnx.split(model, wrt, ...)

@@ -37,8 +37,8 @@ def accumulation_dtype(tree: Params) -> jnp.dtype:
 def global_norm(tree: Params, dtype: jnp.dtype | None = None) -> chex.Array:
   r"""Global L2 norm over the floating leaves of ``tree``, exact up to the largest representable norm.
 
-  Each leaf is squared and summed in ``dtype`` (default:
-  :func:`accumulation_dtype`), so bfloat16 and float16 gradients neither
+  Each leaf is squared and summed in ``dtype`` (default: float32, or float64
+  if a leaf is), so bfloat16 and float16 gradients neither
   overflow at float16's 65504 nor lose the sum to rounding. The same pass
   also sums the squares of the leaves scaled by :math:`2^{-e}` (:math:`e`
   half the exponent range, 64 in float32: an exact scaling), and the norm is
@@ -47,6 +47,12 @@ def global_norm(tree: Params, dtype: jnp.dtype | None = None) -> chex.Array:
   entry gives ``inf``, a NaN gives NaN. Norms below about 1e-19 (float32)
   read 0: their squares underflow, and there ``eps`` = 1e-12 dominates the
   denominator of :func:`perturb` anyway. Non-floating leaves are ignored.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax_usam
+    >>> print(optax_usam.global_norm({"a": jnp.array([3e30, 4e30]), "step": jnp.array(7)}))
+    5e+30
   """
   dtype = accumulation_dtype(tree) if dtype is None else dtype
   finfo = jnp.finfo(dtype)
@@ -119,6 +125,13 @@ def adaptive_scales(params: Params, eta: chex.Numeric, mask: Any = None) -> Para
   ``mask`` is a tree of bools with the structure of ``params`` (or a prefix of
   it), or a callable ``params -> such a tree``, as in :func:`optax.masked`:
   True means adapted. None adapts every floating leaf.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax_usam
+    >>> params = {"w": jnp.array([-2.0, 0.5]), "b": jnp.zeros(2)}
+    >>> optax_usam.adaptive_scales(params, eta=0.01, mask={"w": True, "b": False})
+    {'b': None, 'w': Array([2.01, 0.51], dtype=float32)}
   """
   leaves, treedef = jax.tree.flatten(params)
   flags = leaf_mask(mask, params, "adaptive_mask")
@@ -155,12 +168,8 @@ def perturb(
   :math:`e = \rho (1 - \lambda + \lambda / (\|T g\| + \epsilon))\, T^2 g`,
   which is the formula above when :math:`T = 1`.
 
-  Use it to write the two passes by hand::
-
-    g = jax.grad(loss)(params, batch)
-    ascent = optax_usam.perturb(params, g, rho=0.05, lambd=1.0)
-    g_sam = jax.grad(loss)(ascent.params, batch)
-    updates, opt_state = base_optimizer.update(g_sam, opt_state, params)
+  Use it to write the two passes by hand (see the example below): the
+  gradient at ``ascent.params`` is the one to give the base optimizer.
 
   Args:
     params: the current parameters :math:`x`.
@@ -170,10 +179,10 @@ def perturb(
     eps: added to :math:`\|g\|` in the denominator.
     scales: optional elementwise :math:`T`, a tree like ``params`` whose
       leaves are arrays or None (None means 1).
-    mask: which leaves are perturbed, as in :func:`optax.masked` (see
-      :func:`leaf_mask`); False leaves are neither moved nor counted in the
-      norm. None perturbs every floating leaf.
-
+    mask: which leaves are perturbed, as in :func:`optax.masked`: a tree of
+      bools like ``params`` (or a prefix of it), or a callable from params
+      to such a tree; False leaves are neither moved nor counted in the norm.
+      None perturbs every floating leaf.
     check_values: check :math:`\rho \ge 0` finite and :math:`\lambda \in [0, 1]`
       with ``jax.experimental.checkify.debug_check``; run the step under
       ``checkify.checkify(..., errors=checkify.user_checks)`` to see them.
@@ -183,6 +192,21 @@ def perturb(
   Returns:
     A :class:`Perturbed` with the perturbed parameters, :math:`\|T g\|` and
     :math:`\|e\|`, both in the accumulation dtype (float32 or float64).
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import optax_usam
+    >>> loss = lambda p: jnp.sum(p["w"] ** 2)
+    >>> params = {"w": jnp.array([3.0, 4.0])}
+    >>> g = jax.grad(loss)(params)  # [6, 8], norm 10
+    >>> ascent = optax_usam.perturb(params, g, rho=0.05, lambd=1.0)  # SAM: ||e|| = rho
+    >>> print(ascent.params["w"], ascent.grad_norm, round(float(ascent.perturbation_norm), 6))
+    [3.03 4.04] 10.0 0.05
+    >>> ascent = optax_usam.perturb(params, g, rho=0.05, lambd=0.0)  # USAM: e = rho g
+    >>> print(ascent.params["w"], round(float(ascent.perturbation_norm), 6))
+    [3.3 4.4] 0.5
+    >>> g_sam = jax.grad(loss)(ascent.params)  # what the base optimizer receives
   """
   _check_real(params)
   for name, value in (("rho", rho), ("lambd", lambd), ("eps", eps)):

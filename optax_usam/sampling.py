@@ -20,13 +20,30 @@ for per-sample smoothness constants :math:`L_i` (Khaled & Richtarik 2020):
 given, else ``None``.
 
 The same batch must serve both gradients of a Unified SAM step; build the
-``grad_fn`` from the batch once and use it twice::
+``grad_fn`` from the batch once and use it twice.
 
-  sampler = optax_usam.sampling.uniform(smoothness)
-  batch = sampler.sample(key)
-  grad_fn = optax_usam.sampling.batch_grad_fn(per_example_loss, data, batch)
-  grads = grad_fn(params)
-  updates, opt_state = tx.update(grads, opt_state, params, grad_fn=grad_fn)
+Examples:
+  >>> import jax
+  >>> import jax.numpy as jnp
+  >>> import optax
+  >>> import optax_usam
+  >>> data = {"x": jnp.array([1.0, 2.0, 3.0]), "y": jnp.array([2.0, 4.0, 6.0])}
+  >>> def per_example_loss(params, example):
+  ...   return 0.5 * (params["w"] * example["x"] - example["y"]) ** 2
+  >>> sampler = optax_usam.sampling.uniform(data["x"] ** 2)  # L_i = x_i^2
+  >>> tx = optax.chain(optax_usam.sam(0.05), optax.sgd(0.1))
+  >>> params = {"w": jnp.zeros(())}
+  >>> opt_state = tx.init(params)
+  >>> @jax.jit
+  ... def step(params, opt_state, key):
+  ...   batch = sampler.sample(key)
+  ...   grad_fn = optax_usam.sampling.batch_grad_fn(per_example_loss, data, batch)
+  ...   updates, opt_state = tx.update(grad_fn(params), opt_state, params, grad_fn=grad_fn)
+  ...   return optax.apply_updates(params, updates), opt_state
+  >>> for seed in range(5):
+  ...   params, opt_state = step(params, opt_state, jax.random.key(seed))
+  >>> print(optax_usam.get_diagnostics(opt_state)["count"])
+  5
 
 References:
   Oikonomou & Loizou, `Sharpness-Aware Minimization: General Analysis and
@@ -47,7 +64,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optax_usam import schedules
+from optax_usam import _validation
 
 
 class Batch(NamedTuple):
@@ -96,24 +113,6 @@ def _float_dtype() -> jnp.dtype:
   return jnp.dtype(jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
 
 
-def _check_smoothness(smoothness: Any) -> np.ndarray:
-  try:
-    values = np.asarray(smoothness, dtype=np.float64)
-  except (TypeError, ValueError) as err:
-    raise TypeError(
-        f"smoothness must be a 1-D array of per-sample smoothness constants L_i; got {smoothness!r}."
-    ) from err
-  if values.ndim != 1 or values.size < 1:
-    raise ValueError(f"smoothness must be a non-empty 1-D array of L_i; got shape {values.shape}.")
-  if not np.all(np.isfinite(values)) or np.any(values <= 0):
-    raise ValueError("smoothness must hold positive finite L_i values.")
-  return values
-
-
-def _check_delta_inf(delta_inf: float | None) -> float | None:
-  return None if delta_inf is None else schedules.check_nonnegative(delta_inf, "delta_inf")
-
-
 def _c(a: float, delta_inf: float | None) -> float | None:
   return None if delta_inf is None else 2.0 * a * delta_inf
 
@@ -127,13 +126,18 @@ def uniform(smoothness: Any, *, delta_inf: float | None = None) -> Sampler:
     smoothness: the :math:`L_i` of each :math:`f_i`, shape ``(n,)``.
     delta_inf: :math:`f^{\inf} - \frac1n\sum_i f_i^{\inf} \ge 0`, for C.
 
-  Example::
-
-    sampler = uniform(jnp.array([1.0, 2.0, 4.0]))
-    batch = sampler.sample(jax.random.key(0))   # Batch(indices=[i], weights=[1.])
+  Examples:
+    >>> import jax
+    >>> from optax_usam import sampling
+    >>> sampler = sampling.uniform([1.0, 2.0, 4.0])
+    >>> sampler.A, sampler.B, sampler.C
+    (4.0, 0.0, None)
+    >>> batch = sampler.sample(jax.random.key(0))
+    >>> batch.indices.shape, batch.weights
+    ((1,), Array([1.], dtype=float32))
   """
-  values = _check_smoothness(smoothness)
-  delta_inf = _check_delta_inf(delta_inf)
+  values = _validation.check_smoothness(smoothness)
+  delta_inf = None if delta_inf is None else _validation.check_nonnegative(delta_inf, "delta_inf")
   n = values.size
   a = float(values.max())
 
@@ -160,15 +164,19 @@ def tau_nice(smoothness: Any, tau: int, *, delta_inf: float | None = None) -> Sa
     smoothness: the :math:`L_i`, shape ``(n,)``.
     tau: the batch size, an int in ``[1, n]``.
     delta_inf: :math:`\Delta^{\inf} \ge 0`, for C.
+
+  Examples:
+    >>> from optax_usam import sampling
+    >>> sampler = sampling.tau_nice([1.0, 2.0, 4.0, 8.0], tau=2)
+    >>> round(sampler.A, 4), round(sampler.B, 4)
+    (2.6667, 0.6667)
+    >>> sampling.tau_nice([1.0, 2.0, 4.0, 8.0], tau=4)[-3:]  # full batch: A = 0, B = 1
+    (0.0, 1.0, None)
   """
-  values = _check_smoothness(smoothness)
-  delta_inf = _check_delta_inf(delta_inf)
+  values = _validation.check_smoothness(smoothness)
+  delta_inf = None if delta_inf is None else _validation.check_nonnegative(delta_inf, "delta_inf")
   n = values.size
-  if isinstance(tau, bool) or not isinstance(tau, (int, np.integer)):
-    raise TypeError(f"tau must be an int in [1, n={n}]; got {tau!r}.")
-  tau = int(tau)
-  if not 1 <= tau <= n:
-    raise ValueError(f"tau must be an int in [1, n={n}]; got {tau}.")
+  tau = _validation.check_int(tau, "tau", 1, n, bounds=f"an int in [1, n={n}]")
   if n == 1:
     a, b = 0.0, 1.0
   else:
@@ -205,11 +213,16 @@ def importance(smoothness: Any, *, reweight: bool = True, delta_inf: float | Non
     smoothness: the :math:`L_i`, shape ``(n,)``.
     reweight: whether to weight the sample by :math:`1/(n p_i)` (unbiased).
     delta_inf: :math:`\Delta^{\inf} \ge 0`, for C.
+
+  Examples:
+    >>> from optax_usam import sampling
+    >>> sampler = sampling.importance([1.0, 2.0, 4.0, 8.0])
+    >>> sampler.probabilities.round(4), sampler.A  # A = L_avg
+    (array([0.0667, 0.1333, 0.2667, 0.5333]), 3.75)
   """
-  values = _check_smoothness(smoothness)
-  delta_inf = _check_delta_inf(delta_inf)
-  if not isinstance(reweight, bool):
-    raise TypeError(f"reweight must be a bool; got {reweight!r}.")
+  values = _validation.check_smoothness(smoothness)
+  delta_inf = None if delta_inf is None else _validation.check_nonnegative(delta_inf, "delta_inf")
+  _validation.check_bools(reweight=reweight)
   n = values.size
   probs = values / values.sum()
   cdf = np.cumsum(probs)

@@ -11,14 +11,20 @@ Expected Residual condition with constants :math:`(A, B)` (see
 
 The formulas are those of the official experiment script (with :math:`L` the
 smoothness constant the theorems ask for: :math:`L_{\max}` for single-sample
-stochastic runs). Both plug into the library and into optax directly::
+stochastic runs). Both plug into the library and into optax directly.
 
-  steps = optax_usam.theory.pl_constant_steps(mu, L, sampler.A, sampler.B, lambd=0.5)
-  sched = optax_usam.theory.pl_decreasing_schedules(steps.rho, steps.gamma, mu)
-  tx = optax.chain(
-      optax_usam.unified_sam(rho=sched.rho, lambd_schedule=0.5),
-      optax.sgd(learning_rate=sched.gamma),
-  )
+Examples:
+  >>> import optax
+  >>> import optax_usam
+  >>> sampler = optax_usam.sampling.uniform([1.0, 2.0, 4.0])  # A = L_max = 4, B = 0
+  >>> steps = optax_usam.theory.pl_constant_steps(mu=1.0, L=4.0, A=sampler.A, B=sampler.B, lambd=0.5)
+  >>> steps
+  StepSizes(rho=0.03125, gamma=0.0078125)
+  >>> sched = optax_usam.theory.pl_decreasing_schedules(steps.rho, steps.gamma, mu=1.0)
+  >>> tx = optax.chain(
+  ...     optax_usam.unified_sam(rho=sched.rho, lambd_schedule=0.5),
+  ...     optax.sgd(learning_rate=sched.gamma),
+  ... )
 
 References:
   Oikonomou & Loizou, `Sharpness-Aware Minimization: General Analysis and
@@ -28,14 +34,13 @@ References:
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import chex
-import jax
 import jax.numpy as jnp
 import optax
 
-from optax_usam import schedules
+from optax_usam import _validation
 
 
 class StepSizes(NamedTuple):
@@ -50,10 +55,6 @@ class StepSchedules(NamedTuple):
 
   rho: optax.Schedule
   gamma: optax.Schedule
-
-
-def _number(value: Any, name: str, *, positive: bool) -> float:
-  return schedules.check_positive(value, name) if positive else schedules.check_nonnegative(value, name)
 
 
 def pl_constant_steps(mu: float, L: float, A: float, B: float, lambd: float) -> StepSizes:
@@ -79,20 +80,14 @@ def pl_constant_steps(mu: float, L: float, A: float, B: float, lambd: float) -> 
   Returns:
     :class:`StepSizes` ``(rho, gamma)`` as Python floats.
 
-  Example::
-
-    >>> pl_constant_steps(mu=1.0, L=4.0, A=4.0, B=0.0, lambd=0.0)
+  Examples:
+    >>> from optax_usam import theory
+    >>> theory.pl_constant_steps(mu=1.0, L=4.0, A=4.0, B=0.0, lambd=0.0)
     StepSizes(rho=0.0078125, gamma=0.0078125)
+    >>> theory.pl_constant_steps(mu=1.0, L=4.0, A=4.0, B=0.0, lambd=1.0)  # SAM: rho = 1/(4L)
+    StepSizes(rho=0.0625, gamma=0.0078125)
   """
-  mu = _number(mu, "mu", positive=True)
-  L = _number(L, "L", positive=True)
-  A = _number(A, "A", positive=False)
-  B = _number(B, "B", positive=False)
-  lambd = _number(lambd, "lambd", positive=False)
-  if L < mu:
-    raise ValueError(f"L must be >= mu (an L-smooth mu-PL function has mu <= L); got L={L}, mu={mu}.")
-  if lambd > 1:
-    raise ValueError(f"lambd must be in [0, 1]; got {lambd}.")
+  mu, L, A, B, lambd = _validation.check_pl_constants(mu, L, A, B, lambd)
   noise = B * mu + A
   rho_den = 2 * noise * (1 - lambd) ** 2
   rho = min(1.0, mu / rho_den if rho_den > 0 else math.inf) / (4 * L)
@@ -121,10 +116,14 @@ def pl_decreasing_schedules(rho: chex.Numeric, gamma: chex.Numeric, mu: chex.Num
   Returns:
     :class:`StepSchedules`; pass ``.rho`` to :func:`optax_usam.unified_sam`
     and ``.gamma`` to ``optax.sgd(learning_rate=...)``.
+
+  Examples:
+    >>> from optax_usam import theory
+    >>> sched = theory.pl_decreasing_schedules(rho=0.03125, gamma=0.0078125, mu=1.0)
+    >>> print(sched.rho(0), sched.rho(100))  # min(rho, 1/(2k+1))
+    0.03125 0.0049751243
   """
-  for value, name, positive in ((rho, "rho", False), (gamma, "gamma", True), (mu, "mu", True)):
-    if not isinstance(value, jax.core.Tracer):
-      _number(value, name, positive=positive)
+  _validation.check_pl_caps(rho, gamma, mu)
 
   def rho_schedule(count: chex.Numeric) -> chex.Numeric:
     k = jnp.asarray(count, jnp.result_type(float))

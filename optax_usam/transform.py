@@ -6,20 +6,12 @@ from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
 import chex
-import jax
 import jax.numpy as jnp
 import optax
 
-from optax_usam import schedules
-from optax_usam._checks import (
-  check_eps,
-  check_mask,
-  check_matches_params,
-  check_no_masked_nodes,
-  check_selects_some,
-)
+from optax_usam import _validation
 from optax_usam._collectives import pmean
-from optax_usam.perturbation import accumulation_dtype, adaptive_scales, is_float_leaf, leaf_mask, perturb
+from optax_usam.perturbation import accumulation_dtype, adaptive_scales, perturb
 
 GradFn = Callable[[optax.Params], optax.Updates]
 
@@ -46,16 +38,6 @@ class UnifiedSAMState(NamedTuple):
   lambd: chex.Array
   rho: chex.Array
   perturbation_norm: chex.Array
-
-
-def _expand_perturb_mask(perturb_mask: Any, params: optax.Params) -> optax.Params | None:
-  """``perturb_mask`` as a full tree of bools over ``params``, checked to select some floating leaf."""
-  if perturb_mask is None:
-    return None
-  flags = leaf_mask(perturb_mask, params, "perturb_mask")
-  leaves = jax.tree.leaves(params)
-  check_selects_some([f and is_float_leaf(x) for f, x in zip(flags, leaves, strict=True)], "perturb_mask")
-  return jax.tree.unflatten(jax.tree.structure(params), flags)
 
 
 def unified_sam(
@@ -86,16 +68,8 @@ def unified_sam(
   other, with t = 1 on the first update.
 
   Put it first in a chain so it sees the raw loss gradient; weight decay,
-  clipping and momentum go after it and act on the SAM gradient::
-
-    tx = optax.chain(
-        optax_usam.unified_sam(rho=0.05, lambd_schedule="1-1/t"),
-        optax.add_decayed_weights(5e-4),
-        optax.sgd(learning_rate, momentum=0.9),
-    )
-    grads = jax.grad(loss_fn)(params, batch)
-    updates, opt_state = tx.update(
-        grads, opt_state, params, grad_fn=lambda p: jax.grad(loss_fn)(p, batch))
+  clipping and momentum go after it and act on the SAM gradient (see the
+  example below). ``update`` takes ``grad_fn``, the gradient on the same batch.
 
   ``optax.inject_hyperparams(unified_sam)(rho=..., lambd_schedule=...)``
   works under ``jit``: traced values are used as they are (not range-checked).
@@ -146,33 +120,49 @@ def unified_sam(
     counters, say) are left untouched: they are not perturbed and do not enter
     the norm.
 
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import optax_usam
+    >>> def loss_fn(params, batch):
+    ...   return jnp.mean((batch["x"] @ params["w"] - batch["y"]) ** 2)
+    >>> tx = optax.chain(
+    ...     optax_usam.unified_sam(rho=0.05, lambd_schedule="1-1/t"),
+    ...     optax.add_decayed_weights(5e-4),
+    ...     optax.sgd(0.1, momentum=0.9),
+    ... )
+    >>> params = {"w": jnp.zeros(3)}
+    >>> batch = {"x": jnp.eye(3), "y": jnp.array([1.0, 2.0, 3.0])}
+    >>> opt_state = tx.init(params)
+    >>> @jax.jit
+    ... def step(params, opt_state, batch):
+    ...   grad_fn = lambda p: jax.grad(loss_fn)(p, batch)
+    ...   updates, opt_state = tx.update(grad_fn(params), opt_state, params, grad_fn=grad_fn)
+    ...   return optax.apply_updates(params, updates), opt_state
+    >>> for _ in range(2):
+    ...   params, opt_state = step(params, opt_state, batch)
+    >>> [round(float(w), 4) for w in params["w"]]
+    [0.1944, 0.3889, 0.5833]
+    >>> print(optax_usam.get_diagnostics(opt_state)["lambd"])  # lambda_t = 1 - 1/t at t = 2
+    0.5
+
   References:
     Oikonomou & Loizou, `Sharpness-Aware Minimization: General Analysis and
     Improved Rates <https://arxiv.org/abs/2410.03345>`_, ICLR 2025.
     Foret et al., `Sharpness-Aware Minimization for Efficiently Improving
     Generalization <https://arxiv.org/abs/2010.01412>`_, ICLR 2021.
   """
-  rho_fn = schedules.rho_schedule(rho)
-  lambd_fn = schedules.lambda_schedule(lambd_schedule)
-  eps = schedules.check_positive(eps, "eps", traced=True)
-  check_eps(eps, jnp.float64)
-  if axis_name is not None and not isinstance(axis_name, Hashable):
-    raise TypeError(f"axis_name must be None or a hashable axis name; got {axis_name!r}.")
-  if not isinstance(sync_perturbation, bool):
-    raise TypeError(f"sync_perturbation must be a bool; got {sync_perturbation!r}.")
-  if not isinstance(adaptive, bool):
-    raise TypeError(f"adaptive must be a bool; got {adaptive!r}.")
-  if not isinstance(check_values, bool):
-    raise TypeError(f"check_values must be a bool; got {check_values!r}.")
-  adaptive_eta = schedules.check_nonnegative(adaptive_eta, "adaptive_eta", traced=True)
-  if adaptive_mask is not None and not adaptive:
-    raise ValueError("adaptive_mask only applies with adaptive=True.")
-  adaptive_mask = check_mask(adaptive_mask, "adaptive_mask")
-  perturb_mask = check_mask(perturb_mask, "perturb_mask")
+  rho_fn = _validation.bounded_schedule(rho, "rho", 0.0, jnp.inf)
+  lambd_fn = _validation.lambda_schedule(lambd_schedule)
+  eps = _validation.check_eps(eps)
+  _validation.check_bools(sync_perturbation=sync_perturbation, adaptive=adaptive, check_values=check_values)
+  adaptive_eta = _validation.check_nonnegative(adaptive_eta, "adaptive_eta", traced=True)
+  masks = _validation.check_sam_options(axis_name, adaptive, adaptive_mask, perturb_mask)
+  adaptive_mask, perturb_mask = masks
 
   def init_fn(params: optax.Params) -> UnifiedSAMState:
-    if params is None:
-      raise ValueError("unified_sam.init needs the parameters; got params=None.")
+    _validation.check_params_given(params, "init")
     dtype = accumulation_dtype(params)
     # One buffer per field: a state whose leaves share a buffer cannot be donated to jit.
     diagnostics = (jnp.zeros((), dtype) for _ in range(4))
@@ -187,31 +177,20 @@ def unified_sam(
       **extra_args: Any,
   ) -> tuple[optax.Updates, UnifiedSAMState]:
     del extra_args
-    if params is None:
-      raise ValueError("unified_sam.update needs params (the point the gradients were taken at); got None.")
-    if grad_fn is None:
-      raise ValueError(
-          "unified_sam.update needs grad_fn=, a function params -> gradients on the "
-          "current batch, to evaluate the gradient at the perturbed point."
-      )
-    if not callable(grad_fn):
-      raise TypeError(f"grad_fn must be callable (params -> gradients); got {type(grad_fn).__name__}.")
-    check_no_masked_nodes(params)
-    check_matches_params(updates, params, "updates", dtypes=False)
-
+    _validation.check_update_args(updates, params, grad_fn)
     dtype = state.grad_norm.dtype
-    check_eps(eps, dtype)
+    _validation.check_eps(eps, dtype)
     rho_t = jnp.asarray(rho_fn(state.count), dtype)
     lambd_t = jnp.asarray(lambd_fn(state.count), dtype)
     if axis_name is not None and sync_perturbation:
       updates = pmean(updates, axis_name)
     scales = adaptive_scales(params, adaptive_eta, adaptive_mask) if adaptive else None
-    mask = _expand_perturb_mask(perturb_mask, params)
+    mask = _validation.expand_perturb_mask(perturb_mask, params)
     ascent = perturb(
         params, updates, rho_t, lambd_t, eps, scales=scales, mask=mask, check_values=check_values
     )
     sam_grads = grad_fn(ascent.params)
-    check_matches_params(sam_grads, params, "grad_fn(params + e)", dtypes=True)
+    _validation.check_matches_params(sam_grads, params, "grad_fn(params + e)", dtypes=True)
     grad_norm, perturbation_norm = ascent.grad_norm, ascent.perturbation_norm
     if axis_name is not None:
       sam_grads = pmean(sam_grads, axis_name)

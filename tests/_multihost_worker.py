@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -23,16 +22,14 @@ STEPS, N, D, HIDDEN, OUT = 3, 32, 8, 16, 4
 
 
 def loss_fn(p: dict, batch: tuple) -> jax.Array:
-  x, y = batch
-  h = jnp.tanh(x @ p["w1"] + p["b1"])
-  return 0.5 * jnp.sum((h @ p["w2"] + p["b2"] - y) ** 2) / x.shape[0]
+  return mlp_problem.jax_loss(p, *batch)
 
 
 def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument("--coordinator", default=None)
-  parser.add_argument("--num_processes", type=int, default=1)
-  parser.add_argument("--process_id", type=int, default=0)
+  parser.add_argument("--num-processes", type=int, default=1)
+  parser.add_argument("--process-id", type=int, default=0)
   parser.add_argument("--out", required=True)
   args = parser.parse_args()
   if args.num_processes > 1:
@@ -48,9 +45,10 @@ def main() -> None:
   shardings = distributed.fsdp_shardings(params, mesh, min_size=0)
   results = {}
   for mode in ("global", "per_device"):
-    _, init, step = distributed.sam_train_step(
-        loss_fn, optax.sgd(0.1, momentum=0.9), rho=0.2, lambd_schedule="1-1/t", mesh=mesh,
-        per_device_perturbation=mode == "per_device", param_shardings=shardings)
+    _, init, step = distributed.make_sharded_trainer(
+        loss_fn, optax.sgd(0.1, momentum=0.9), params, mesh=mesh,
+        per_device_perturbation=mode == "per_device", param_shardings=shardings, rho=0.2,
+        lambd_schedule="1-1/t")
     p = jax.device_put(params, shardings)
     s = init(p)
     batch = distributed.shard_batch((x[rows], y[rows]), mesh)

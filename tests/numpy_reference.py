@@ -39,14 +39,29 @@ def lambda_at(lambd, count: int) -> float:
   return float(lambd)
 
 
+def global_norm(leaves) -> float:
+  """sqrt(sum of squares) over an iterable of arrays, in float64."""
+  return float(np.sqrt(sum(np.sum(np.asarray(v, np.float64) ** 2) for v in leaves)))
+
+
 def perturbation(
-    g: Params, rho: float, lambd: float, eps: float = 1e-12, mask: dict[str, bool] | None = None
+    g: Params,
+    rho: float,
+    lambd: float,
+    eps: float = 1e-12,
+    mask: dict[str, bool] | None = None,
+    scales: dict[str, np.ndarray | None] | None = None,
 ) -> tuple[Params, float]:
-  """e = rho (1 - lambda + lambda / (||g|| + eps)) g, and ||g||, over the leaves where ``mask`` is True."""
+  """The Unified SAM perturbation e and the norm ||T g||, over the leaves where ``mask`` is True.
+
+  e = rho (1 - lambda + lambda / (||T g|| + eps)) T^2 g, with T the ASAM scale ``scales[k]``
+  (None, or a None leaf, means T = 1: plain Unified SAM). Masked-out leaves get e = 0.
+  """
   mask = mask or {k: True for k in g}
-  norm = np.sqrt(sum(np.sum(v**2) for k, v in g.items() if mask[k]))
+  t = {k: np.ones_like(v) if scales is None or scales[k] is None else scales[k] for k, v in g.items()}
+  norm = global_norm(t[k] * g[k] for k in g if mask[k])
   scale = rho * (1 - lambd + lambd / (norm + eps))
-  return {k: scale * v if mask[k] else np.zeros_like(v) for k, v in g.items()}, norm
+  return {k: scale * t[k] ** 2 * g[k] if mask[k] else np.zeros_like(v) for k, v in g.items()}, norm
 
 
 def unified_sam_sgd(p, grad, steps, rho, lambd, lr, momentum, weight_decay, mask=None):
@@ -68,6 +83,6 @@ def unified_sam_sgd(p, grad, steps, rho, lambd, lr, momentum, weight_decay, mask
       d = g_sam[k] + weight_decay * p[k]
       trace[k] = d + momentum * trace[k]
       p[k] = p[k] - lr * trace[k]
-    e_norm = np.sqrt(sum(np.sum(v**2) for v in e.values()))
+    e_norm = global_norm(e.values())
     logs.append({"grad_norm": norm, "lambd": lambd_t, "rho": rho_t, "perturbation_norm": e_norm})
   return p, logs

@@ -13,47 +13,48 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 import optax_usam
 from optax_usam import distributed
-from tests import mlp_problem
+from tests import mlp_problem, numpy_reference
 
 RHO, LAMBD, LR, MOMENTUM, WD = 0.2, 0.5, 0.1, 0.9, 1e-2
 STEPS = 2
 # (devices, size of the parameter axis): FSDP sharding on 4 and 8 devices.
 MESHES = [(4, 1), (4, 2), (8, 1), (8, 4)]
+# unified_sam options beyond rho and lambda, which the trainer must pass on.
+OPTIONS = {
+    "perturb_mask": {"perturb_mask": {"w1": True, "b1": False, "w2": True, "b2": False}},
+    "adaptive": {"adaptive": True, "adaptive_eta": 0.1},
+}
 
 
 def loss_fn(p: dict, batch: tuple) -> jax.Array:
-  x, y = batch
-  h = jnp.tanh(x @ p["w1"] + p["b1"])
-  return 0.5 * jnp.sum((h @ p["w2"] + p["b2"] - y) ** 2) / x.shape[0]
+  return mlp_problem.jax_loss(p, *batch)
 
 
-def np_grad(p: dict, x: np.ndarray, y: np.ndarray) -> dict:
-  """Hand-derived float64 gradient of :func:`loss_fn`."""
-  h = np.tanh(x @ p["w1"] + p["b1"])
-  r = (h @ p["w2"] + p["b2"] - y) / x.shape[0]
-  dh = (r @ p["w2"].T) * (1 - h**2)
-  return {"w1": x.T @ dh, "b1": dh.sum(0), "w2": h.T @ r, "b2": r.sum(0)}
-
-
-def np_sam_grad(p: dict, x: np.ndarray, y: np.ndarray, shards: int) -> tuple[dict, float]:
+def np_sam_grad(
+    p: dict, x: np.ndarray, y: np.ndarray, shards: int, options: dict | None = None
+) -> tuple[dict, float]:
   """Float64 Unified SAM gradient with each of ``shards`` sub-batches perturbed along its own gradient.
 
-  ``shards=1`` is the global perturbation. Returns the mean over shards of the
-  gradient at the perturbed points and of ``||g||``.
+  ``shards=1`` is the global perturbation; ``options`` are ``perturb_mask`` and
+  ``adaptive``/``adaptive_eta`` as given to ``unified_sam``. Returns the mean
+  over shards of the gradient at the perturbed points and of ``||g||``.
   """
+  options = options or {}
+  scales = {k: np.abs(v) + options["adaptive_eta"] for k, v in p.items()} if options.get("adaptive") else None
   g_sam = {k: np.zeros_like(v) for k, v in p.items()}
   norms = []
   for xs, ys in zip(np.split(x, shards), np.split(y, shards), strict=True):
-    g = np_grad(p, xs, ys)
-    norm = np.sqrt(sum(np.sum(v**2) for v in g.values()))
-    scale = RHO * (1 - LAMBD + LAMBD / (norm + 1e-12))
-    g_local = np_grad({k: p[k] + scale * g[k] for k in p}, xs, ys)
+    g = numpy_reference.mlp_grad(p, xs, ys)
+    e, norm = numpy_reference.perturbation(g, RHO, LAMBD, mask=options.get("perturb_mask"), scales=scales)
+    g_local = numpy_reference.mlp_grad({k: p[k] + e[k] for k in p}, xs, ys)
     g_sam = {k: g_sam[k] + g_local[k] / shards for k in p}
     norms.append(norm)
   return g_sam, float(np.mean(norms))
 
 
-def np_reference(p: dict, x: np.ndarray, y: np.ndarray, shards: int) -> tuple[dict, float]:
+def np_reference(
+    p: dict, x: np.ndarray, y: np.ndarray, shards: int, options: dict | None = None
+) -> tuple[dict, float]:
   """STEPS of :func:`np_sam_grad` through weight decay and momentum SGD (optax's conventions).
 
   Returns the parameters and the last step's mean ``||g||``.
@@ -61,7 +62,7 @@ def np_reference(p: dict, x: np.ndarray, y: np.ndarray, shards: int) -> tuple[di
   p = {k: v.astype(np.float64) for k, v in p.items()}
   trace = {k: np.zeros_like(v) for k, v in p.items()}
   for _ in range(STEPS):
-    g_sam, norm = np_sam_grad(p, x, y, shards)
+    g_sam, norm = np_sam_grad(p, x, y, shards, options)
     for k in p:
       trace[k] = g_sam[k] + WD * p[k] + MOMENTUM * trace[k]
       p[k] = p[k] - LR * trace[k]
@@ -72,7 +73,9 @@ def base_optimizer() -> optax.GradientTransformation:
   return optax.chain(optax.add_decayed_weights(WD), optax.sgd(LR, momentum=MOMENTUM))
 
 
-def single_device(params: dict, x: np.ndarray, y: np.ndarray, shards: int) -> dict:
+def single_device(
+    params: dict, x: np.ndarray, y: np.ndarray, shards: int, options: dict | None = None
+) -> dict:
   """The same training on one device with the core transformation alone.
 
   ``shards > 1``: m-sharpness via ``vmap`` over sub-batches with ``axis_name``.
@@ -80,7 +83,7 @@ def single_device(params: dict, x: np.ndarray, y: np.ndarray, shards: int) -> di
   per_device = shards > 1
   tx = optax.chain(
       optax_usam.unified_sam(
-          RHO, LAMBD, axis_name="data" if per_device else None, sync_perturbation=False
+          RHO, LAMBD, axis_name="data" if per_device else None, sync_perturbation=False, **(options or {})
       ),
       base_optimizer(),
   )
@@ -105,16 +108,19 @@ def single_device(params: dict, x: np.ndarray, y: np.ndarray, shards: int) -> di
   return p
 
 
-def train_sharded(mesh, params, x, y, per_device: bool, min_size: int = 0):
-  shardings = distributed.fsdp_shardings(params, mesh, min_size=min_size)
-  _, init, step = distributed.sam_train_step(
+def train_sharded(mesh, params, x, y, per_device: bool, options: dict | None = None, built_from=None):
+  """STEPS of the trainer's step; ``built_from``: what the trainer is built with (default ``params``)."""
+  shardings = distributed.fsdp_shardings(params, mesh, min_size=0)
+  _, init, step = distributed.make_sharded_trainer(
       loss_fn,
       base_optimizer(),
-      rho=RHO,
-      lambd_schedule=LAMBD,
+      params if built_from is None else built_from,
       mesh=mesh,
       per_device_perturbation=per_device,
       param_shardings=shardings,
+      rho=RHO,
+      lambd_schedule=LAMBD,
+      **(options or {}),
   )
   p = jax.device_put(params, shardings)
   s = init(p)
@@ -141,6 +147,26 @@ def test_sharded_step_matches_single_device_and_float64(num_devices, num_model, 
     np.testing.assert_allclose(p[k], one[k], rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(p[k], ref[k], rtol=1e-5, atol=1e-6)
   assert not np.allclose(ref["w1"], np_reference(params, x, y, 2 if shards == 1 else 1)[0]["w1"])
+  np.testing.assert_allclose(optax_usam.get_diagnostics(s)["grad_norm"], ref_norm, rtol=1e-5)
+
+
+@pytest.mark.parametrize("option", OPTIONS)
+@pytest.mark.parametrize("per_device", [False, True], ids=["global", "per_device"])
+def test_sam_options_reach_the_step(per_device, option):
+  """perturb_mask and adaptive change the step as they change single-device unified_sam."""
+  params, x, y = mlp_problem.float32_problem()
+  mesh = distributed.make_mesh(2, jax.devices()[:8])
+  options = OPTIONS[option]
+  shapes = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), params)
+  p, s, _ = train_sharded(mesh, params, x, y, per_device, options, built_from=shapes)
+
+  shards = mesh.shape["data"] if per_device else 1
+  ref, ref_norm = np_reference(params, x, y, shards, options)
+  one = single_device(params, x, y, shards, options)
+  for k in params:
+    np.testing.assert_allclose(p[k], one[k], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(p[k], ref[k], rtol=1e-5, atol=1e-6)
+  assert not np.allclose(ref["w1"], np_reference(params, x, y, shards)[0]["w1"])
   np.testing.assert_allclose(optax_usam.get_diagnostics(s)["grad_norm"], ref_norm, rtol=1e-5)
 
 
@@ -173,8 +199,7 @@ def test_documented_recipes_without_the_helper(recipe, sync):
         local, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec(), PartitionSpec("data")),
         out_specs=PartitionSpec()))(params, state, batch)
     assert int(state.count) == 1
-  ref, ref_norm = np_sam_grad({k: v.astype(np.float64) for k, v in params.items()}, x, y,
-                              1 if sync else 4)
+  ref, ref_norm = np_sam_grad({k: v.astype(np.float64) for k, v in params.items()}, x, y, 1 if sync else 4)
   for k in params:
     np.testing.assert_allclose(out[k], ref[k], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(state.grad_norm, ref_norm, rtol=1e-5)
@@ -217,9 +242,9 @@ def test_sam_step_gathers_parameters_no_more_than_two_plain_steps(num_devices, n
   shardings = distributed.fsdp_shardings(params, mesh, min_size=0)
   p = jax.device_put(params, shardings)
   batch = distributed.shard_batch((x, y), mesh)
-  _, init, step = distributed.sam_train_step(
-      loss_fn, optax.sgd(LR), rho=RHO, lambd_schedule=LAMBD, mesh=mesh,
-      per_device_perturbation=per_device, param_shardings=shardings)
+  _, init, step = distributed.make_sharded_trainer(
+      loss_fn, optax.sgd(LR), params, mesh=mesh, per_device_perturbation=per_device,
+      param_shardings=shardings, rho=RHO, lambd_schedule=LAMBD)
   sam_hlo = step.lower(p, init(p), batch).compile().as_text()
   plain = jax.jit(
       lambda p, b: jax.tree.map(lambda w, g: w - LR * g, p, jax.grad(loss_fn)(p, b)),
@@ -242,9 +267,9 @@ def test_all_reduced_bytes_per_step(per_device, gradient_reduces):
   params, x, y = mlp_problem.float32_problem(d=64, h=256, o=64, n=16)
   mesh = distributed.make_mesh(1)
   p = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
-  _, init, step = distributed.sam_train_step(
-      loss_fn, optax.sgd(LR), rho=RHO, lambd_schedule=LAMBD, mesh=mesh,
-      per_device_perturbation=per_device)
+  _, init, step = distributed.make_sharded_trainer(
+      loss_fn, optax.sgd(LR), params, mesh=mesh, per_device_perturbation=per_device, rho=RHO,
+      lambd_schedule=LAMBD)
   hlo = step.lower(p, init(p), distributed.shard_batch((x, y), mesh)).compile().as_text()
   grad_bytes = sum(v.nbytes for v in params.values())
   scalars = collective_bytes(hlo, "all-reduce") - gradient_reduces * grad_bytes
@@ -261,9 +286,9 @@ def test_per_device_memory_shrinks_as_parameter_axis_grows(per_device):
     mesh = distributed.make_mesh(num_model)
     shardings = distributed.fsdp_shardings(params, mesh)
     p = jax.device_put(params, shardings)
-    _, init, step = distributed.sam_train_step(
-        loss_fn, optax.sgd(LR, momentum=MOMENTUM), rho=RHO, lambd_schedule=LAMBD, mesh=mesh,
-        per_device_perturbation=per_device, param_shardings=shardings)
+    _, init, step = distributed.make_sharded_trainer(
+        loss_fn, optax.sgd(LR, momentum=MOMENTUM), params, mesh=mesh, per_device_perturbation=per_device,
+        param_shardings=shardings, rho=RHO, lambd_schedule=LAMBD)
     mem = step.lower(p, init(p), distributed.shard_batch((x, y), mesh)).compile().memory_analysis()
     totals.append(mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
                   + mem.temp_size_in_bytes)
@@ -318,13 +343,19 @@ def test_step_rejects_params_off_their_shardings():
   params, x, y = mlp_problem.float32_problem()
   mesh = distributed.make_mesh(2, jax.devices()[:4])
   shardings = distributed.fsdp_shardings(params, mesh, min_size=0)
-  _, init, step = distributed.sam_train_step(
-      loss_fn, optax.sgd(LR), rho=RHO, lambd_schedule=LAMBD, mesh=mesh, param_shardings=shardings)
+  _, init, step = distributed.make_sharded_trainer(
+      loss_fn, optax.sgd(LR), params, mesh=mesh, param_shardings=shardings, rho=RHO, lambd_schedule=LAMBD)
   p = jax.device_put(params, shardings)
   s = init(p)
+  batch = distributed.shard_batch((x, y), mesh)
   replicated = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
   with pytest.raises(ValueError, match=r"params leaf \['b1'\] has sharding .* but param_shardings"):
-    step(replicated, s, distributed.shard_batch((x, y), mesh))
+    step(replicated, s, batch)
+  with pytest.raises(ValueError, match=r"params leaf \['b1'\] has sharding .* but param_shardings"):
+    init(replicated)
+  # The trainer is compiled for the tree it was built with.
+  with pytest.raises(ValueError, match="params must have the tree structure"):
+    step({**p, "extra": p["b1"]}, s, batch)
 
 
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
@@ -337,6 +368,11 @@ def test_unbound_axis_name_is_a_clear_error(jit):
     update(p, tx.init(p), p)
 
 
+def trainer(loss=loss_fn, **kwargs):
+  kwargs = {"mesh": distributed.make_mesh(), "rho": RHO, "lambd_schedule": LAMBD, **kwargs}
+  return distributed.make_sharded_trainer(loss, optax.sgd(LR), {"w": np.ones(2)}, **kwargs)
+
+
 @pytest.mark.parametrize(
     ("call", "error", "match"),
     [
@@ -347,15 +383,16 @@ def test_unbound_axis_name_is_a_clear_error(jit):
          "axis='tp' is not an axis"),
         (lambda: distributed.shard_batch(np.ones((6, 2)), distributed.make_mesh()), ValueError,
          "divisible over 8 devices"),
-        (lambda: distributed.sam_train_step(loss_fn, optax.sgd(LR), rho=RHO, lambd_schedule=LAMBD,
-                                            mesh=distributed.make_mesh(), data_axis="batch"),
-         ValueError, "data_axis='batch' is not an axis"),
-        (lambda: distributed.sam_train_step(loss_fn, optax.sgd(LR), rho=RHO, lambd_schedule=LAMBD,
-                                            mesh=distributed.make_mesh(), per_device_perturbation=1),
-         TypeError, "per_device_perturbation must be a bool"),
-        (lambda: distributed.sam_train_step(None, optax.sgd(LR), rho=RHO, lambd_schedule=LAMBD,
-                                            mesh=distributed.make_mesh()),
-         TypeError, "loss_fn must be callable"),
+        (lambda: trainer(data_axis="batch"), ValueError, "data_axis='batch' is not an axis"),
+        (lambda: trainer(per_device_perturbation=1), TypeError, "per_device_perturbation must be a bool"),
+        (lambda: trainer(loss=None), TypeError, "loss_fn must be callable"),
+        (lambda: trainer(axis_name="data"), ValueError,
+         r"sets unified_sam's axis_name itself .* remove axis_name='data'"),
+        (lambda: trainer(sync_perturbation=True), ValueError, "sets unified_sam's sync_perturbation itself"),
+        # unified_sam checks its own arguments: none is dropped on the way.
+        (lambda: trainer(adaptive_mask={"w": True}), ValueError, "adaptive_mask only applies with adaptive"),
+        (lambda: trainer(eps=-1.0), ValueError, "eps must be a positive"),
+        (lambda: trainer(rho_typo=0.1), TypeError, "unexpected keyword argument 'rho_typo'"),
     ],
 )
 def test_bad_arguments(call, error, match):

@@ -2,7 +2,7 @@
 
 * 2 processes of ``examples/distributed.py`` at the default length (300 steps)
   hung for good after ``step 100``, and ignored SIGTERM while hung.
-* ``--auto_cluster`` off a cluster, and a ``loss_fn`` using an axis the step
+* ``--auto-cluster`` off a cluster, and a ``loss_fn`` using an axis the step
   does not bind, ended in raw tracebacks.
 * The ``shard_map`` recipe of docs/distributed.md failed on the mesh
   ``jax.make_mesh`` builds by default (explicit axes); every ```python block
@@ -42,7 +42,7 @@ FULL_RUN_TIMEOUT_S = 120
 
 
 def two_processes(address: str, *extra: str) -> list[list[str]]:
-  return [["--cpu_devices", "2", "--coordinator", address, "--num_processes", "2", "--process_id", str(i),
+  return [["--cpu-devices", "2", "--coordinator", address, "--num-processes", "2", "--process-id", str(i),
            *extra] for i in range(2)]
 
 
@@ -56,7 +56,7 @@ def test_two_processes_finish_the_default_run(tmp_path):
   # Beside a one-process run: the extra load is what made the hang likely, and the
   # global perturbation must give the same step-300 loss on either layout.
   local, first, second = run_processes(
-      [["--cpu_devices", "4", "--num_model", "2"], *two_processes(free_address())], tmp_path,
+      [["--cpu-devices", "4", "--num-model", "2"], *two_processes(free_address())], tmp_path,
       timeout_s=FULL_RUN_TIMEOUT_S)
   assert "processes=2 devices=4" in first and "processes=" not in second  # process 0 prints
   assert float(re.search(r"test accuracy ([\d.]+)", first).group(1)) > 0.95
@@ -75,10 +75,10 @@ def test_step_keeps_at_most_a_few_steps_in_flight_on_cpu():
       h = jnp.tanh(h @ p["w"])
     return jnp.mean(h**2)
 
-  _, init, step = distributed.sam_train_step(loss_fn, optax.sgd(1e-3), rho=0.05, lambd_schedule=1.0,
-                                             mesh=mesh)
-  params = jax.device_put({"w": np.eye(width, dtype=np.float32)},
-                          jax.sharding.NamedSharding(mesh, PartitionSpec()))
+  params = {"w": np.eye(width, dtype=np.float32)}
+  _, init, step = distributed.make_sharded_trainer(loss_fn, optax.sgd(1e-3), params, mesh=mesh, rho=0.05,
+                                                   lambd_schedule=1.0)
+  params = jax.device_put(params, jax.sharding.NamedSharding(mesh, PartitionSpec()))
   opt_state = init(params)
   batch = distributed.shard_batch(np.ones((256, width), np.float32), mesh)
   bound = distributed.CPU_MAX_STEPS_AHEAD
@@ -96,7 +96,7 @@ def test_sigterm_ends_a_two_process_run(tmp_path):
   # jax.distributed's preemption notifier used to catch SIGTERM, so only SIGKILL ended a stuck run.
   jobs, logs = [], [tmp_path / f"p{i}.log" for i in range(2)]
   try:
-    for argv, log in zip(two_processes(free_address(), "--steps", "100000", "--log_every", "20"), logs,
+    for argv, log in zip(two_processes(free_address(), "--steps", "100000", "--log-every", "20"), logs,
                          strict=True):
       jobs.append(start(argv, log))
     deadline = time.monotonic() + 90
@@ -119,11 +119,11 @@ def test_sigterm_ends_a_two_process_run(tmp_path):
 def test_auto_cluster_off_a_cluster_is_one_line_and_exit_2():
   env = {k: v for k, v in example_env().items()
          if not k.startswith(("SLURM_", "OMPI_", "PMI_", "KUBERNETES_", "JAX_", "TPU_"))}
-  done = subprocess.run([sys.executable, str(EXAMPLE), "--auto_cluster", "--cpu_devices", "2"], env=env,
+  done = subprocess.run([sys.executable, str(EXAMPLE), "--auto-cluster", "--cpu-devices", "2"], env=env,
                         capture_output=True, text=True, timeout=120, start_new_session=True)
   assert done.returncode == 2, done.stderr[-2000:]
   assert done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
-  assert done.stderr.startswith("distributed.py: error: --auto_cluster found no cluster environment")
+  assert done.stderr.startswith("distributed.py: error: --auto-cluster found no cluster environment")
   assert "--coordinator" in done.stderr and "Traceback" not in done.stderr
 
 
@@ -154,9 +154,10 @@ def pmean_loss(axis: str):
 )
 def test_loss_over_an_unbound_axis_is_a_value_error(per_device, axis):
   mesh = distributed.make_mesh(2, jax.devices()[:4])
-  _, init, step = distributed.sam_train_step(pmean_loss(axis), optax.sgd(0.1), rho=0.05, lambd_schedule=1.0,
-                                             mesh=mesh, per_device_perturbation=per_device)
   params = {"w": np.ones((3, 2), np.float32)}
+  _, init, step = distributed.make_sharded_trainer(pmean_loss(axis), optax.sgd(0.1), params, mesh=mesh,
+                                                   per_device_perturbation=per_device, rho=0.05,
+                                                   lambd_schedule=1.0)
   params = jax.device_put(params, jax.sharding.NamedSharding(mesh, PartitionSpec()))
   batch = distributed.shard_batch((np.ones((8, 3), np.float32), np.zeros((8, 2), np.float32)), mesh)
   with pytest.raises(ValueError, match=rf"loss_fn uses axis {axis!r}, which is not bound") as info:
@@ -167,16 +168,16 @@ def test_loss_over_an_unbound_axis_is_a_value_error(per_device, axis):
 def test_the_tx_of_a_per_device_step_outside_shard_map_is_a_value_error():
   mesh = distributed.make_mesh(1, jax.devices()[:4])
   loss_fn = lambda p, b: jnp.mean((b @ p["w"]) ** 2)
-  tx, _, _ = distributed.sam_train_step(loss_fn, optax.sgd(0.1), rho=0.05, lambd_schedule=1.0, mesh=mesh,
-                                        per_device_perturbation=True)
   params, batch = {"w": jnp.ones((3, 2))}, jnp.ones((4, 3))
+  tx, _, _ = distributed.make_sharded_trainer(loss_fn, optax.sgd(0.1), params, mesh=mesh,
+                                              per_device_perturbation=True, rho=0.05, lambd_schedule=1.0)
   grad_fn = lambda p: jax.grad(loss_fn)(p, batch)
   with pytest.raises(ValueError, match="axis_name='data' is not bound here"):
     jax.jit(lambda p, s: tx.update(grad_fn(p), s, p, grad_fn=grad_fn))(params, tx.init(params))
 
 
 @pytest.mark.parametrize("per_device", [False, True], ids=["global", "per_device"])
-def test_sam_train_step_gives_one_result_on_every_mesh_kind(per_device):
+def test_sharded_trainer_gives_one_result_on_every_mesh_kind(per_device):
   params, x, y = mlp_problem.float32_problem(d=16, h=128)
 
   def loss_fn(p: dict, batch: tuple) -> jax.Array:
@@ -191,9 +192,9 @@ def test_sam_train_step_gives_one_result_on_every_mesh_kind(per_device):
   results = {}
   for name, mesh in meshes.items():
     shardings = distributed.fsdp_shardings(params, mesh)
-    _, init, step = distributed.sam_train_step(
-        loss_fn, optax.sgd(0.1, momentum=0.9), rho=0.05, lambd_schedule="1-1/t", mesh=mesh,
-        per_device_perturbation=per_device, param_shardings=shardings)
+    _, init, step = distributed.make_sharded_trainer(
+        loss_fn, optax.sgd(0.1, momentum=0.9), params, mesh=mesh, per_device_perturbation=per_device,
+        param_shardings=shardings, rho=0.05, lambd_schedule="1-1/t")
     p = jax.device_put(params, shardings)
     s = init(p)
     for _ in range(2):

@@ -40,8 +40,9 @@ def _loss(model: eqx.nn.MLP, x: jax.Array, y: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(jax.vmap(model)(x), y).mean()
 
 
-def _np_norm(tree: Any) -> float:
-  return float(np.sqrt(sum(np.sum(np.asarray(v, np.float64) ** 2) for v in jax.tree.leaves(tree))))
+def _np_leaves(tree: Any) -> dict[int, np.ndarray]:
+  """The array leaves of ``tree`` in float64, keyed by position: the form numpy_reference takes."""
+  return {i: np.asarray(v, np.float64) for i, v in enumerate(jax.tree.leaves(tree))}
 
 
 @pytest.mark.parametrize("lambd", [0.0, 0.5, 1.0, "1-1/t"])
@@ -118,10 +119,9 @@ def test_grad_fn_sees_none_for_non_array_fields():
   assert perturbed.activation is jnp.tanh and perturbed.final_activation is model.final_activation
   assert np.isfinite(_loss(perturbed, x, y))
   # The ascent point is params + rho g / ||g||, over the array leaves only.
-  norm = _np_norm(grads)
-  for a, p, g in zip(jax.tree.leaves(ascent), jax.tree.leaves(params), jax.tree.leaves(grads), strict=True):
-    np.testing.assert_allclose(a, np.asarray(p, np.float64) + RHO * np.asarray(g, np.float64) / norm,
-                               rtol=1e-5, atol=1e-7)
+  e, norm = ref.perturbation(_np_leaves(grads), RHO, 1.0)
+  for i, (a, p) in enumerate(zip(jax.tree.leaves(ascent), jax.tree.leaves(params), strict=True)):
+    np.testing.assert_allclose(a, np.asarray(p, np.float64) + e[i], rtol=1e-5, atol=1e-7)
 
   diag = optax_usam.get_diagnostics(opt_state)
   np.testing.assert_allclose(diag["grad_norm"], norm, rtol=1e-6)
@@ -162,12 +162,13 @@ def test_frozen_layer_is_left_out():
 
     diag = optax_usam.get_diagnostics(opt_state)
     np.testing.assert_allclose(diag["perturbation_norm"], RHO, rtol=1e-6)
-    np.testing.assert_allclose(diag["grad_norm"], _np_norm(grads), rtol=1e-6)
+    np.testing.assert_allclose(diag["grad_norm"], ref.global_norm(jax.tree.leaves(grads)), rtol=1e-6)
 
   # The norm counted only the trainable leaves: the whole model's gradient is larger.
   full = eqx.filter_grad(_loss)(model, x, y)
-  assert _np_norm(full) > _np_norm(eqx.filter(full, filter_spec)) * (1 + 1e-3)
-  np.testing.assert_allclose(_np_norm(eqx.filter(full, filter_spec)), _np_norm(first_grads[0]), rtol=1e-6)
+  trainable_norm = ref.global_norm(jax.tree.leaves(eqx.filter(full, filter_spec)))
+  assert ref.global_norm(jax.tree.leaves(full)) > trainable_norm * (1 + 1e-3)
+  np.testing.assert_allclose(trainable_norm, ref.global_norm(jax.tree.leaves(first_grads[0])), rtol=1e-6)
 
   trained = eqx.combine(trainable, frozen)
   np.testing.assert_array_equal(trained.layers[0].weight, model.layers[0].weight)
@@ -195,12 +196,9 @@ def test_perturb_mask_over_an_equinox_module(as_tree):
 
   tx = optax_usam.sam(RHO, perturb_mask=mask)
   tx.update(grads, tx.init(params), params, grad_fn=grad_fn)
-  flags = jax.tree.leaves(WEIGHTS(params))
-  g = [np.asarray(v, np.float64) for v in jax.tree.leaves(grads)]
-  norm = np.sqrt(sum(np.sum(v**2) for v, f in zip(g, flags, strict=True) if f))
-  for a, p, gv, f in zip(jax.tree.leaves(seen[0]), jax.tree.leaves(params), g, flags, strict=True):
-    want = np.asarray(p, np.float64) + (RHO * gv / norm if f else 0)
-    np.testing.assert_allclose(a, want, rtol=1e-5, atol=1e-7)
+  e, _ = ref.perturbation(_np_leaves(grads), RHO, 1.0, mask=dict(enumerate(jax.tree.leaves(WEIGHTS(params)))))
+  for i, (a, p) in enumerate(zip(jax.tree.leaves(seen[0]), jax.tree.leaves(params), strict=True)):
+    np.testing.assert_allclose(a, np.asarray(p, np.float64) + e[i], rtol=1e-5, atol=1e-7)
 
 
 def test_adaptive_mask_over_an_equinox_module():
@@ -216,10 +214,10 @@ def test_adaptive_mask_over_an_equinox_module():
     np.testing.assert_array_equal(a, b)
   # The adapted norm ||T g|| with T = |w| + 0.01 on the weights, 1 on the biases, in NumPy.
   flags = jax.tree.leaves(WEIGHTS(params))
-  as64 = lambda v: np.asarray(v, np.float64)
-  tg = [(np.abs(as64(p)) + 0.01) * as64(g) if f else as64(g)
-        for p, g, f in zip(jax.tree.leaves(params), jax.tree.leaves(grads), flags, strict=True)]
-  np.testing.assert_allclose(optax_usam.get_diagnostics(state)["grad_norm"], _np_norm(tg), rtol=1e-5)
+  scales = {i: np.abs(v) + 0.01 if f else None
+            for (i, v), f in zip(_np_leaves(params).items(), flags, strict=True)}
+  _, norm = ref.perturbation(_np_leaves(grads), RHO, 1.0, scales=scales)
+  np.testing.assert_allclose(optax_usam.get_diagnostics(state)["grad_norm"], norm, rtol=1e-5)
 
 
 def _load_example():

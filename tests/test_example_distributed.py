@@ -87,13 +87,13 @@ def accuracy(output: str) -> float:
 
 
 def test_one_process_fsdp_and_two_processes_train_the_same_model(tmp_path):
-  common = ["--steps", "30", "--log_every", "30", "--lambd", "0.5"]
+  common = ["--steps", "30", "--log-every", "30", "--lambd", "0.5"]
   address = free_address()
   local, first, _ = run_processes(
       [
-          ["--cpu_devices", "4", "--num_model", "2", *common],
-          *[["--cpu_devices", "2", "--coordinator", address, "--num_processes", "2",
-             "--process_id", str(i), *common] for i in range(2)],
+          ["--cpu-devices", "4", "--num-model", "2", *common],
+          *[["--cpu-devices", "2", "--coordinator", address, "--num-processes", "2",
+             "--process-id", str(i), *common] for i in range(2)],
       ],
       tmp_path,
   )
@@ -109,20 +109,23 @@ def test_one_process_fsdp_and_two_processes_train_the_same_model(tmp_path):
 @pytest.mark.parametrize(
     ("argv", "match"),
     [
-        (["--steps", "0"], "--steps must be a positive integer"),
-        (["--rho", "-1"], "--rho must be a non-negative number"),
-        (["--lambd", "2"], "--lambd must be a float in"),
-        (["--lambd", "sam"], "--lambd must be a float in"),
+        (["--steps", "0"], "argument --steps: must be a positive integer"),
+        # Values the library refuses: its own message, led by the flag.
+        (["--rho", "-1"], "argument --rho: rho must be a finite float in [0.0, inf)"),
+        (["--lambd", "2"], "argument --lambd: lambd_schedule must be a finite float in [0.0, 1.0]"),
+        (["--lambd", "sam"], "argument --lambd: lambd_schedule must be a float in [0, 1], one of"),
         (["--coordinator", "127.0.0.1:1"], "go together"),
-        (["--coordinator", "h:1", "--num_processes", "2", "--process_id", "2"], "0 <= --process_id"),
-        (["--auto_cluster", "--coordinator", "h:1", "--num_processes", "1", "--process_id", "0"],
+        (["--coordinator", "h:1", "--num-processes", "2", "--process-id", "2"], "0 <= --process-id"),
+        (["--auto-cluster", "--coordinator", "h:1", "--num-processes", "1", "--process-id", "0"],
          "not both"),
-        (["--coordinator", "nonsense", "--num_processes", "2", "--process_id", "0"],
+        (["--coordinator", "nonsense", "--num-processes", "2", "--process-id", "0"],
          "--coordinator must be HOST:PORT"),
-        (["--coordinator", "h:99999", "--num_processes", "2", "--process_id", "0"],
+        (["--coordinator", "h:99999", "--num-processes", "2", "--process-id", "0"],
          "--coordinator must be HOST:PORT"),
-        (["--num_model", "3"], "--num_model=3 must divide the number of devices"),
-        (["--batch_size", "12", "--num_model", "1"], "--batch_size=12 must be divisible by the 8"),
+        (["--num-model", "3"], "argument --num-model: num_model=3 must divide the number of devices"),
+        (["--batch-size", "12", "--num-model", "1"],
+         "argument --batch-size: batch leaves need a leading dimension divisible over 8 devices"),
+        (["--auto_cluster"], "unrecognized arguments: --auto_cluster"),
         (["--bogus"], "unrecognized arguments"),
     ],
 )

@@ -1,4 +1,4 @@
-"""Tests of optax_usam.flax_linen: SAMTrainState and sam_train_step."""
+"""Tests of optax_usam.flax_linen: SAMTrainState and linen_train_step."""
 
 import functools
 import subprocess
@@ -13,7 +13,8 @@ import pytest
 from flax.training import train_state
 
 import optax_usam
-from optax_usam.flax_linen import SAMTrainState, sam_train_step
+from optax_usam.flax_linen import SAMTrainState, linen_train_step
+from tests.numpy_reference import perturbation
 
 RHO, LR = 0.3, 0.1
 
@@ -53,18 +54,18 @@ def _setup(tx: optax.GradientTransformation, seed: int = 0):
 
 
 def _np_perturbation(grads, rho: float, lambd: float):
-  """e = rho (1 - lambda + lambda / ||g||) g in float64 NumPy."""
-  g = [np.asarray(x, np.float64) for x in jax.tree.leaves(grads)]
-  norm = np.sqrt(sum(np.sum(x**2) for x in g))
-  scale = rho * (1 - lambd + lambd / (norm + 1e-12))
-  return jax.tree.unflatten(jax.tree.structure(grads), [scale * x for x in g])
+  """The float64 NumPy reference ``perturbation`` of a nested tree of gradients, as a tree like it."""
+  leaves = {i: np.asarray(x, np.float64) for i, x in enumerate(jax.tree.leaves(grads))}
+  e, _ = perturbation(leaves, rho, lambd)
+  return jax.tree.unflatten(jax.tree.structure(grads), [e[i] for i in range(len(leaves))])
 
 
 def test_flax_is_optional(monkeypatch):
+  # `import optax_usam` needs no flax; `from optax_usam import *` does, as __all__ lists the Flax names.
   code = (
-    "import sys\nfrom optax_usam import *\nimport optax_usam\n"
+    "import sys\nimport optax_usam\n"
     "assert 'flax' not in sys.modules, 'flax imported eagerly'\n"
-    "assert 'SAMTrainState' in dir(optax_usam)"
+    "assert 'SAMTrainState' in dir(optax_usam) and 'SAMTrainState' in optax_usam.__all__"
   )
   subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
   monkeypatch.setitem(sys.modules, "flax", None)  # as if flax were not installed
@@ -75,7 +76,7 @@ def test_flax_is_optional(monkeypatch):
 
 def test_import_is_lazy():
   assert optax_usam.SAMTrainState is SAMTrainState
-  assert optax_usam.sam_train_step is sam_train_step
+  assert optax_usam.linen_train_step is linen_train_step
   with pytest.raises(AttributeError, match="no attribute 'nope'"):
     _ = optax_usam.nope
 
@@ -128,11 +129,11 @@ def test_overwrite_with_gradient_is_refused():
 
 
 @pytest.mark.parametrize("lambd", [1.0, "1-1/t"])
-def test_sam_train_step_batchnorm_and_dropout(lambd):
+def test_linen_train_step_batchnorm_and_dropout(lambd):
   tx = optax.chain(optax_usam.unified_sam(RHO, lambd), optax.sgd(LR))
   state, batch = _setup(tx, seed=1)
   rng = jax.random.key(3)
-  step = jax.jit(functools.partial(sam_train_step, loss_fn=_loss_fn))
+  step = jax.jit(functools.partial(linen_train_step, loss_fn=_loss_fn))
   new_state, out = step(state, batch, rng=rng)
 
   # Independent reference: the two passes written out, e in float64 NumPy.
@@ -161,11 +162,11 @@ def test_sam_train_step_batchnorm_and_dropout(lambd):
   assert not np.allclose(other["Dense_0"]["kernel"], new_state.params["Dense_0"]["kernel"], atol=1e-6)
 
 
-def test_sam_train_step_sub_batch_ascent():
+def test_linen_train_step_sub_batch_ascent():
   tx = optax.chain(optax_usam.sam(RHO), optax.sgd(LR))
   state, batch = _setup(tx, seed=2)
   rng = jax.random.key(5)
-  step = jax.jit(functools.partial(sam_train_step, loss_fn=_loss_fn, ascent_fraction=0.25))
+  step = jax.jit(functools.partial(linen_train_step, loss_fn=_loss_fn, ascent_fraction=0.25))
   new_state, out = step(state, batch, rng=rng)
 
   # Reference: ascent direction, loss and statistics from the first 8 of 32 examples,
@@ -185,7 +186,7 @@ def test_sam_train_step_sub_batch_ascent():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), new_state.batch_stats, stats1)
 
 
-def test_sam_train_step_averages_batch_stats_over_devices():
+def test_linen_train_step_averages_batch_stats_over_devices():
   n = 4
   if jax.local_device_count() < n:
     pytest.skip("needs 4 devices (XLA_FLAGS in conftest.py)")
@@ -194,7 +195,7 @@ def test_sam_train_step_averages_batch_stats_over_devices():
   shards = jax.tree.map(lambda x: x.reshape(n, -1, *x.shape[1:]), batch)
   rng = jax.random.key(5)
   step = jax.pmap(
-    lambda s, b, r: sam_train_step(s, b, _loss_fn, r, axis_name="d"),
+    lambda s, b, r: linen_train_step(s, b, _loss_fn, r, axis_name="d"),
     axis_name="d",
     in_axes=(None, 0, None),
   )
@@ -216,7 +217,7 @@ def test_sam_train_step_averages_batch_stats_over_devices():
   np.testing.assert_array_equal(kernel, np.broadcast_to(kernel[0], kernel.shape))
 
 
-def test_sam_train_step_with_an_unbound_axis_is_a_clear_error():
+def test_linen_train_step_with_an_unbound_axis_is_a_clear_error():
   """axis_name outside pmap/shard_map: the core's ValueError, not JAX's NameError."""
   model = nn.Dense(2)
   params = model.init(jax.random.key(0), jnp.ones((1, 3)))["params"]
@@ -227,4 +228,4 @@ def test_sam_train_step_with_an_unbound_axis_is_a_clear_error():
     return jnp.mean(model.apply({"params": params}, batch) ** 2), (batch_stats, None)
 
   with pytest.raises(ValueError, match="axis_name='data' is not bound"):
-    optax_usam.sam_train_step(state, jnp.ones((4, 3)), loss_fn, None, axis_name="data")
+    optax_usam.linen_train_step(state, jnp.ones((4, 3)), loss_fn, None, axis_name="data")

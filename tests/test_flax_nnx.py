@@ -9,6 +9,7 @@ from flax import nnx
 
 import optax_usam
 from optax_usam.flax_nnx import sam_update
+from tests.numpy_reference import perturbation
 
 RHO, LR = 0.3, 0.1
 
@@ -36,11 +37,10 @@ def _data(seed: int = 0):
 
 
 def _np_perturbation(grads, rho: float, lambd: float):
-  """e = rho (1 - lambda + lambda / ||g||) g in float64 NumPy."""
-  g = [np.asarray(x, np.float64) for x in jax.tree.leaves(grads)]
-  norm = np.sqrt(sum(np.sum(x**2) for x in g))
-  scale = rho * (1 - lambd + lambd / (norm + 1e-12))
-  return jax.tree.unflatten(jax.tree.structure(grads), [scale * x for x in g])
+  """The float64 NumPy reference ``perturbation`` of a nested tree of gradients, as a tree like it."""
+  leaves = {i: np.asarray(x, np.float64) for i, x in enumerate(jax.tree.leaves(grads))}
+  e, _ = perturbation(leaves, rho, lambd)
+  return jax.tree.unflatten(jax.tree.structure(grads), [e[i] for i in range(len(leaves))])
 
 
 def test_optimizer_update_forwards_grad_fn_bit_for_bit():

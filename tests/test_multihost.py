@@ -47,7 +47,7 @@ def test_two_processes_match_one_process_with_four_devices(tmp_path):
     jobs["single"] = launch(["--out", str(single)], 4, tmp_path / "single.log")
     for i in range(2):
       jobs[f"process {i}"] = launch(
-          ["--coordinator", f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", str(i),
+          ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i),
            "--out", str(multi)], 2, tmp_path / f"process{i}.log")
     deadline = time.monotonic() + TIMEOUT_S
     for name, job in jobs.items():

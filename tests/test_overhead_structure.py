@@ -7,6 +7,10 @@ step with the plain SGD step and with the limit step: the matrix products and
 convolutions (one per forward or backward use of a layer) must be exactly twice
 SGD's, and the compiled temporary memory must not exceed the limit's by a
 parameter-sized buffer.
+
+The steps and the HLO counts are the overhead benchmark's own
+(``benchmarks/overhead/steps.py``, ``benchmarks/hlo.py``): what is checked here
+is what the benchmark times and reports.
 """
 
 from __future__ import annotations
@@ -14,8 +18,6 @@ from __future__ import annotations
 import collections
 import functools
 import itertools
-import re
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -24,9 +26,9 @@ import optax
 import pytest
 
 import optax_usam
-
-LR, MOMENTUM, RHO, EPS = 0.01, 0.9, 0.05, 1e-12
-Loss = Callable[[Any, jax.Array, jax.Array], jax.Array]
+from benchmarks import hlo
+from benchmarks.overhead import steps
+from benchmarks.overhead.steps import Loss
 
 
 def _mlp() -> tuple[Loss, Any, tuple[jax.Array, jax.Array]]:
@@ -67,74 +69,40 @@ def _convnet() -> tuple[Loss, Any, tuple[jax.Array, jax.Array]]:
   return loss, params, (x, jnp.arange(4))
 
 
-def _momentum(params: Any, mom: Any, g: Any) -> tuple[Any, Any]:
-  mom = jax.tree.map(lambda m, g: MOMENTUM * m + g, mom, g)
-  return jax.tree.map(lambda p, m: p - LR * m, params, mom), mom
-
-
-def _sgd_step(loss: Loss) -> tuple[Callable, Callable]:
-  def step(params: Any, mom: Any, x: jax.Array, y: jax.Array) -> tuple[Any, Any, jax.Array]:
-    value, g = jax.value_and_grad(loss)(params, x, y)
-    return (*_momentum(params, mom, g), value)
-
-  return step, lambda p: jax.tree.map(jnp.zeros_like, p)
-
-
-def _limit_step(loss: Loss) -> tuple[Callable, Callable]:
-  def step(params: Any, mom: Any, x: jax.Array, y: jax.Array) -> tuple[Any, Any, jax.Array]:
-    value, g = jax.value_and_grad(loss)(params, x, y)
-    norm = jnp.sqrt(sum(jnp.sum(jnp.square(v)) for v in jax.tree.leaves(g)))
-    scale = RHO / (norm + EPS)
-    g = jax.grad(loss)(jax.tree.map(lambda p, g: p + scale * g, params, g), x, y)
-    return (*_momentum(params, mom, g), value)
-
-  return step, lambda p: jax.tree.map(jnp.zeros_like, p)
-
-
-def _usam_step(loss: Loss, lambd: float | str, extra_gradient: bool = False) -> tuple[Callable, Callable]:
-  """The library step; with ``extra_gradient`` its grad_fn wastefully evaluates a third gradient."""
-  tx = optax.chain(optax_usam.unified_sam(RHO, lambd, eps=EPS), optax.sgd(LR, momentum=MOMENTUM))
+def _three_gradients_step(loss: Loss, lambd: float | str) -> steps.Variant:
+  """``steps.usam`` whose ``grad_fn`` wastefully evaluates a third gradient: what the checks must catch."""
+  tx = optax.chain(
+      optax_usam.unified_sam(steps.RHO, lambd, eps=steps.EPS), optax.sgd(steps.LR, momentum=steps.MOMENTUM)
+  )
 
   def step(params: Any, state: Any, x: jax.Array, y: jax.Array) -> tuple[Any, Any, jax.Array]:
     value, g = jax.value_and_grad(loss)(params, x, y)
     grad = lambda p: jax.grad(loss)(p, x, y)
-    if extra_gradient:
-      grad_fn = lambda p: jax.tree.map(lambda a, b: (a + b) / 2, grad(p), grad(jax.tree.map(jnp.negative, p)))
-    else:
-      grad_fn = grad
+    grad_fn = lambda p: jax.tree.map(lambda a, b: (a + b) / 2, grad(p), grad(jax.tree.map(jnp.negative, p)))
     updates, state = tx.update(g, state, params, grad_fn=grad_fn)
     return optax.apply_updates(params, updates), state, value
 
   return step, tx.init
 
 
-def _compile(make: tuple[Callable, Callable], params: Any, batch: tuple[jax.Array, ...]) -> Any:
-  step, init = make
+def _compile(variant: steps.Variant, params: Any, batch: tuple[jax.Array, ...]) -> Any:
+  step, init = variant
   return jax.jit(step, donate_argnums=(0, 1)).lower(params, init(params), *batch).compile()
-
-
-# Result shape (an array, a scalar or a tuple of them) and opcode of one HLO instruction.
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?\S+ = (\([^()]*\)|\S+?)(?:\{[^}]*\})? ([a-z][\w-]*)\(", flags=re.M)
 
 
 def _counts(compiled: Any) -> tuple[int, int]:
   """(dot products, convolutions) in the optimized HLO, fusion bodies included."""
-  ops = [op for _, op in _INSTRUCTION.findall(compiled.as_text())]
-  return ops.count("dot"), ops.count("convolution")
+  return hlo.products(compiled.as_text())
 
 
 def _array_ops(compiled: Any) -> collections.Counter[str]:
   """Kinds of the entry computation's instructions that produce arrays, not scalars.
 
   Everything whose cost grows with the model is among them; the scalar ones
-  (the norm's square root, the schedule, the step counter) are not.
+  (the norm's square root, the schedule, the step counter) are not, and neither
+  are the instructions that do no work (``hlo.FREE``).
   """
-  text = compiled.as_text()
-  entry = _INSTRUCTION.findall(text[text.index("\nENTRY"):])
-  return collections.Counter(
-      op for shape, op in entry
-      if not re.fullmatch(r"[a-z]+\d*\[\]", shape) and op not in ("parameter", "constant", "tuple")
-  )
+  return hlo.entry_ops(compiled.as_text())[0]
 
 
 def _temp(compiled: Any) -> int:
@@ -154,13 +122,13 @@ LAMBDAS = [0.0, 1.0, "1-1/t"]
 def _compiled(model: str, step: str, lambd: float | str = 1.0) -> tuple[Any, int]:
   """The compiled step and the size in bytes of the model's smallest parameter leaf."""
   loss, params, batch = MODELS[model]()
-  make = {
-      "sgd": lambda: _sgd_step(loss),
-      "limit": lambda: _limit_step(loss),
-      "usam": lambda: _usam_step(loss, lambd),
-      "three_gradients": lambda: _usam_step(loss, lambd, extra_gradient=True),
+  variant = {
+      "sgd": lambda: steps.sgd(loss),
+      "limit": lambda: steps.limit(loss),
+      "usam": lambda: steps.usam(loss, lambd),
+      "three_gradients": lambda: _three_gradients_step(loss, lambd),
   }[step]()
-  return _compile(make, params, batch), min(x.nbytes for x in jax.tree.leaves(params))
+  return _compile(variant, params, batch), min(x.nbytes for x in jax.tree.leaves(params))
 
 
 def _scaled(pair: tuple[int, int], k: int) -> tuple[int, int]:

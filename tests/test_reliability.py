@@ -37,7 +37,7 @@ def test_reuse_sam_on_a_quadratic_adds_no_correction():
 
 
 def test_reuse_sam_with_rho_zero_is_plain_sgd():
-  """rho = 0: the SAM step returns grad_fn(x), the cheap steps the incoming gradient, nothing else.
+  """rho = 0: the SAM step returns grad_fn(x), reuse steps the incoming gradient, nothing else.
 
   The incoming gradient is summed over micro-batches and grad_fn over the whole batch: equal up to
   rounding, which the old correction amplified to alpha ||g|| (loss 0.458 instead of 0.496 here).
@@ -164,11 +164,6 @@ def test_perturbation_norm_is_never_negative():
   assert float(out.perturbation_norm) > 0
 
 
-def test_check_values_must_be_a_bool():
-  with pytest.raises(TypeError, match="check_values"):
-    optax_usam.sam(0.1, check_values="yes")
-
-
 @pytest.mark.parametrize("name", ["rho", "lambd", "eps"])
 def test_perturb_refuses_non_scalar_hyperparameters(name):
   args = {"rho": 0.1, "lambd": 1.0, "eps": 1e-12, name: jnp.array([0.1, 0.2])}
@@ -189,24 +184,6 @@ def test_vmapped_traced_hyperparameters_are_per_member():
 # ---------------------------------------------------------------------------- overflow
 
 
-@pytest.mark.parametrize("magnitude", [1e20, 1e30, 1e33])
-@pytest.mark.parametrize("lambd", [0.0, 0.5, 1.0])
-def test_norms_beyond_float32_squares_are_exact(magnitude, lambd):
-  """||g|| of 1e30 fits float32 although its square does not: logged and used exactly."""
-  rng = np.random.default_rng(0)
-  direction = {"w": rng.normal(size=(8,)), "b": rng.normal(size=(3,))}
-  grads = {k: jnp.asarray(v * magnitude, jnp.float32) for k, v in direction.items()}
-  params = {k: jnp.zeros(v.shape, jnp.float32) for k, v in direction.items()}
-  out = optax_usam.perturb(params, grads, 1e-3, lambd)
-  g64 = {k: np.asarray(v, np.float64) for k, v in grads.items()}
-  e, norm = ref.perturbation(g64, 1e-3, lambd)
-  np.testing.assert_allclose(out.grad_norm, norm, rtol=1e-5)
-  e_norm = np.sqrt(sum(np.sum(v**2) for v in e.values()))
-  np.testing.assert_allclose(out.perturbation_norm, e_norm, rtol=1e-5)
-  for k in e:
-    np.testing.assert_allclose(out.params[k], e[k], rtol=1e-5)
-
-
 @pytest.mark.parametrize("lambd", [0.0, 0.5, 1.0])
 def test_infinite_gradient_is_logged_as_it_is(lambd):
   """An inf gradient: ||g|| = inf, and ||e|| is NaN exactly when the output is (0 * inf for SAM)."""
@@ -223,12 +200,12 @@ def test_nan_gradient_is_logged_as_nan():
   assert np.isnan(out.grad_norm) and np.isnan(out.perturbation_norm)
 
 
-def test_zero_gradient_is_a_minimum_not_an_error():
+@pytest.mark.parametrize("lambd", [0.0, 0.5, 1.0])
+def test_zero_gradient_is_a_minimum_not_an_error(lambd):
   zero = {"w": jnp.zeros(3, jnp.float32), "b": jnp.zeros((), jnp.bfloat16)}
-  for lambd in (0.0, 0.5, 1.0):
-    out = optax_usam.perturb(zero, zero, 0.1, lambd)
-    chex.assert_trees_all_equal(out.params, zero)
-    assert float(out.grad_norm) == 0.0 and float(out.perturbation_norm) == 0.0
+  out = optax_usam.perturb(zero, zero, 0.1, lambd)
+  chex.assert_trees_all_equal(out.params, zero)
+  assert float(out.grad_norm) == 0.0 and float(out.perturbation_norm) == 0.0
 
 
 # ---------------------------------------------------------------------------- complex parameters

@@ -192,30 +192,38 @@ def test_importance_sampling_beats_uniform_when_smoothness_varies():
 # -- closed forms for deterministic Unified SAM on f(x) = h x^2 / 2 ------------------------------------
 
 
-def _quadratic_run(h: float, gamma: float, rho: float, lambd: float, steps: int) -> np.ndarray:
-  tx = optax.chain(optax_usam.unified_sam(rho, lambd), optax.sgd(gamma))
-  grad_fn = jax.grad(lambda x: 0.5 * h * jnp.sum(x**2))
+def _quadratic_run(h: float, gamma: float, rho: float, lambd: float, steps: int, x0: float = 1.0):
+  """The iterates x_1..x_steps of Unified SAM + SGD on h x^2 / 2, in float64."""
+  with jax.enable_x64(True):
+    tx = optax.chain(optax_usam.unified_sam(rho, lambd), optax.sgd(gamma))
+    grad_fn = lambda x: h * x
 
-  def step(carry, _):
-    x, state = carry
-    updates, state = tx.update(grad_fn(x), state, x, grad_fn=grad_fn)
-    x = optax.apply_updates(x, updates)
-    return (x, state), x[0]
+    def step(carry, _):
+      x, state = carry
+      updates, state = tx.update(grad_fn(x), state, x, grad_fn=grad_fn)
+      x = optax.apply_updates(x, updates)
+      return (x, state), x
 
-  x0 = jnp.array([1.0])
-  return np.asarray(jax.lax.scan(step, (x0, tx.init(x0)), None, length=steps)[1])
+    x = jnp.asarray(x0)
+    return np.asarray(jax.lax.scan(step, (x, tx.init(x)), None, length=steps)[1])
 
 
 @pytest.mark.parametrize("threshold", [1.9, 1.99, 2.01, 2.1])
 @pytest.mark.parametrize(("h", "rho"), [(4.0, 0.05), (1.0, 0.5)])
 def test_usam_on_a_quadratic_converges_iff_gamma_h_one_plus_rho_h_below_two(threshold, h, rho):
   gamma = threshold / (h * (1 + rho * h))
-  with jax.enable_x64(True):
-    path = _quadratic_run(h, gamma, rho, 0.0, 3000)
+  path = _quadratic_run(h, gamma, rho, 0.0, 3000)
   if threshold < 2:
     assert abs(path[-1]) < 1e-10
   else:
     assert abs(path[-1]) > 1e10
+
+
+@pytest.mark.parametrize(("h", "gamma", "rho"), [(4.0, 0.1, 0.05), (2.0, 0.3, 0.5), (10.0, 0.05, 0.05)])
+def test_usam_on_a_quadratic_contracts_by_one_minus_gamma_h_one_plus_rho_h(h, gamma, rho):
+  path = _quadratic_run(h, gamma, rho, 0.0, 30, x0=1.5)
+  factor = 1 - gamma * h - gamma * rho * h**2
+  np.testing.assert_allclose(path, 1.5 * factor ** np.arange(1, 31), rtol=1e-12)
 
 
 @pytest.mark.parametrize(("lambd", "xbar"), [(1.0, 0.0125), (0.5, 0.00641)])
@@ -223,7 +231,6 @@ def test_normalized_sam_on_a_quadratic_ends_on_the_period_two_orbit(lambd, xbar)
   h, gamma, rho = 4.0, 0.1, 0.05
   closed_form = gamma * h * rho * lambd / (2 - gamma * h - gamma * rho * (1 - lambd) * h**2)
   assert closed_form == pytest.approx(xbar, rel=1e-3)
-  with jax.enable_x64(True):
-    path = _quadratic_run(h, gamma, rho, lambd, 200)
-  np.testing.assert_allclose(np.abs(path[-2:]), closed_form, rtol=1e-9)
-  assert path[-1] == pytest.approx(-path[-2])
+  path = _quadratic_run(h, gamma, rho, lambd, 200)
+  np.testing.assert_allclose(np.abs(path[-10:]), closed_form, rtol=1e-9)
+  assert np.all(np.sign(path[-10:-1]) == -np.sign(path[-9:]))

@@ -1,4 +1,4 @@
-"""Tests of the training example: examples/train.py, examples/data.py, examples/models.py."""
+"""Tests of the training example: examples/train.py and the modules it runs (data.py, models.py, ...)."""
 
 import json
 import os
@@ -50,16 +50,17 @@ def test_cifar_models_have_the_published_parameter_counts(name, expected):
     (["--model", "vgg"], "unknown model 'vgg'"),
     (["--methods", "sgd,adam"], "unknown method or lambda 'adam'"),
     (["--lambd", "1/t2"], "unknown method or lambda '1/t2'"),
-    (["--lambd", "1.5"], "unknown method or lambda '1.5'"),
-    (["--rho", "-0.1"], "--rho must be a non-negative number"),
-    (["--epochs", "-3"], "--epochs must be a positive integer"),
+    (["--lambd", "1.5"], "argument --lambd: lambd"),
+    (["--methods", "sgd,sam,-0.5"], "argument --methods: lambd"),
+    (["--rho", "-0.1"], "argument --rho: rho must be"),
+    (["--epochs", "-3"], "argument --epochs: must be a positive integer"),
     (["--epochs", "two"], "invalid int value"),
-    (["--noise", "1.0"], "--noise must be in [0, 1)"),
+    (["--noise", "1.0"], "argument --noise: must be in [0, 1)"),
     (["--methods", "sam,1/t,SAM"], "a method is given twice"),
     (["--resume"], "--resume and --stop-after-steps apply to CIFAR runs only"),
-    (["--methods", "reuse-sam", "--reuse-every", "0"], "--reuse-every must be a positive integer"),
-    (["--methods", "random-sam", "--sam-probability", "1.5"], "--sam-probability must be in [0, 1]"),
-    (["--methods", "subbatch-sam", "--ascent-fraction", "0"], "--ascent-fraction must be in (0, 1]"),
+    (["--methods", "reuse-sam", "--reuse-every", "0"], "argument --reuse-every: every_k must be a positive"),
+    (["--methods", "random-sam", "--sam-probability", "1.5"], "argument --sam-probability: probability must"),
+    (["--methods", "subbatch-sam", "--ascent-fraction", "0"], "argument --ascent-fraction: fraction must be"),
     (["--dataset", "cifar10", "--methods", "reuse-sam"], "run on the digits only"),
     (["--dataset", "cifar10", "--dtype", "bfloat16"], "--dtype bfloat16 applies to the digits CNN only"),
     (["--model", "tiny", "--dtype", "bfloat16"], "--dtype bfloat16 applies to the cnn model only"),
@@ -75,7 +76,7 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
 @pytest.mark.parametrize(
   ("argv", "expected"),
   [
-    (["--rho", "-1"], "train.py: error: --rho must be a non-negative number; got -1.0"),
+    (["--rho", "-1"], "train.py: error: argument --rho: rho must be "),
     (
       ["--dataset", "cifar10", "--data-dir", "/nonexistent"],
       "train.py: error: dataset 'cifar10' is not prepared",
@@ -148,7 +149,7 @@ def test_cifar_stop_resume_equals_uninterrupted_run(tmp_path):
   assert result["results"] == straight["results"]
 
 
-def test_cheap_variants_reduce_to_sam_and_differ_from_it(tmp_path, capsys):
+def test_cheaper_variants_reduce_to_sam_and_differ_from_it(tmp_path, capsys):
   methods = ["--methods", "sam,reuse-sam,random-sam,subbatch-sam", "--epochs", "1", "--seeds", "1"]
   as_sam = ["--reuse-every", "1", "--sam-probability", "1", "--ascent-fraction", "1", "--no-progress"]
   assert train.main([*methods, *as_sam, "--out", str(tmp_path / "a")]) == 0

@@ -22,7 +22,16 @@ import jax
 import numpy as np
 import pytest
 
-from tests.train_helpers import EXAMPLES, cifar, cifar_subprocess, data_lib, final_checkpoint, run_dir, train
+from tests.train_helpers import (
+  EXAMPLES,
+  cifar,
+  cifar_subprocess,
+  data_lib,
+  final_checkpoint,
+  progress,
+  run_dir,
+  train,
+)
 
 SCRIPT = os.path.join(EXAMPLES, "train.py")
 DIGITS_1_EPOCH = ["--epochs", "1", "--seeds", "1", "--no-progress"]
@@ -121,7 +130,7 @@ def test_the_progress_bar_is_drawn_on_a_terminal_only(monkeypatch):
 
   for stream, drawn in ((Terminal(), True), (io.StringIO(), False)):
     monkeypatch.setattr(sys, "stderr", stream)
-    bar = train.Progress(3, "digits", disable=False)
+    bar = progress.Progress(3, "digits", disable=False)
     for _ in range(3):
       bar.update(status="SAM seed 0")
     bar.close()
@@ -271,7 +280,7 @@ def test_theory_quick_leaves_the_committed_results_alone(tmp_path, monkeypatch, 
   assert f"wrote {committed / 'quick' / 'theory.json'}" in capsys.readouterr().out
 
   def default_out(**changes):
-    args = theory._Parser().parse_args([])
+    args = theory.parser().parse_args([])
     vars(args).update({"quick": False, "no_plots": False, "out": None, **theory.FULL_RUN, **changes})
     return theory.output_dir(args)
 

@@ -1,10 +1,10 @@
-"""Unified SAM at less than two gradients per step.
+"""The cheaper variants: Unified SAM that computes the second gradient on some steps only.
 
 Each wrapper takes a :func:`optax_usam.unified_sam` transformation and decides,
-step by step, whether to run it (two gradients) or to return a cheaper
-gradient (one). The decision is a ``lax.cond``, so a skipped ``grad_fn`` is
-never computed. The wrapped transformation's ``count`` (and so the ``'1/t'``
-schedules) advances on SAM steps only.
+step by step, whether to run it (two gradients) or to return a gradient built
+from the one the caller already computed. The decision is a ``lax.cond``, so a
+skipped ``grad_fn`` is never computed. The wrapped transformation's ``count``
+(and so the ``'1/t'`` schedules) advances on SAM steps only.
 
 Under ``vmap`` a batched predicate turns ``lax.cond`` into a select that runs
 both branches: the saving needs an unbatched decision (e.g. the same step
@@ -22,8 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optax_usam import schedules
-from optax_usam._checks import check_positive_int
+from optax_usam import _validation
 from optax_usam._collectives import pmean
 from optax_usam.perturbation import accumulation_dtype, global_norm, is_float_leaf
 
@@ -69,7 +68,7 @@ def _vdot(a: optax.Updates, b: optax.Updates, dtype: jnp.dtype) -> chex.Array:
 
 
 def _mean_over(tree: optax.Updates, axis_name: Hashable | None) -> optax.Updates:
-  # The SAM branch averages inside unified_sam(axis_name=...); the cheap branches must too,
+  # The SAM branch averages inside unified_sam(axis_name=...); the one-gradient branches must too,
   # or the replicas of a pmap would drift apart.
   return tree if axis_name is None else pmean(tree, axis_name)
 
@@ -90,26 +89,41 @@ def reuse_sam(
   the one gradient the caller already computed. Average cost per step:
   :math:`1 + 1/k` gradients; memory: one parameter-sized buffer.
 
-  Example::
-
-    tx = optax.chain(
-        optax_usam.reuse_sam(optax_usam.sam(0.05), every_k=5),
-        optax.sgd(0.1, momentum=0.9),
-    )
-
   Args:
     sam: a :func:`optax_usam.unified_sam` transformation.
     every_k: run ``sam`` on steps 0, k, 2k, ...
     alpha: weight of the reused correction (LookSAM's default, 0.7).
     axis_name: inside ``pmap``/``shard_map``, the data axis: the gradients
-      of the cheap steps are averaged over it (give ``sam`` the same axis).
+      of the one-gradient steps are averaged over it (give ``sam`` the same axis).
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import optax_usam
+    >>> loss = lambda p: jnp.sum(jnp.cos(p["w"])) + 0.5 * jnp.sum(p["w"] ** 2)
+    >>> grad_fn = jax.grad(loss)
+    >>> tx = optax.chain(
+    ...     optax_usam.reuse_sam(optax_usam.sam(0.05), every_k=5),
+    ...     optax.sgd(0.1, momentum=0.9),
+    ... )
+    >>> params = {"w": jnp.array([1.0, -2.0])}
+    >>> opt_state = tx.init(params)
+    >>> @jax.jit
+    ... def step(params, opt_state):
+    ...   updates, opt_state = tx.update(grad_fn(params), opt_state, params, grad_fn=grad_fn)
+    ...   return optax.apply_updates(params, updates), opt_state
+    >>> for _ in range(6):
+    ...   params, opt_state = step(params, opt_state)
+    >>> print(optax_usam.get_diagnostics(opt_state)["count"])  # SAM ran on steps 0 and 5
+    2
 
   References:
     Liu et al., `Towards Efficient and Scalable Sharpness-Aware Minimization
     <https://arxiv.org/abs/2203.02714>`_, CVPR 2022.
   """
-  every_k = check_positive_int(every_k, "every_k")
-  alpha = schedules.check_nonnegative(alpha, "alpha")
+  every_k = _validation.check_int(every_k, "every_k", 1, bounds="a positive int")
+  alpha = _validation.check_nonnegative(alpha, "alpha")
 
   def init_fn(params: optax.Params) -> ReuseState:
     inner = sam.init(params)
@@ -131,7 +145,7 @@ def reuse_sam(
       coef = _vdot(g, g_sf, dtype) / jnp.maximum(_vdot(g, g, dtype), tiny)
       g_v = jax.tree.map(lambda s, v: (s - coef.astype(s.dtype) * v).astype(s.dtype), g_sf, g)
       # g_s parallel to g (a quadratic, rho = 0) leaves only rounding noise in g_v, a few ulps of ||g_s||;
-      # the cheap steps would rescale it to alpha ||g||. Below that floor the correction is 0.
+      # the reuse steps would rescale it to alpha ||g||. Below that floor the correction is 0.
       ulp = max(float(jnp.finfo(v.dtype).eps) for v in jax.tree.leaves(g_sf))
       noise = global_norm(g_v, dtype) <= _NOISE_ULPS * ulp * global_norm(g_sf, dtype)
       g_v = jax.tree.map(lambda v: jnp.where(noise, jnp.zeros_like(v), v), g_v)
@@ -164,13 +178,6 @@ def randomized_sam(
   is the same on every device of a ``pmap`` (required: the SAM branch may
   communicate over ``axis_name``).
 
-  Example::
-
-    tx = optax.chain(
-        optax_usam.randomized_sam(optax_usam.unified_sam(0.05, "1-1/t"), 0.25),
-        optax.sgd(0.1, momentum=0.9),
-    )
-
   Args:
     sam: a :func:`optax_usam.unified_sam` transformation.
     probability: :math:`p_t \in [0, 1]`, a float or a schedule of the count.
@@ -178,13 +185,34 @@ def randomized_sam(
     axis_name: inside ``pmap``/``shard_map``, the data axis: the plain
       gradient of a skipped step is averaged over it (give ``sam`` the same axis).
 
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import optax_usam
+    >>> loss = lambda p: jnp.sum(jnp.cos(p["w"])) + 0.5 * jnp.sum(p["w"] ** 2)
+    >>> grad_fn = jax.grad(loss)
+    >>> tx = optax.chain(
+    ...     optax_usam.randomized_sam(optax_usam.unified_sam(0.05, "1-1/t"), 0.25, seed=1),
+    ...     optax.sgd(0.1, momentum=0.9),
+    ... )
+    >>> params = {"w": jnp.array([1.0, -2.0])}
+    >>> opt_state = tx.init(params)
+    >>> @jax.jit
+    ... def step(params, opt_state):
+    ...   updates, opt_state = tx.update(grad_fn(params), opt_state, params, grad_fn=grad_fn)
+    ...   return optax.apply_updates(params, updates), opt_state
+    >>> for _ in range(8):
+    ...   params, opt_state = step(params, opt_state)
+    >>> print(optax_usam.get_diagnostics(opt_state)["count"])  # SAM steps among the 8
+    3
+
   References:
     Zhao et al., `Randomized Sharpness-Aware Training for Boosting
     Computational Efficiency in Deep Learning <https://arxiv.org/abs/2203.09962>`_, 2022.
   """
-  prob_fn = schedules.bounded_schedule(probability, "probability", 0.0, 1.0)
-  if isinstance(seed, bool) or not isinstance(seed, int):
-    raise TypeError(f"seed must be an int; got {seed!r}.")
+  prob_fn = _validation.bounded_schedule(probability, "probability", 0.0, 1.0)
+  seed = _validation.check_int(seed, "seed", bounds="an int")
 
   def init_fn(params: optax.Params) -> RandomizedState:
     key = jax.random.key_data(jax.random.key(seed))
@@ -213,12 +241,15 @@ def sub_batch(batch: Any, fraction: float) -> Any:
   ``grad_fn``. The ascent direction is noisier; a step costs
   :math:`f + 1` gradients instead of 2. Shapes are static, so the
   result compiles once.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax_usam
+    >>> batch = {"x": jnp.ones((10, 3)), "y": jnp.arange(10)}
+    >>> small = optax_usam.sub_batch(batch, 0.25)  # ceil(2.5) = 3 examples
+    >>> small["x"].shape, small["y"]
+    ((3, 3), Array([0, 1, 2], dtype=int32))
   """
-  fraction = schedules.check_nonnegative(fraction, "fraction")
-  if not 0 < fraction <= 1:
-    raise ValueError(f"fraction must be in (0, 1]; got {fraction}.")
-  sizes = {x.shape[0] for x in jax.tree.leaves(batch)}
-  if len(sizes) != 1:
-    raise ValueError(f"batch leaves must share their leading axis; got sizes {sorted(sizes)}.")
-  keep = max(1, math.ceil(fraction * sizes.pop()))
+  fraction = _validation.check_unit_interval(fraction, "fraction", open_at_zero=True)
+  keep = max(1, math.ceil(fraction * _validation.leading_size(batch)))
   return jax.tree.map(lambda x: x[:keep], batch)

@@ -1,4 +1,4 @@
-"""Tests of the cheaper-than-SAM wrappers: reuse_sam, randomized_sam, sub_batch."""
+"""Tests of the cheaper variants: reuse_sam, randomized_sam, sub_batch."""
 
 from __future__ import annotations
 
@@ -142,7 +142,7 @@ def test_wrappers_leave_integer_leaves_alone(wrap):
         lambda s: optax_usam.randomized_sam(s, 0.3, axis_name="batch"),
     ],
 )
-def test_wrappers_average_cheap_steps_over_devices(wrap):
+def test_wrappers_average_one_gradient_steps_over_devices(wrap):
   """Inside pmap every step, SAM or not, returns the device-averaged gradient: replicas stay equal."""
   p0, x, y = mlp_problem.problem(4)
   params = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), p0)

@@ -1,0 +1,128 @@
+"""The training steps the overhead benchmark compiles and times, one factory per variant.
+
+Every factory takes a loss ``loss(params, x, y)`` and returns a :data:`Variant`: the step
+``step(params, state, x, y) -> (params, state, loss)`` and ``init(params) -> state``. All use
+momentum SGD (``LR``, ``MOMENTUM``) as the base optimizer and ``RHO``, ``EPS`` for the perturbation.
+``tests/test_overhead_structure.py`` compiles the same ``sgd``, ``limit`` and ``usam`` steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import optax_usam
+
+LR = 0.01
+MOMENTUM = 0.9
+RHO = 0.05
+EPS = 1e-12
+LAMBDAS: dict[str, float | str] = {"usam[0]": 0.0, "usam[1]": 1.0, "usam[1-1/t]": "1-1/t"}
+# Row-name prefixes of the cheaper variants (SAM, lambda = 1, inside each).
+CHEAPER_PREFIXES = ("reuse[", "random[", "subbatch[")
+
+Loss = Callable[[Any, jax.Array, jax.Array], jax.Array]
+Step = Callable[[Any, Any, jax.Array, jax.Array], tuple[Any, Any, jax.Array]]
+Variant = tuple[Step, Callable[[Any], Any]]
+
+
+def _zeros(params: Any) -> Any:
+  return jax.tree.map(jnp.zeros_like, params)
+
+
+def _momentum_sgd(params: Any, mom: Any, g: Any) -> tuple[Any, Any]:
+  mom = jax.tree.map(lambda m, g: MOMENTUM * m + g, mom, g)
+  return jax.tree.map(lambda p, m: p - LR * m, params, mom), mom
+
+
+def sgd(loss: Loss) -> Variant:
+  """(a) One ``value_and_grad`` and momentum SGD, by hand."""
+
+  def step(params: Any, mom: Any, x: jax.Array, y: jax.Array) -> tuple[Any, Any, jax.Array]:
+    value, g = jax.value_and_grad(loss)(params, x, y)
+    return (*_momentum_sgd(params, mom, g), value)
+
+  return step, _zeros
+
+
+def limit(loss: Loss) -> Variant:
+  """(b) The minimal SAM step, by hand: two gradients, the global norm, the perturbed point, momentum SGD."""
+
+  def step(params: Any, mom: Any, x: jax.Array, y: jax.Array) -> tuple[Any, Any, jax.Array]:
+    value, g = jax.value_and_grad(loss)(params, x, y)
+    norm = jnp.sqrt(sum(jnp.sum(jnp.square(v)) for v in jax.tree.leaves(g)))
+    scale = RHO / (norm + EPS)
+    g = jax.grad(loss)(jax.tree.map(lambda p, g: p + scale * g, params, g), x, y)
+    return (*_momentum_sgd(params, mom, g), value)
+
+  return step, _zeros
+
+
+def with_optax(
+    loss: Loss, tx: optax.GradientTransformationExtraArgs, grad_fn_takes_state: bool = False,
+    ascent_fraction: float | None = None,
+) -> Variant:
+  """A step of an Optax SAM transformation: the gradient of the batch (of its first ``ascent_fraction``
+  when given) as the update, and ``grad_fn`` evaluating the gradient of the whole batch.
+
+  ``grad_fn_takes_state``: ``optax.contrib.sam`` calls ``grad_fn(params, state)``, ``optax_usam``
+  calls ``grad_fn(params)``.
+  """
+
+  def step(params: Any, state: Any, x: jax.Array, y: jax.Array) -> tuple[Any, Any, jax.Array]:
+    first = (x, y) if ascent_fraction is None else optax_usam.sub_batch((x, y), ascent_fraction)
+    value, g = jax.value_and_grad(loss)(params, *first)
+    grad = jax.grad(loss)
+    grad_fn = (lambda p, _: grad(p, x, y)) if grad_fn_takes_state else (lambda p: grad(p, x, y))
+    updates, state = tx.update(g, state, params, grad_fn=grad_fn)
+    return optax.apply_updates(params, updates), state, value
+
+  return step, tx.init
+
+
+def usam(loss: Loss, lambd: float | str) -> Variant:
+  """(c) ``optax.chain(optax_usam.unified_sam(RHO, lambd), optax.sgd(LR, MOMENTUM))``."""
+  return with_optax(loss, optax.chain(optax_usam.unified_sam(RHO, lambd, eps=EPS), _base()))
+
+
+def optax_sam(loss: Loss) -> Variant:
+  """(d) ``optax.contrib.sam`` with a normalized-SGD adversary: SAM, Optax's way."""
+  tx = optax.contrib.sam(
+      _base(), optax.chain(optax.contrib.normalize(), optax.sgd(RHO)), sync_period=2, opaque_mode=True
+  )
+  return with_optax(loss, tx, grad_fn_takes_state=True)
+
+
+def cheaper_variant_names(every_k: int, probability: float, fraction: float) -> tuple[str, str, str]:
+  """Row names of the cheaper variants: ``reuse_sam``, ``randomized_sam`` and sub-batch ascent."""
+  return f"reuse[k={every_k}]", f"random[p={probability:g}]", f"subbatch[f={fraction:g}]"
+
+
+def cheaper_variants(loss: Loss, every_k: int, probability: float, fraction: float) -> dict[str, Variant]:
+  """The cheaper variants of SAM (lambda = 1), by row name."""
+  sam = lambda: optax_usam.unified_sam(RHO, 1.0, eps=EPS)
+  reuse, random, subbatch = cheaper_variant_names(every_k, probability, fraction)
+  return {
+      reuse: with_optax(loss, optax.chain(optax_usam.reuse_sam(sam(), every_k), _base())),
+      random: with_optax(loss, optax.chain(optax_usam.randomized_sam(sam(), probability), _base())),
+      subbatch: with_optax(loss, optax.chain(sam(), _base()), ascent_fraction=fraction),
+  }
+
+
+def jax_steps(
+    loss: Loss, every_k: int = 4, probability: float = 0.25, fraction: float = 0.25
+) -> dict[str, Variant]:
+  """Every JAX row of the benchmark, in table order."""
+  steps = {"sgd": sgd(loss), "limit": limit(loss)}
+  steps.update({name: usam(loss, lambd) for name, lambd in LAMBDAS.items()})
+  steps["optax_sam"] = optax_sam(loss)
+  steps.update(cheaper_variants(loss, every_k, probability, fraction))
+  return steps
+
+
+def _base() -> optax.GradientTransformation:
+  return optax.sgd(LR, momentum=MOMENTUM)

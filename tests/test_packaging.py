@@ -1,0 +1,102 @@
+"""The package a user installs: ``python -m build`` gives a wheel and an sdist that ``twine check`` passes,
+and the wheel works in a fresh virtualenv holding nothing but the core dependencies.
+
+pip fetches the build backend and the core dependencies from the package index (or its cache).
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# What the sdist is built from; copied, so that the build leaves nothing (egg-info, build/) in the repository.
+SOURCES = ("pyproject.toml", "README.md", "LICENSE", "CHANGELOG.md", "MANIFEST.in", "optax_usam")
+
+# Run in the fresh virtualenv, which has no flax.
+CHECK_INSTALLED = """
+import importlib.metadata, importlib.util, pathlib, sys
+import jax.numpy as jnp
+import optax_usam
+
+assert importlib.util.find_spec("flax") is None
+version = importlib.metadata.version("optax_usam")
+assert optax_usam.__version__ == version == sys.argv[1], (optax_usam.__version__, version)
+package = pathlib.Path(optax_usam.__file__).parent
+assert (package / "py.typed").is_file() and "site-packages" in str(package), package
+assert "Apache-2.0" in importlib.metadata.metadata("optax_usam")["License-Expression"]
+
+params = {"w": jnp.ones(3)}
+tx = optax_usam.sam(0.1)
+grads, _ = tx.update(params, tx.init(params), params, grad_fn=lambda p: p)
+assert grads["w"].shape == (3,)
+try:
+  optax_usam.SAMTrainState
+except ImportError as err:
+  assert "optax_usam[flax]" in str(err), err
+else:
+  raise AssertionError("optax_usam.SAMTrainState imported without flax")
+print("ok")
+"""
+
+
+def source_version() -> str:
+  tree = ast.parse((ROOT / "optax_usam" / "__init__.py").read_text())
+  return next(node.value.value for node in tree.body if isinstance(node, ast.Assign)
+              and any(getattr(t, "id", None) == "__version__" for t in node.targets))
+
+
+def run(*args: str | Path, cwd: Path | None = None, timeout: float = 240) -> str:
+  # Without PYTHONPATH: the installed package must be the one imported, not the working tree.
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  result = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+  assert result.returncode == 0, f"{args}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+  return result.stdout
+
+
+def test_version_has_one_place():
+  project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+  assert "version" not in project["project"] and project["project"]["dynamic"] == ["version"]
+  assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "optax_usam.__version__"}
+  assert f"## {source_version()}" in (ROOT / "CHANGELOG.md").read_text()
+
+
+def test_license_matches_pyproject():
+  project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+  assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
+  text = (ROOT / "LICENSE").read_text()
+  assert "Apache License" in text and "Version 2.0, January 2004" in text
+  assert "END OF TERMS AND CONDITIONS" in text
+
+
+def test_wheel_installs_and_imports_with_the_core_dependencies_only(tmp_path):
+  source = tmp_path / "source"
+  source.mkdir()
+  for name in SOURCES:
+    path = ROOT / name
+    if path.is_dir():
+      shutil.copytree(path, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    else:
+      shutil.copy(path, source / name)
+  dist = tmp_path / "dist"
+  run(sys.executable, "-m", "build", "--outdir", dist, source)
+  version = source_version()
+  wheel = dist / f"optax_usam-{version}-py3-none-any.whl"
+  sdist = dist / f"optax_usam-{version}.tar.gz"
+  assert wheel.is_file() and sdist.is_file(), sorted(p.name for p in dist.iterdir())
+  run(sys.executable, "-m", "twine", "check", "--strict", wheel, sdist)
+
+  env = tmp_path / "venv"
+  venv.create(env, with_pip=True)  # no system site-packages: only what the wheel pulls in
+  python = env / "bin" / "python"
+  run(python, "-m", "pip", "install", "-q", "--disable-pip-version-check", wheel)
+  installed = run(python, "-m", "pip", "list", "--format=freeze").lower()
+  assert "flax" not in installed and "optax" in installed, installed
+  assert run(python, "-c", CHECK_INSTALLED, version, cwd=tmp_path).strip() == "ok"
