@@ -11,7 +11,7 @@ import numpy as np
 import optax
 
 from optax_usam import _validation
-from optax_usam.perturbation import is_float_leaf
+from optax_usam._trees import is_float_leaf
 
 BatchGradFn = Callable[[optax.Params, Any], optax.Updates]
 
@@ -70,11 +70,7 @@ def microbatch_grad_fn(
   _validation.check_callable(batch_grad_fn, "batch_grad_fn", "(params, batch) -> gradients")
   num_microbatches = _validation.check_int(num_microbatches, "num_microbatches", 1, bounds="a positive int")
   size = _validation.leading_size(batch)
-  if size % num_microbatches:
-    raise ValueError(
-        f"num_microbatches={num_microbatches} must divide the batch size {size}: unequal micro-batches "
-        "would weight their examples unequally."
-    )
+  _validation.check_divides(num_microbatches, size)
   split = lambda x: jnp.reshape(x, (num_microbatches, size // num_microbatches, *np.shape(x)[1:]))
   micro = jax.tree.map(split, batch)
 

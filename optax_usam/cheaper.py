@@ -24,7 +24,8 @@ import optax
 
 from optax_usam import _validation
 from optax_usam._collectives import pmean
-from optax_usam.perturbation import accumulation_dtype, global_norm, is_float_leaf
+from optax_usam._trees import accumulation_dtype, is_float_leaf
+from optax_usam.perturbation import global_norm
 
 
 class ReuseState(NamedTuple):

@@ -12,26 +12,12 @@ from typing import Any, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.experimental import checkify
 
+from optax_usam import _validation
+from optax_usam._trees import accumulation_dtype, is_float_leaf
+
 Params = Any
-
-
-def is_float_leaf(leaf: Any) -> bool:
-  """Whether ``leaf`` is a floating (or complex) array, i.e. a parameter SAM moves."""
-  dtype = getattr(leaf, "dtype", None)
-  if dtype is None:
-    dtype = jnp.result_type(leaf)
-  return jnp.issubdtype(dtype, jnp.inexact)
-
-
-def accumulation_dtype(tree: Params) -> jnp.dtype:
-  """The dtype the global norm is accumulated in: float32, or float64 if any leaf is."""
-  dtypes = [jnp.result_type(x) for x in jax.tree.leaves(tree) if is_float_leaf(x)]
-  widest = jnp.result_type(jnp.float32, *dtypes) if dtypes else jnp.dtype(jnp.float32)
-  # NumPy float64 leaves become float32 arrays when x64 is off; accumulate in what JAX will use.
-  return jax.dtypes.canonicalize_dtype(widest)
 
 
 def global_norm(tree: Params, dtype: jnp.dtype | None = None) -> chex.Array:
@@ -66,57 +52,12 @@ def global_norm(tree: Params, dtype: jnp.dtype | None = None) -> chex.Array:
   return jnp.where(plain < jnp.inf, jnp.sqrt(plain), shift * jnp.sqrt(scaled))
 
 
-def _check_real(params: Params) -> None:
-  """Refuses complex leaves: for them jax.grad returns the conjugate of the ascent direction."""
-  for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
-    if is_float_leaf(x) and jnp.issubdtype(jnp.result_type(x), jnp.complexfloating):
-      raise TypeError(
-          f"parameter {jax.tree_util.keystr(path) or '<root>'} is complex ({jnp.result_type(x)}): "
-          "Unified SAM supports real parameters only (jax.grad of a real loss returns the conjugate of the "
-          "ascent direction for complex ones, so the step would descend). Keep real and imaginary parts as "
-          "two real arrays, e.g. {'re': z.real, 'im': z.imag}."
-      )
-
-
 class Perturbed(NamedTuple):
   """The ascent point ``params + e`` and the quantities worth logging."""
 
   params: Params
   grad_norm: chex.Array
   perturbation_norm: chex.Array
-
-
-def is_mask_function(mask: Any) -> bool:
-  """Whether ``mask`` is a function ``params -> mask`` rather than a tree of bools.
-
-  ``callable(mask)`` is not enough: an Equinox module of bools (the mask of an
-  ``eqx.Module`` model) is callable too. A function is a pytree leaf, so it is
-  one exactly when every leaf of ``mask`` is callable.
-  """
-  leaves = jax.tree.leaves(mask)
-  return bool(leaves) and all(callable(leaf) for leaf in leaves)
-
-
-def leaf_mask(mask: Any, params: Params, name: str = "mask") -> list[bool]:
-  """``mask`` as one bool per leaf of ``params``, in ``jax.tree.leaves`` order.
-
-  ``mask`` is None (every leaf), a tree of bools with the structure of
-  ``params`` or a prefix of it (``{"encoder": False}`` covers every leaf below
-  it), or a callable ``params -> such a tree``, as in :func:`optax.masked`.
-  ``None`` leaves of ``params`` (Equinox's filtered fields) are absent, as in optax.
-  """
-  if is_mask_function(mask):
-    mask = mask(params)
-  if mask is None:
-    return [True] * len(jax.tree.leaves(params))
-  flags = jax.tree.leaves(mask)
-  if not all(isinstance(m, (bool, np.bool_)) for m in flags):
-    raise TypeError(f"{name} must hold bools; got {[type(m).__name__ for m in flags]}.")
-  try:
-    full = jax.tree.map(lambda m, sub: jax.tree.map(lambda _: bool(m), sub), mask, params)
-    return jax.tree.structure(params).flatten_up_to(full)
-  except (ValueError, TypeError) as err:
-    raise ValueError(f"{name} must have the tree structure of params or of a prefix of it: {err}") from None
 
 
 def adaptive_scales(params: Params, eta: chex.Numeric, mask: Any = None) -> Params:
@@ -134,7 +75,7 @@ def adaptive_scales(params: Params, eta: chex.Numeric, mask: Any = None) -> Para
     {'b': None, 'w': Array([2.01, 0.51], dtype=float32)}
   """
   leaves, treedef = jax.tree.flatten(params)
-  flags = leaf_mask(mask, params, "adaptive_mask")
+  flags = _validation.leaf_mask(mask, params, "adaptive_mask")
   scale = lambda x, adapt: (jnp.abs(x) + eta) if adapt and is_float_leaf(x) else None
   return treedef.unflatten([scale(x, adapt) for x, adapt in zip(leaves, flags, strict=True)])
 
@@ -208,15 +149,13 @@ def perturb(
     [3.3 4.4] 0.5
     >>> g_sam = jax.grad(loss)(ascent.params)  # what the base optimizer receives
   """
-  _check_real(params)
-  for name, value in (("rho", rho), ("lambd", lambd), ("eps", eps)):
-    if np.shape(value) != ():
-      raise ValueError(f"{name} must be a scalar; got shape {np.shape(value)}.")
+  _validation.check_real(params)
+  _validation.check_scalars(rho=rho, lambd=lambd, eps=eps)
   dtype = accumulation_dtype(params)
   leaves, treedef = jax.tree.flatten(params)
   grad_leaves = treedef.flatten_up_to(grads)
   t_leaves = [None] * len(leaves) if scales is None else treedef.flatten_up_to(scales)
-  flags = leaf_mask(mask, params, "mask")
+  flags = _validation.leaf_mask(mask, params, "mask")
   times = lambda t, v: v if t is None or v is None else t * v
 
   # T g over the perturbed leaves; None for non-floating (float0 gradients) and masked-out ones.

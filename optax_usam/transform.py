@@ -11,7 +11,8 @@ import optax
 
 from optax_usam import _validation
 from optax_usam._collectives import pmean
-from optax_usam.perturbation import accumulation_dtype, adaptive_scales, perturb
+from optax_usam._trees import accumulation_dtype
+from optax_usam.perturbation import adaptive_scales, perturb
 
 GradFn = Callable[[optax.Params], optax.Updates]
 

@@ -9,8 +9,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, Sharding
 
+from optax_usam._trees import is_float_leaf
 from optax_usam._validation import check_matches_params
-from optax_usam.perturbation import is_float_leaf
 
 
 def check_shardings(grads: optax.Updates, params: optax.Params, *, name: str = "grads") -> None:

@@ -1,0 +1,163 @@
+"""Checks of trees: parameters, gradients, masks and batches.
+
+They read structures, shapes and dtypes only, so under ``jit`` they fire at trace time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from optax_usam._trees import is_float_leaf, is_mask_function
+from optax_usam._validation.scalars import check_callable
+
+
+def leading_size(batch: Any) -> int:
+  """The leading-axis size every leaf of ``batch`` shares; ValueError if they differ or one is a scalar."""
+  sizes = {np.shape(x)[0] if np.ndim(x) else None for x in jax.tree.leaves(batch)}
+  if not sizes or None in sizes or len(sizes) != 1:
+    got = f"got leading sizes {sorted(sizes, key=str)}"
+    raise ValueError(f"batch must be a pytree of arrays sharing their leading axis; {got}.")
+  return sizes.pop()
+
+
+def check_divides(num_microbatches: int, size: int) -> None:
+  if size % num_microbatches:
+    raise ValueError(
+        f"num_microbatches={num_microbatches} must divide the batch size {size}: unequal micro-batches "
+        "would weight their examples unequally."
+    )
+
+
+_INJECT_HINT = (
+    "A callable mask given to optax.inject_hyperparams must be listed in its static_args, or "
+    "inject_hyperparams calls it with the step count, as a schedule."
+)
+
+
+def leaf_mask(mask: Any, params: Any, name: str = "mask") -> list[bool]:
+  """``mask`` as one bool per leaf of ``params``, in ``jax.tree.leaves`` order.
+
+  ``mask`` is None (every leaf), a tree of bools with the structure of
+  ``params`` or a prefix of it (``{"encoder": False}`` covers every leaf below
+  it), or a callable ``params -> such a tree``, as in :func:`optax.masked`.
+  ``None`` leaves of ``params`` (Equinox's filtered fields) are absent, as in optax.
+  """
+  if is_mask_function(mask):
+    mask = mask(params)
+  if mask is None:
+    return [True] * len(jax.tree.leaves(params))
+  flags = jax.tree.leaves(mask)
+  if not all(isinstance(m, (bool, np.bool_)) for m in flags):
+    raise TypeError(f"{name} must hold bools; got {[type(m).__name__ for m in flags]}.")
+  try:
+    full = jax.tree.map(lambda m, sub: jax.tree.map(lambda _: bool(m), sub), mask, params)
+    return jax.tree.structure(params).flatten_up_to(full)
+  except (ValueError, TypeError) as err:
+    raise ValueError(f"{name} must have the tree structure of params or of a prefix of it: {err}") from None
+
+
+def check_mask(mask: Any, name: str) -> Any:
+  """``mask`` if it is None, a callable, or a tree of bools selecting something; raises otherwise."""
+  if mask is None or is_mask_function(mask):
+    return mask
+  leaves = jax.tree.leaves(mask)
+  if not leaves or not all(isinstance(m, (bool, np.bool_)) for m in leaves):
+    raise TypeError(
+        f"{name} must be None, a tree of bools like params (or a prefix of it), or a callable "
+        f"params -> such a tree; got {mask!r}. {_INJECT_HINT}"
+    )
+  check_selects_some(leaves, name)
+  return mask
+
+
+def check_selects_some(flags: list[bool], name: str) -> None:
+  """Raises ValueError if a mask selects no leaf: always a mistake, and the one an unlisted mask makes."""
+  if not any(flags):
+    what = ("nothing is adapted: use adaptive=False" if name == "adaptive_mask"
+            else "nothing is perturbed: use rho=0 for plain gradients")
+    raise ValueError(f"{name} selects no floating parameter, so {what}. {_INJECT_HINT}")
+
+
+def expand_perturb_mask(perturb_mask: Any, params: Any) -> Any:
+  """``perturb_mask`` as a full tree of bools over ``params``, checked to select some floating leaf."""
+  if perturb_mask is None:
+    return None
+  flags = leaf_mask(perturb_mask, params, "perturb_mask")
+  floats = [is_float_leaf(x) for x in jax.tree.leaves(params)]
+  check_selects_some([f and is_float for f, is_float in zip(flags, floats, strict=True)], "perturb_mask")
+  return jax.tree.unflatten(jax.tree.structure(params), flags)
+
+
+def check_matches_params(tree: Any, params: Any, name: str, *, dtypes: bool) -> None:
+  """Raises ValueError/TypeError if ``tree`` differs from ``params`` in structure, shape or dtype.
+
+  Non-floating parameters are skipped: their gradients are ``float0`` and SAM leaves them untouched.
+  """
+  tree_def, params_def = jax.tree.structure(tree), jax.tree.structure(params)
+  if tree_def != params_def:
+    raise ValueError(f"{name} must have the tree structure of params; got {tree_def}, expected {params_def}.")
+  paths = jax.tree_util.tree_flatten_with_path(params)[0]
+  for (path, p), t in zip(paths, jax.tree.leaves(tree), strict=True):
+    if not is_float_leaf(p):
+      continue
+    where = jax.tree_util.keystr(path) or "<root>"
+    if np.shape(t) != np.shape(p):
+      shapes = f"has shape {np.shape(t)}, but the parameter has shape {np.shape(p)}"
+      raise ValueError(f"{name} leaf {where} {shapes}.")
+    if dtypes and jnp.result_type(t) != jnp.result_type(p):
+      raise TypeError(
+          f"{name} leaf {where} has dtype {jnp.result_type(t)}, but the parameter has dtype "
+          f"{jnp.result_type(p)}; grad_fn must return gradients in the parameters' dtypes."
+      )
+
+
+def check_real(params: Any) -> None:
+  """Refuses complex leaves: for them jax.grad returns the conjugate of the ascent direction."""
+  for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+    if is_float_leaf(x) and jnp.issubdtype(jnp.result_type(x), jnp.complexfloating):
+      raise TypeError(
+          f"parameter {jax.tree_util.keystr(path) or '<root>'} is complex ({jnp.result_type(x)}): "
+          "Unified SAM supports real parameters only (jax.grad of a real loss returns the conjugate of the "
+          "ascent direction for complex ones, so the step would descend). Keep real and imaginary parts as "
+          "two real arrays, e.g. {'re': z.real, 'im': z.imag}."
+      )
+
+
+def check_sam_options(axis_name: Any, adaptive: Any, adaptive_mask: Any, perturb_mask: Any) -> tuple:
+  """Checks the axis name and the masks of :func:`optax_usam.unified_sam`; returns the masks."""
+  if axis_name is not None and not isinstance(axis_name, Hashable):
+    raise TypeError(f"axis_name must be None or a hashable axis name; got {axis_name!r}.")
+  if adaptive_mask is not None and not adaptive:
+    raise ValueError("adaptive_mask only applies with adaptive=True.")
+  return check_mask(adaptive_mask, "adaptive_mask"), check_mask(perturb_mask, "perturb_mask")
+
+
+def check_params_given(params: Any, method: str) -> None:
+  if params is None:
+    raise ValueError(f"unified_sam.{method} needs params (where the gradients are taken); got params=None.")
+
+
+def check_update_args(updates: Any, params: Any, grad_fn: Any) -> None:
+  """Params and ``grad_fn`` given, no ``optax.MaskedNode`` in params (``grad_fn`` would fail on them)."""
+  check_params_given(params, "update")
+  if grad_fn is None:
+    raise ValueError(
+        "unified_sam.update needs grad_fn=, a function params -> gradients on the "
+        "current batch, to evaluate the gradient at the perturbed point."
+    )
+  check_callable(grad_fn, "grad_fn", "params -> gradients")
+  is_masked = lambda x: isinstance(x, optax.MaskedNode)
+  if any(is_masked(x) for x in jax.tree.leaves(params, is_leaf=is_masked)):
+    raise ValueError(
+        "unified_sam received parameters with optax.MaskedNode leaves: it is inside optax.masked, "
+        "optax.partition or optax.multi_transform, which hide parameters from grad_fn. Put unified_sam "
+        "outside them, first in the chain, and choose the perturbed parameters with "
+        "unified_sam(..., perturb_mask=mask); the base optimizer may still be masked or partitioned."
+    )
+  check_matches_params(updates, params, "updates", dtypes=False)
