@@ -142,8 +142,9 @@ def test_norm_whose_square_overflows_is_exact(lambd):
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_low_precision_large_and_small(dtype):
-  # 6e4 squared overflows float16 and 1e15 squared overflows bfloat16: accumulating in float32 does not.
-  big = 1e15 if dtype == jnp.bfloat16 else 6e4
+  # 6e4 squared overflows float16 and 1e20 squared overflows bfloat16 (and float32): the float32 sum of
+  # squares with its 2^-64-scaled twin does not.
+  big = 1e20 if dtype == jnp.bfloat16 else 6e4
   for magnitude in (big, 1e-6):
     grads = {"w": jnp.full((1000,), magnitude, dtype)}
     out = optax_usam.perturb({"w": jnp.zeros((1000,), dtype)}, grads, 0.1, 1.0)
