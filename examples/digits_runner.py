@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import data as data_lib
@@ -17,6 +18,24 @@ from progress import Progress
 from training import check_finite, diagnostics, make_loss_fn
 
 from optax_usam.flax_linen import SAMTrainState, linen_train_step
+
+
+def make_train_step(loss_fn: Callable[..., Any]) -> Callable[..., Any]:
+  """The jitted step ``(state, x, y, idx, fraction) -> (state, loss)`` on the batch ``x[idx], y[idx]``.
+
+  :func:`linen_train_step` skips the first pass when the optimizer does not need the fresh gradient
+  (``optax_usam.needs_fresh_gradient``: momentum SAM), so such a step takes one gradient, as SGD's; its loss
+  is then the one at the ascent point.
+  """
+
+  # A Python loop of jitted steps, not lax.scan: XLA:CPU runs convolutions inside a while loop an order of
+  # magnitude slower.
+  @functools.partial(jax.jit, static_argnames="fraction")
+  def train_step(state, x, y, idx, fraction):
+    state, out = linen_train_step(state, {"x": x[idx], "y": y[idx]}, loss_fn, ascent_fraction=fraction)
+    return state, out.loss
+
+  return train_step
 
 
 def run_digits(args: argparse.Namespace) -> dict[str, Any]:
@@ -43,13 +62,7 @@ def run_digits(args: argparse.Namespace) -> dict[str, Any]:
     variables = {"params": params} if batch_stats is None else {"params": params, "batch_stats": batch_stats}
     return 100.0 * jnp.mean(jnp.argmax(model.apply(variables, x, train=False), -1) == y)
 
-  # A Python loop of jitted steps, not lax.scan: XLA:CPU runs convolutions inside a while loop an order of
-  # magnitude slower.
-  @functools.partial(jax.jit, static_argnames="fraction")
-  def train_step(state, x, y, idx, fraction):
-    state, out = linen_train_step(state, {"x": x[idx], "y": y[idx]}, loss_fn, ascent_fraction=fraction)
-    return state, out.loss
-
+  train_step = make_train_step(loss_fn)
   results: dict[str, Any] = {}
   bar = Progress(len(args.methods) * len(seeds) * args.epochs, "digits", args.no_progress)
   try:

@@ -1,14 +1,15 @@
 """The methods examples/train.py compares, and the optimizer each one trains with: the SAM part of the job.
 
-A method is SGD, Unified SAM with a lambda (a number or one of ``optax_usam.LAMBDA_STRINGS``), or one of the
-cheaper variants of SAM (fewer than two gradients per step on average). :func:`make_tx` puts it in front of
-weight decay and momentum SGD.
+A method is SGD, Unified SAM with a lambda (a number or one of ``optax_usam.LAMBDA_STRINGS``), one of the
+cheaper variants of SAM (fewer than two gradients per step on average), or a member of the SAM family (another
+ascent direction, or GSAM's descent term). :func:`make_tx` puts it in front of weight decay and momentum SGD.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 from collections.abc import Hashable
 
 import jax
@@ -21,11 +22,29 @@ import optax_usam
 # The cheaper variants of SAM: reuse the SAM correction (LookSAM), take SAM steps at random, or take the
 # ascent gradient on a sub-batch.
 CHEAPER_VARIANTS = ("reuse-sam", "random-sam", "subbatch-sam")
+# The SAM family (docs/sam_family.md), at the library's lambda = 1: the command-line name, its optax_usam
+# constructor, and the parameters the command line sets (what each means, for --help). Each parameter has the
+# flag --<name>-<parameter> (kebab-case) with the constructor's default; the library checks the values.
+FAMILY: dict[str, tuple[str, dict[str, str]]] = {
+  "vasso": ("vasso", {"theta": "weight of the new gradient in the average of gradients"}),
+  "friendly-sam": (
+    "friendly_sam",
+    {"sigma": "share of the averaged gradient removed", "momentum": "decay of that average"},
+  ),
+  "momentum-sam": ("momentum_sam", {"momentum": "decay of the average of past SAM gradients"}),
+  "random-smoothing-sam": ("random_smoothing_sam", {"noise_std": "std of the Gaussian smoothing noise"}),
+  "gsam": ("gsam", {"alpha": "weight of the surrogate-gap term"}),
+}
+# Defaults of the two parameters the library leaves to the caller, our choices: RSAM's noise (relative to the
+# filter norms) between the 5e-4 and 2.5e-3 its authors use (random_smoothing_sam's docstring), and a
+# moderate GSAM alpha.
+OWN_DEFAULTS = {("random-smoothing-sam", "noise_std"): 1e-3, ("gsam", "alpha"): 0.1}
 
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-  """SGD (``lambd is None``) or Unified SAM with ``lambd``, possibly in one of the cheaper variants."""
+  """SGD (``lambd is None``) or Unified SAM with ``lambd``, possibly in a cheaper variant or as a SAM-family
+  member (``variant``)."""
 
   name: str
   lambd: float | str | None
@@ -36,8 +55,25 @@ class Method:
     return self.name.replace("/", "_").replace("=", "").replace(" ", "")
 
 
+def family_flag(name: str, parameter: str) -> str:
+  """A SAM-family parameter's flag: ``--momentum-sam-momentum`` (the base optimizer has ``--momentum``)."""
+  return f"--{name}-{parameter.replace('_', '-')}"
+
+
+def family_dest(name: str, parameter: str) -> str:
+  """Where argparse keeps that flag's value: ``args.momentum_sam_momentum``."""
+  return family_flag(name, parameter)[2:].replace("-", "_")
+
+
+def family_default(name: str, parameter: str) -> float:
+  """A SAM-family parameter's default: the constructor's (the command line keeps it), else ours."""
+  constructor, _ = FAMILY[name]
+  default = inspect.signature(getattr(optax_usam, constructor)).parameters[parameter].default
+  return OWN_DEFAULTS[name, parameter] if default is inspect.Parameter.empty else default
+
+
 def parse_method(token: str) -> Method:
-  """'sgd', 'usam', 'sam', a lambda (a number or a lambda string), or one of the cheaper variants.
+  """'sgd', 'usam', 'sam', a lambda (a number or a lambda string), a cheaper variant or a SAM-family member.
 
   A number's range is the library's to check, when the method's transformation is built.
   """
@@ -45,7 +81,7 @@ def parse_method(token: str) -> Method:
   named = {"sgd": Method("SGD", None), "usam": Method("USAM", 0.0), "sam": Method("SAM", 1.0)}
   if token.lower() in named:
     return named[token.lower()]
-  if token.lower() in CHEAPER_VARIANTS:
+  if token.lower() in (*CHEAPER_VARIANTS, *FAMILY):
     return Method(token.lower(), 1.0, token.lower())
   if token in optax_usam.LAMBDA_STRINGS:
     return Method(f"lambda={token}", token)
@@ -54,7 +90,8 @@ def parse_method(token: str) -> Method:
   except ValueError:
     raise UsageError(
       f"unknown method or lambda {token!r}: use sgd, usam, sam, {', '.join(optax_usam.LAMBDA_STRINGS)}, "
-      f"a number in [0, 1], or one of the cheaper variants {', '.join(CHEAPER_VARIANTS)}"
+      f"a number in [0, 1], one of the cheaper variants {', '.join(CHEAPER_VARIANTS)}, or one of the SAM "
+      f"family {', '.join(FAMILY)}"
     ) from None
   return Method(f"lambda={value:g}", value)
 
@@ -62,7 +99,8 @@ def parse_method(token: str) -> Method:
 def make_tx(
   method: Method, args: argparse.Namespace, total_steps: int, axis_name: Hashable | None = None
 ) -> optax.GradientTransformationExtraArgs:
-  """Unified SAM (or, for SGD, a gradient average over ``axis_name``) + weight decay + momentum SGD."""
+  """Unified SAM or a SAM-family member (for SGD, a gradient average over ``axis_name``) + weight decay +
+  momentum SGD."""
   if method.lambd is None:
     first = (
       optax.identity()
@@ -71,6 +109,12 @@ def make_tx(
         lambda params: optax.EmptyState(),
         lambda updates, state, params=None: (jax.lax.pmean(updates, axis_name), state),
       )
+    )
+  elif method.variant in FAMILY:
+    constructor, parameters = FAMILY[method.variant]
+    settings = {p: getattr(args, family_dest(method.variant, p)) for p in parameters}
+    first = getattr(optax_usam, constructor)(
+      args.rho, lambd_schedule=method.lambd, axis_name=axis_name, **settings
     )
   else:
     first = optax_usam.unified_sam(args.rho, method.lambd, axis_name=axis_name)
@@ -92,8 +136,9 @@ def ascent_fraction(method: Method, args: argparse.Namespace) -> float | None:
 def check_with_library(methods: list[Method], args: argparse.Namespace, lambda_flag: str) -> None:
   """Builds every method once, so that whatever the library refuses stops the job before any training.
 
-  The library checks its own arguments (rho, lambda, the cheaper variants' parameters); its ValueError or
-  TypeError becomes a usage error naming the flag. ``lambda_flag`` is the flag the lambdas came from.
+  The library checks its own arguments (rho, lambda, the parameters of the cheaper variants and of the SAM
+  family); its ValueError or TypeError becomes a usage error naming the flag. ``lambda_flag`` is the flag the
+  lambdas came from.
   """
   flags = {
     "rho": "--rho",
@@ -102,8 +147,10 @@ def check_with_library(methods: list[Method], args: argparse.Namespace, lambda_f
     "probability": "--sam-probability",
     "fraction": "--ascent-fraction",
   }
-  with library_errors(flags):
-    for method in methods:
+  for method in methods:
+    # Per method: two members of the family name a parameter "momentum", each with its own flag.
+    _, parameters = FAMILY.get(method.variant, ("", {}))
+    with library_errors({**flags, **{p: family_flag(method.variant, p) for p in parameters}}):
       make_tx(method, args, total_steps=1)
       fraction = ascent_fraction(method, args)
       if fraction is not None:

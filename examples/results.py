@@ -9,10 +9,12 @@ they overlap).
 from __future__ import annotations
 
 import argparse
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from methods import FAMILY, family_dest
 
 from benchmarks import report
 
@@ -21,11 +23,12 @@ if TYPE_CHECKING:
 
 # The zoomed panel shows the methods whose final accuracy is within this many points of the best one.
 ZOOM_POINTS = 5.0
-# The parameter of each cheaper variant, as the title names it, and its setting.
+# The parameters of each cheaper variant and SAM-family member, as the title names them, and their settings.
 VARIANT_SETTINGS = {
-  "reuse-sam": ("k", "reuse_every"),
-  "random-sam": ("p", "sam_probability"),
-  "subbatch-sam": ("f", "ascent_fraction"),
+  "reuse-sam": (("k", "reuse_every"),),
+  "random-sam": (("p", "sam_probability"),),
+  "subbatch-sam": (("f", "ascent_fraction"),),
+  **{name: tuple((p, family_dest(name, p)) for p in parameters) for name, (_, parameters) in FAMILY.items()},
 }
 
 
@@ -40,8 +43,8 @@ def title(config: dict[str, Any]) -> str:
   """The first line the job prints, and its figure's title: the settings its numbers depend on."""
   dtype = f", {config['dtype']}" if config["dtype"] != "float32" else ""
   variants = "".join(
-    f", {name} {symbol} = {config[key]:g}"
-    for name, (symbol, key) in VARIANT_SETTINGS.items()
+    f", {name} " + " and ".join(f"{symbol} = {config[key]:g}" for symbol, key in parameters)
+    for name, parameters in VARIANT_SETTINGS.items()
     if name in config["methods"]
   )
   return (
@@ -51,11 +54,12 @@ def title(config: dict[str, Any]) -> str:
 
 
 def table(results: dict[str, Any]) -> str:
-  rows = [f"{'method':<16} {'test acc (%)':>16}   per seed"]
+  width = max(16, *map(len, results))  # random-smoothing-sam is longer than 16
+  rows = [f"{'method':<{width}} {'test acc (%)':>16}   per seed"]
   for name, r in results.items():
     acc = np.asarray(r["final_test_acc"])
     per_seed = " ".join(f"{a:.1f}" for a in acc)
-    rows.append(f"{name:<16} {acc.mean():>8.2f} +- {acc.std():<5.2f}   {per_seed}")
+    rows.append(f"{name:<{width}} {acc.mean():>8.2f} +- {acc.std():<5.2f}   {per_seed}")
   return "\n".join(rows)
 
 
@@ -82,7 +86,7 @@ def plot(results: dict[str, Any], path: Path, title: str) -> Path:
   for x, mean in zip(xs, means, strict=True):
     ax_bar.text(x, mean / 2, f"{mean:.1f}", ha="center", va="center", color="w", fontsize=9, rotation=90)
   ax_bar.set_ylim(0, 100)
-  ax_bar.set_xticks(xs, names, rotation=20)
+  ax_bar.set_xticks(xs, names, rotation=30, ha="right", rotation_mode="anchor")
   ax_bar.set_ylabel("final test accuracy (%)")
   spread = f"; error bars: ± std over {seeds} seeds" if seeds > 1 else ""
   ax_bar.set_title(f"final epoch, mean of {seeds} seed(s){spread}", fontsize=9)
@@ -97,7 +101,7 @@ def plot(results: dict[str, Any], path: Path, title: str) -> Path:
 
   if zoom:
     _zoom(axes[2], [names[i] for i in near], [curves[i].mean(0) for i in near], near)
-  fig.suptitle(title)
+  fig.suptitle("\n".join(textwrap.wrap(title, 150)))  # the SAM family's settings make it long
   return report.save(fig, path, dpi=80)
 
 

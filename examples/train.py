@@ -7,6 +7,7 @@ accuracy and writes a PNG and a JSON under --out::
 
   python examples/train.py
   python examples/train.py --methods sgd,sam --rho 0.05 --epochs 20 --seeds 5
+  python examples/train.py --methods sgd,sam,vasso,momentum-sam --vasso-theta 0.2
 
 CIFAR (the paper's setting; the data must be prepared with tfds first)::
 
@@ -37,7 +38,7 @@ import models
 import results as results_lib
 from cifar_runner import run_cifar
 from digits_runner import run_digits
-from methods import CHEAPER_VARIANTS, check_with_library, parse_method
+from methods import CHEAPER_VARIANTS, FAMILY, check_with_library, family_default, family_flag, parse_method
 
 PROG = "train.py"
 DATASETS = ("digits", "cifar10", "cifar100")
@@ -62,8 +63,9 @@ def build_parser() -> cli.Parser:
     "--methods",
     default=DEFAULT_METHODS,
     help=(
-      "comma-separated: sgd, usam, sam, 1/t, 1-1/t, a lambda in [0, 1], or the cheaper variants of SAM "
-      f"{', '.join(CHEAPER_VARIANTS)} (digits only) (default: {DEFAULT_METHODS})"
+      "comma-separated: sgd, usam, sam, 1/t, 1-1/t, a lambda in [0, 1], the cheaper variants of SAM "
+      f"{', '.join(CHEAPER_VARIANTS)} or the SAM family {', '.join(FAMILY)} (these two: digits only) "
+      f"(default: {DEFAULT_METHODS})"
     ),
   )
   p.add_argument(
@@ -81,6 +83,12 @@ def build_parser() -> cli.Parser:
     default=0.25,
     help="subbatch-sam: fraction of the batch for the ascent gradient (default: 0.25)",
   )
+  for name, (_, parameters) in FAMILY.items():
+    for parameter, meaning in parameters.items():
+      default = family_default(name, parameter)
+      text = f"{name}: {meaning} (default: {default:g})"
+      flag = family_flag(name, parameter)
+      p.add_argument(flag, type=float, default=default, metavar=parameter.upper(), help=text)
   p.add_argument(
     "--lambd", default=None, help="comma-separated lambdas to run instead of --methods (SGD is not added)"
   )
@@ -165,8 +173,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     (args.dataset != "digits" and args.dtype != "float32", "--dtype bfloat16 applies to the digits CNN only"),
     (args.model != "cnn" and args.dtype != "float32", "--dtype bfloat16 applies to the cnn model only"),
     (
-      args.dataset != "digits" and any(m.variant for m in args.methods),
+      args.dataset != "digits" and any(m.variant in CHEAPER_VARIANTS for m in args.methods),
       f"the cheaper variants {', '.join(CHEAPER_VARIANTS)} run on the digits only",
+    ),
+    (
+      # A CIFAR run's checkpoints record the settings a resumed run must share; not the family's parameters.
+      args.dataset != "digits" and any(m.variant in FAMILY for m in args.methods),
+      f"the SAM family {', '.join(FAMILY)} runs on the digits only",
     ),
     (
       args.dataset == "digits" and (args.resume or args.stop_after_steps is not None),

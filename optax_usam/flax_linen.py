@@ -22,6 +22,7 @@ from flax.training import train_state
 
 from optax_usam._collectives import pmean
 from optax_usam.cheaper import sub_batch
+from optax_usam.diagnostics import needs_fresh_gradient
 
 Params = Any
 BatchStats = Any
@@ -100,7 +101,8 @@ class StepOutput:
   """What :func:`linen_train_step` returns next to the new state.
 
   Attributes:
-    loss: the loss of the first (unperturbed) pass.
+    loss: the loss of the first (unperturbed) pass; of the pass at the ascent
+      point when the optimizer takes no first pass (one-gradient methods).
     aux: the auxiliary output of that pass (e.g. logits or metrics).
   """
 
@@ -129,6 +131,14 @@ def linen_train_step(
     perturbed pass's statistics are discarded (its parameters are not the
     model's, so its running averages would be wrong).
 
+  When ``state.tx`` does not need the gradient at the parameters
+  (:func:`optax_usam.needs_fresh_gradient` is False: :func:`optax_usam.momentum_sam`,
+  :func:`optax_usam.random_smoothing_sam`), the first pass is skipped: one
+  forward/backward pass per step for ``momentum_sam``, as SGD. The reported
+  loss, ``aux`` and the new batch statistics then come from the pass at the
+  ascent point (the last ``grad_fn`` call), the step's only pass for
+  ``momentum_sam``: its authors' model, too, always holds perturbed weights.
+
   ``loss_fn(params, batch_stats, batch, rng)`` must return
   ``(loss, (new_batch_stats, aux))`` (a model without BatchNorm returns
   ``None`` for the statistics), as in the example below. Call it under
@@ -147,7 +157,8 @@ def linen_train_step(
       direction, the reported loss and the new batch statistics) on the first
       ``ceil(fraction * n)`` examples only (:func:`optax_usam.sub_batch`); the
       gradient at the ascent point still uses the whole batch. A step then
-      costs ``1 + fraction`` gradients instead of 2.
+      costs ``1 + fraction`` gradients instead of 2. Not with an optimizer
+      that takes no first pass.
 
   Returns:
     ``(new_state, StepOutput(loss, aux))``.
@@ -180,6 +191,13 @@ def linen_train_step(
     (1, (8, 2))
   """
   batch_stats = state.batch_stats
+  if not needs_fresh_gradient(state.opt_state):
+    if ascent_fraction is not None:
+      raise ValueError(
+          "ascent_fraction sets the batch of the first pass, but this optimizer takes none "
+          "(optax_usam.needs_fresh_gradient(state.opt_state) is False): leave it None."
+      )
+    return _one_pass_step(state, batch, loss_fn, rng, axis_name)
 
   def grad_fn(params: Params) -> optax.Updates:
     grads, _ = jax.grad(loss_fn, has_aux=True)(params, batch_stats, batch, rng)
@@ -193,3 +211,23 @@ def linen_train_step(
     new_batch_stats, loss = pmean((new_batch_stats, loss), axis_name)
   state = state.apply_gradients(grads=grads, grad_fn=grad_fn, batch_stats=new_batch_stats)
   return state, StepOutput(loss, aux)
+
+
+def _one_pass_step(
+  state: SAMTrainState, batch: Any, loss_fn: LossFn, rng: chex.PRNGKey | None, axis_name: Hashable | None
+) -> tuple[SAMTrainState, StepOutput]:
+  """:func:`linen_train_step` without the first pass: loss, aux, statistics of the last ``grad_fn`` pass."""
+  passes = []
+
+  def grad_fn(params: Params) -> optax.Updates:
+    value, grads = jax.value_and_grad(loss_fn, has_aux=True)(params, state.batch_stats, batch, rng)
+    # unified_sam calls grad_fn in this trace (the wrappers that call it inside lax.cond make
+    # needs_fresh_gradient True), so what it computes may be read after the update.
+    passes.append(value)
+    return grads
+
+  state = state.apply_gradients(grads=None, grad_fn=grad_fn)
+  loss, (new_batch_stats, aux) = passes[-1]
+  if axis_name is not None:
+    new_batch_stats, loss = pmean((new_batch_stats, loss), axis_name)
+  return state.replace(batch_stats=new_batch_stats), StepOutput(loss, aux)

@@ -20,6 +20,8 @@ import jax
 import optax
 from flax import nnx
 
+from optax_usam.diagnostics import needs_fresh_gradient
+
 
 def sam_update(
   model: nnx.Module,
@@ -36,6 +38,13 @@ def sam_update(
     first pass, so it draws the same dropout mask and reads the same
     statistics, and whatever it writes is discarded.
 
+  When ``optimizer.tx`` does not need the gradient at the parameters
+  (:func:`optax_usam.needs_fresh_gradient` is False: :func:`optax_usam.momentum_sam`,
+  :func:`optax_usam.random_smoothing_sam`), there is no first pass: one
+  forward/backward pass per step for ``momentum_sam``, as SGD. The returned
+  loss (and aux) and the model's new statistics and RNG counts then come
+  from the pass at the ascent point (the last ``grad_fn`` call).
+
   Args:
     model: the model, in training mode; updated in place.
     optimizer: an ``nnx.Optimizer`` over ``model`` whose ``tx`` accepts
@@ -47,7 +56,8 @@ def sam_update(
     has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
 
   Returns:
-    What the first pass of ``loss_fn`` returned (the loss, or ``(loss, aux)``).
+    What the first pass of ``loss_fn`` returned (the loss, or ``(loss, aux)``);
+    without a first pass, what the pass at the ascent point returned.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -76,6 +86,8 @@ def sam_update(
   # Arrays are immutable: this snapshot keeps the pre-step statistics and RNG
   # counts while the first pass updates the model's own variables.
   rest = nnx.as_pure(rest)
+  if not needs_fresh_gradient(optimizer.opt_state):
+    return _one_pass_update(model, optimizer, loss_fn, args, (graphdef, rest), has_aux)
 
   def perturbed_loss(params: nnx.State) -> Any:
     return loss_fn(nnx.merge(graphdef, params, rest), *args)
@@ -87,4 +99,36 @@ def sam_update(
   diff = nnx.DiffState(0, wrt)
   out, grads = nnx.value_and_grad(loss_fn, argnums=diff, has_aux=has_aux)(model, *args)
   optimizer.update(model, grads, grad_fn=grad_fn)
+  return out
+
+
+def _one_pass_update(
+  model: nnx.Module,
+  optimizer: nnx.Optimizer,
+  loss_fn: Callable[..., Any],
+  args: tuple[Any, ...],
+  snapshot: tuple[Any, nnx.State],
+  has_aux: bool,
+) -> Any:
+  """:func:`sam_update` without the first pass: the model keeps what the last ``grad_fn`` pass wrote."""
+  graphdef, rest = snapshot
+  passes = []
+
+  def loss_and_state(params: nnx.State) -> Any:
+    copy = nnx.merge(graphdef, params, rest)
+    out = loss_fn(copy, *args)
+    # What the pass wrote to the copy (statistics, RNG counts), without the parameters.
+    new_rest = nnx.as_pure(nnx.split(copy, optimizer.wrt, ...)[2])
+    return (out[0] if has_aux else out), (out, new_rest)
+
+  def grad_fn(params: nnx.State) -> optax.Updates:
+    grads, value = jax.grad(loss_and_state, has_aux=True)(params)
+    # unified_sam calls grad_fn in this trace, so what it computes may be read after the update.
+    passes.append(value)
+    return grads
+
+  # nnx.Optimizer.update turns grads=None into an empty state, which unified_sam reads as no gradient.
+  optimizer.update(model, None, grad_fn=grad_fn)
+  out, new_rest = passes[-1]
+  nnx.update(model, new_rest)
   return out

@@ -12,23 +12,27 @@ import optax
 from optax_usam import _validation
 from optax_usam._collectives import pmean
 from optax_usam._trees import accumulation_dtype
+from optax_usam.ascent import AscentDirection, after_step, direction_of_step, init_direction
 from optax_usam.perturbation import adaptive_scales, perturb
 
 GradFn = Callable[[optax.Params], optax.Updates]
 
 
 class UnifiedSAMState(NamedTuple):
-  """State of :func:`unified_sam`: the step count and the last step's diagnostics.
+  """State of :func:`unified_sam`: the step count, the last step's diagnostics, the direction's state.
 
   Attributes:
     count: number of updates applied so far (int32).
     grad_norm: :math:`\\|g_t\\|`, the global norm of the incoming gradient
       (after averaging over ``axis_name`` when ``sync_perturbation``; the
       mean of the per-device norms without it; :math:`\\|T g_t\\|` with
-      ``adaptive=True``).
+      ``adaptive=True``); with a ``direction``, :math:`\\|d_t\\|`, the norm
+      of what is normalized.
     lambd: :math:`\\lambda_t` used by the last update.
     rho: :math:`\\rho_t` used by the last update.
     perturbation_norm: :math:`\\|e_t\\|`.
+    direction: the state of the ``direction`` (see
+      :class:`optax_usam.AscentDirection`); ``optax.EmptyState()`` without one.
 
   The floating fields are float32, or float64 when the parameters are.
   Read them with :func:`optax_usam.get_diagnostics` from any optimizer state.
@@ -39,6 +43,7 @@ class UnifiedSAMState(NamedTuple):
   lambd: chex.Array
   rho: chex.Array
   perturbation_norm: chex.Array
+  direction: Any = optax.EmptyState()
 
 
 def unified_sam(
@@ -53,6 +58,7 @@ def unified_sam(
     adaptive_mask: Any = None,
     perturb_mask: Any = None,
     check_values: bool = False,
+    direction: AscentDirection | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Unified SAM (Oikonomou & Loizou, ICLR 2025).
 
@@ -113,6 +119,13 @@ def unified_sam(
       traced values) with ``checkify.debug_check``; they report under
       ``jax.experimental.checkify.checkify(step, errors=checkify.user_checks)``.
       Off by default: it costs jit's fast dispatch path (see :func:`perturb`).
+    direction: an :class:`optax_usam.AscentDirection`: normalize its
+      :math:`d_t` instead of :math:`g_t` (:func:`optax_usam.vasso`,
+      :func:`optax_usam.friendly_sam`, :func:`optax_usam.momentum_sam` and
+      :func:`optax_usam.random_smoothing_sam` are this transformation with a
+      direction). If it does not read the fresh gradient, ``update`` takes
+      ``updates=None`` (one gradient per step for ``momentum_sam``);
+      :func:`optax_usam.needs_fresh_gradient` tells a training step so.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` whose ``update`` takes
@@ -161,16 +174,18 @@ def unified_sam(
   adaptive_eta = _validation.check_nonnegative(adaptive_eta, "adaptive_eta", traced=True)
   masks = _validation.check_sam_options(axis_name, adaptive, adaptive_mask, perturb_mask)
   adaptive_mask, perturb_mask = masks
+  direction = _validation.check_direction(direction)
+  fresh_gradient = direction is None or direction.source == "gradient"
 
   def init_fn(params: optax.Params) -> UnifiedSAMState:
     _validation.check_params_given(params, "init")
     dtype = accumulation_dtype(params)
     # One buffer per field: a state whose leaves share a buffer cannot be donated to jit.
     diagnostics = (jnp.zeros((), dtype) for _ in range(4))
-    return UnifiedSAMState(jnp.zeros((), jnp.int32), *diagnostics)
+    return UnifiedSAMState(jnp.zeros((), jnp.int32), *diagnostics, init_direction(direction, params))
 
   def update_fn(
-      updates: optax.Updates,
+      updates: optax.Updates | None,
       state: UnifiedSAMState,
       params: optax.Params | None = None,
       *,
@@ -178,18 +193,19 @@ def unified_sam(
       **extra_args: Any,
   ) -> tuple[optax.Updates, UnifiedSAMState]:
     del extra_args
-    _validation.check_update_args(updates, params, grad_fn)
+    updates = _validation.check_update_args(updates, params, grad_fn, fresh_gradient=fresh_gradient)
     dtype = state.grad_norm.dtype
     _validation.check_eps(eps, dtype)
     rho_t = jnp.asarray(rho_fn(state.count), dtype)
     lambd_t = jnp.asarray(lambd_fn(state.count), dtype)
-    if axis_name is not None and sync_perturbation:
+    if axis_name is not None and sync_perturbation and fresh_gradient:
       updates = pmean(updates, axis_name)
+    d, direction_state = direction_of_step(
+        direction, updates, state.direction, params, grad_fn, axis_name, sync_perturbation
+    )
     scales = adaptive_scales(params, adaptive_eta, adaptive_mask) if adaptive else None
     mask = _validation.expand_perturb_mask(perturb_mask, params)
-    ascent = perturb(
-        params, updates, rho_t, lambd_t, eps, scales=scales, mask=mask, check_values=check_values
-    )
+    ascent = perturb(params, d, rho_t, lambd_t, eps, scales=scales, mask=mask, check_values=check_values)
     sam_grads = grad_fn(ascent.params)
     _validation.check_matches_params(sam_grads, params, "grad_fn(params + e)", dtypes=True)
     grad_norm, perturbation_norm = ascent.grad_norm, ascent.perturbation_norm
@@ -205,6 +221,7 @@ def unified_sam(
         lambd=lambd_t,
         rho=rho_t,
         perturbation_norm=perturbation_norm.astype(dtype),
+        direction=after_step(direction, sam_grads, direction_state, params, grad_fn),
     )
     return sam_grads, new_state
 

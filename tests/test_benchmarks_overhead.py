@@ -27,6 +27,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     [
         (("--models", "resnet1000"), "--models"),
         (("--budget-s", "nan"), "--budget-s"),
+        (("--rows", "family,msam"), "--rows"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(args: tuple[str, ...], flag: str) -> None:
@@ -49,14 +50,41 @@ def test_tiny_run_writes_consistent_results(tmp_path: Path) -> None:
   for name in ("limit", "usam[0]", "usam[1]", "usam[1-1/t]", "optax_sam"):
     assert model["compiled"][name]["hlo"]["dot"] == 16
   assert model["compiled"]["usam[1]"]["hlo"]["array_ops"] == model["compiled"]["limit"]["hlo"]["array_ops"]
+  # The SAM family: momentum SAM takes SGD's one gradient, the others the limit's two (RSAM's both through
+  # grad_fn, GSAM's reused).
+  assert model["compiled"]["momentum_sam"]["hlo"]["dot"] == 8
+  for name in ("vasso", "friendly_sam", "random_smoothing_sam", "gsam"):
+    assert model["compiled"][name]["hlo"]["dot"] == 16
   assert model["time_ratio_to_limit"]["limit"]["median"] == 1.0
   assert "| tiny_mlp | usam[1] |" in done.stdout
+  assert "| tiny_mlp | momentum_sam |" in done.stdout
+  # tiny_mlp is all fixed cost: no target is checked on it.
+  assert result["targets"] == []
 
 
-def test_replot_draws_the_committed_results_again(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_rows_choose_the_timed_groups_and_the_targets_follow(tmp_path: Path) -> None:
+  done = _run("--models", "mlp", "--rows", "family", "--rounds", "1", "--min-rounds", "1",
+              "--target-s", "0.01", "--no-torch", "--out", str(tmp_path))
+  assert done.returncode == 0, done.stderr
+  result = json.loads((tmp_path / "overhead.json").read_text())
+  assert list(result["models"]["mlp"]["time"]) == [
+      "sgd", "limit", "vasso", "friendly_sam", "momentum_sam", "random_smoothing_sam", "gsam"]
+  targets = {c["target"]: c for c in result["targets"]}
+  assert targets["momentum_sam: sgd's dots and convolutions (one gradient)"]["met"]
+  assert "momentum_sam / sgd, time <= 1.1" in targets
+  for name in ("vasso", "friendly_sam", "random_smoothing_sam", "gsam"):
+    assert targets[f"{name}: limit's dots and convolutions (two gradients)"]["met"]
+  assert not any(t.startswith("usam[") for t in targets)  # no usam row, no usam target
+  assert "- met    mlp: momentum_sam: sgd's dots" in done.stdout
+
+
+@pytest.mark.parametrize("results_dir", ["", "sam_family", "sam_family_mlp"])
+def test_replot_draws_the_committed_results_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], results_dir: str
+) -> None:
   from benchmarks.overhead import cli, results
 
-  committed = json.loads((ROOT / "benchmarks" / "results" / "overhead.json").read_text())
+  committed = json.loads((ROOT / "benchmarks" / "results" / results_dir / "overhead.json").read_text())
   (tmp_path / "overhead.json").write_text(json.dumps(committed))
   cli.main(["--replot", "--out", str(tmp_path)])  # times nothing: safe in the test process
   assert (tmp_path / "overhead.png").stat().st_size > 0
@@ -65,11 +93,12 @@ def test_replot_draws_the_committed_results_again(tmp_path: Path, capsys: pytest
   assert out.count("- met") + out.count("- MISSED") == len(committed["targets"])
 
 
-def test_the_docs_table_is_the_committed_results() -> None:
+@pytest.mark.parametrize(("results_dir", "page"), [("", "benchmarks.md"), ("sam_family", "sam_family.md")])
+def test_the_docs_table_is_the_committed_results(results_dir: str, page: str) -> None:
   from benchmarks.overhead import results
 
-  committed = json.loads((ROOT / "benchmarks" / "results" / "overhead.json").read_text())
-  assert results.table(committed["models"]) in (ROOT / "docs" / "benchmarks.md").read_text()
+  committed = json.loads((ROOT / "benchmarks" / "results" / results_dir / "overhead.json").read_text())
+  assert results.table(committed["models"]) in (ROOT / "docs" / page).read_text()
 
 
 @pytest.mark.parametrize(

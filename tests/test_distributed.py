@@ -12,6 +12,7 @@ import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 import optax_usam
+from benchmarks import hlo
 from optax_usam import distributed
 from tests import mlp_problem, numpy_reference
 
@@ -410,3 +411,33 @@ def test_fsdp_shardings_split_largest_divisible_dimension():
       "small": PartitionSpec(None),
       "scalar": PartitionSpec(),
   }
+
+
+@pytest.mark.parametrize("per_device", [False, True], ids=["global", "per_device"])
+def test_one_gradient_direction_takes_one_pass(per_device):
+  """momentum_sam's direction through the trainer: single-device momentum_sam's steps, one pass each."""
+  params, x, y = mlp_problem.float32_problem()
+  mesh = distributed.make_mesh(1, jax.devices()[:4])
+  momentum = optax_usam.AscentDirection(
+      optax.chain(optax.trace(decay=MOMENTUM), optax.scale(-1.0)), "previous_sam_gradient")
+  base = optax.sgd(LR, momentum=MOMENTUM)
+  _, init, step = distributed.make_sharded_trainer(
+      loss_fn, base, params, mesh=mesh, per_device_perturbation=per_device, rho=RHO,
+      lambd_schedule=LAMBD, direction=momentum)
+  p = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
+  s = init(p)
+  batch = distributed.shard_batch((x, y), mesh)
+  sam_hlo = step.lower(p, s, batch).compile().as_text()
+  for _ in range(3):
+    p, s, _ = step(p, s, batch)
+
+  # The direction is built from the averaged SAM gradients, so both modes take single-device steps.
+  tx = optax.chain(optax_usam.momentum_sam(RHO, MOMENTUM, LAMBD), base)
+  one, state = params, tx.init(params)
+  for _ in range(3):
+    updates, state = tx.update(None, state, one, grad_fn=lambda q: jax.grad(loss_fn)(q, (x, y)))
+    one = optax.apply_updates(one, updates)
+  for k in params:
+    np.testing.assert_allclose(p[k], one[k], rtol=1e-5, atol=1e-6)
+  plain_hlo = jax.jit(lambda p, b: jax.grad(loss_fn)(p, b)).lower(params, (x, y)).compile().as_text()
+  assert hlo.products(sam_hlo) == hlo.products(plain_hlo)

@@ -229,3 +229,36 @@ def test_linen_train_step_with_an_unbound_axis_is_a_clear_error():
 
   with pytest.raises(ValueError, match="axis_name='data' is not bound"):
     optax_usam.linen_train_step(state, jnp.ones((4, 3)), loss_fn, None, axis_name="data")
+
+
+def test_linen_train_step_one_pass_for_momentum_sam():
+  """No first pass: two steps equal the hand-written Momentum-SAM steps; loss, aux and statistics are those
+  of the pass at the ascent point."""
+  mu = 0.9
+  tx = optax.chain(optax_usam.momentum_sam(RHO, momentum=mu), optax.sgd(LR))
+  state, batch = _setup(tx, seed=4)
+  assert not optax_usam.needs_fresh_gradient(state.opt_state)
+  step = jax.jit(functools.partial(linen_train_step, loss_fn=_loss_fn))
+
+  params, stats, v = state.params, state.batch_stats, None
+  for t in range(2):
+    rng = jax.random.key(10 + t)
+    state, out = step(state, batch, rng=rng)
+    # Reference: e = -rho v / ||v|| (0 on the first step), the one pass at params + e, in float64 NumPy.
+    d = jax.tree.map(jnp.zeros_like, params) if v is None else jax.tree.map(jnp.negative, v)
+    e = _np_perturbation(d, RHO, 1.0)
+    ascent = jax.tree.map(lambda x, d: (np.asarray(x, np.float64) + d).astype(np.float32), params, e)
+    (loss, (stats, logits)), g = jax.value_and_grad(_loss_fn, has_aux=True)(ascent, stats, batch, rng)
+    v = g if v is None else jax.tree.map(lambda a, b: mu * a + b, v, g)
+    params = jax.tree.map(lambda x, gi: x - LR * gi, params, g)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), state.params, params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), state.batch_stats, stats)
+    np.testing.assert_allclose(out.loss, loss, rtol=1e-5)
+    np.testing.assert_allclose(out.aux, logits, rtol=1e-5, atol=1e-6)
+  assert int(state.step) == 2
+
+
+def test_linen_train_step_one_pass_refuses_ascent_fraction():
+  state, batch = _setup(optax.chain(optax_usam.momentum_sam(RHO), optax.sgd(LR)))
+  with pytest.raises(ValueError, match="ascent_fraction"):
+    linen_train_step(state, batch, _loss_fn, jax.random.key(0), ascent_fraction=0.5)

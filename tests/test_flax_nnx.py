@@ -140,3 +140,40 @@ def test_sam_update_with_aux():
   loss, preds = sam_update(model, optimizer, loss_aux, x, y, has_aux=True)
   assert preds.shape == (32,) and np.isfinite(loss)
   assert int(optimizer.step[...]) == 1
+
+
+@pytest.mark.parametrize("has_aux", [False, True])
+def test_sam_update_one_pass_for_momentum_sam(has_aux):
+  """No first pass: the step's one pass is at the ascent point (the parameters themselves on step 1, where
+  e = 0), and the model keeps that pass's statistics and RNG count, as after a plain step."""
+  model = Net(nnx.Rngs(0, dropout=1))
+  x, y = _data(3)
+  optimizer = nnx.Optimizer(model, optax.chain(optax_usam.momentum_sam(RHO), optax.sgd(LR)), wrt=nnx.Param)
+  assert not optax_usam.needs_fresh_gradient(optimizer.opt_state)
+
+  def loss_aux(model, x, y):
+    logits = model(x)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    return (loss, jnp.argmax(logits, -1)) if has_aux else loss
+
+  # Reference for step 1 (e_1 = 0): one plain pass on a clone.
+  plain = nnx.clone(model)
+  want_loss, g = nnx.value_and_grad(_loss)(plain, x, y)
+  params0 = nnx.as_pure(nnx.state(model, nnx.Param))
+  expected = jax.tree.map(lambda p, gi: p - LR * gi, params0, nnx.as_pure(g))
+
+  out = nnx.jit(sam_update, static_argnums=(2,), static_argnames="has_aux")(
+    model, optimizer, loss_aux, x, y, has_aux=has_aux)
+  loss = out[0] if has_aux else out
+  np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
+  got = nnx.as_pure(nnx.state(model, nnx.Param))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, expected)
+  np.testing.assert_allclose(model.bn.mean[...], plain.bn.mean[...], rtol=1e-6)
+  assert int(model.dropout.rngs.count[...]) == int(plain.dropout.rngs.count[...]) == 1
+
+  # Step 2 perturbs along the negative momentum: ||e|| = rho.
+  nnx.jit(sam_update, static_argnums=(2,), static_argnames="has_aux")(
+    model, optimizer, loss_aux, x, y, has_aux=has_aux)
+  diag = optax_usam.get_diagnostics(optimizer.opt_state)
+  np.testing.assert_allclose(diag["perturbation_norm"], RHO, rtol=1e-5)
+  assert int(optimizer.step[...]) == 2 and int(model.dropout.rngs.count[...]) == 2

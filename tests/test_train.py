@@ -65,6 +65,19 @@ def test_cifar_models_have_the_published_parameter_counts(name, expected):
     (["--dataset", "cifar10", "--dtype", "bfloat16"], "--dtype bfloat16 applies to the digits CNN only"),
     (["--model", "tiny", "--dtype", "bfloat16"], "--dtype bfloat16 applies to the cnn model only"),
     (["--dtype", "float16"], "invalid choice"),
+    (["--methods", "sgd,msam"], "unknown method or lambda 'msam'"),
+    (["--methods", "vasso", "--vasso-theta", "1.5"], "argument --vasso-theta: theta must be"),
+    (["--methods", "friendly-sam", "--friendly-sam-sigma", "-1"], "argument --friendly-sam-sigma: sigma"),
+    (["--methods", "friendly-sam", "--friendly-sam-momentum", "1"], "argument --friendly-sam-momentum: mom"),
+    # Two members name a parameter "momentum": the error names the flag of the member that refused it.
+    (
+      ["--methods", "friendly-sam,momentum-sam", "--momentum-sam-momentum", "-2"],
+      "argument --momentum-sam-momentum: momentum must",
+    ),
+    (["--methods", "random-smoothing-sam", "--random-smoothing-sam-noise-std", "-1"], "-std: noise_std must"),
+    (["--methods", "gsam", "--gsam-alpha", "nan"], "argument --gsam-alpha: alpha must be"),
+    (["--gsam-alpha", "x"], "argument --gsam-alpha: invalid float value: 'x'"),
+    (["--dataset", "cifar10", "--methods", "momentum-sam"], "the SAM family"),
   ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
@@ -179,3 +192,57 @@ def test_bfloat16_digits_run_tracks_float32(tmp_path, capsys):
   assert accuracy["float32"].min() > 90
   np.testing.assert_allclose(accuracy["bfloat16"], accuracy["float32"], atol=3)
   assert "bfloat16" in capsys.readouterr().out
+
+
+def test_sam_family_reduces_to_sam_and_differs_from_it(tmp_path, capsys):
+  family = "vasso,friendly-sam,momentum-sam,random-smoothing-sam,gsam"
+  short = ["--epochs", "1", "--seeds", "1", "--no-progress"]
+  # theta = 1, sigma = 0, zero noise and alpha = 0 are SAM; momentum SAM has no such setting.
+  as_sam = ["--vasso-theta", "1", "--friendly-sam-sigma", "0", "--random-smoothing-sam-noise-std", "0",
+            "--gsam-alpha", "0"]
+  assert train.main(["--methods", f"sam,{family.replace('momentum-sam,', '')}", *short, *as_sam,
+                     "--out", str(tmp_path / "a")]) == 0
+  assert "vasso theta = 1, friendly-sam sigma = 0 and momentum = 0.9" in capsys.readouterr().out
+  results = json.loads((tmp_path / "a" / "digits_results.json").read_text())["results"]
+  sam = results["SAM"]
+  for name in ("vasso", "friendly-sam", "random-smoothing-sam", "gsam"):
+    assert results[name]["variant"] == name
+    np.testing.assert_allclose(results[name]["test_acc_curve"], sam["test_acc_curve"], atol=0.2)
+    diagnostics = results[name]["last_diagnostics"][0]
+    np.testing.assert_allclose(diagnostics["grad_norm"], sam["last_diagnostics"][0]["grad_norm"], rtol=1e-4)
+    if name != "random-smoothing-sam":  # RSAM reports the loss at the ascent point: it skips the first pass
+      np.testing.assert_allclose(results[name]["train_loss_curve"], sam["train_loss_curve"], rtol=1e-5)
+
+  assert train.main(["--methods", f"sam,{family}", *short, "--out", str(tmp_path / "b")]) == 0
+  results = json.loads((tmp_path / "b" / "digits_results.json").read_text())["results"]
+  for name in family.split(","):
+    assert all(results[name]["all_finite"]) and results[name]["final_test_acc"][0] > 20
+    assert not np.allclose(results[name]["train_loss_curve"], results["SAM"]["train_loss_curve"], rtol=1e-4)
+  capsys.readouterr()
+
+
+def test_one_gradient_members_skip_the_first_pass_in_the_digits_step():
+  # The compiled digits step, counted in convolutions (two per pass of the CNN, and their gradients):
+  # momentum SAM's is SGD's, RSAM's two gradients (at x + delta and x + e) are SAM's, not three.
+  from digits_runner import make_train_step
+  from methods import make_tx, parse_method
+  from training import make_loss_fn
+
+  from benchmarks import hlo
+  from optax_usam.flax_linen import SAMTrainState
+
+  args = train.parse_args(["--no-progress"])
+  model = models.get_model(args.model, 10)
+  x, y = jnp.zeros((64, 8, 8, 1)), jnp.zeros(64, jnp.int32)
+  params = model.init(jax.random.key(0), x[:1], train=False)["params"]
+  step = make_train_step(make_loss_fn(model))
+
+  def convolutions(token: str) -> int:
+    tx = make_tx(parse_method(token), args, total_steps=10)
+    state = SAMTrainState.create(apply_fn=model.apply, params=params, tx=tx)
+    return hlo.products(step.lower(state, x, y, jnp.arange(64), None).compile().as_text())[1]
+
+  sgd = convolutions("sgd")
+  assert sgd > 0
+  assert convolutions("momentum-sam") == sgd
+  assert convolutions("random-smoothing-sam") == convolutions("sam") == 2 * sgd

@@ -16,10 +16,17 @@ and summarised by their median:
                          ``unifiedsam.unifiedSAM`` (lambda = 1), same model,
                          batch and thread count;
 
-and the cheaper variants (``reuse[k=...]``, ``random[p=...]``,
-``subbatch[f=...]``), timed against ``sgd``.
+the cheaper variants (``reuse[k=...]``, ``random[p=...]``,
+``subbatch[f=...]``), timed against ``sgd``, and
 
-For (a)-(d) it also records the compiled temporary memory
+  (f) the SAM family  ``vasso``, ``friendly_sam``, ``momentum_sam``,
+                      ``random_smoothing_sam``, ``gsam`` (``optax_usam``'s
+                      constructors, lambda = 1): two gradients each but
+                      ``momentum_sam``, which takes one (the first pass
+                      skipped, as ``needs_fresh_gradient`` says), timed
+                      against ``sgd``.
+
+For the JAX rows it also records the compiled temporary memory
 (``memory_analysis().temp_size_in_bytes``), the trace and compile times, and
 what the optimized HLO does (``benchmarks/hlo.py``): dot products and
 convolutions, and the instructions of the entry computation that produce
@@ -37,6 +44,7 @@ Run from the repository root::
   python -m benchmarks.overhead            # about 10 minutes on 2 busy cores
   python -m benchmarks.overhead --quick    # no WRN, fewer rounds: about 2 minutes
   python -m benchmarks.overhead --replot   # the table and chart again from overhead.json
+  python -m benchmarks.overhead --rows family --no-torch   # sgd, limit and (f) only
 
 Writes ``benchmarks/results/overhead.json`` and ``overhead.png`` and prints a
 markdown table and the targets met or missed.

@@ -40,6 +40,9 @@ def parser() -> cli.Parser:
                  help="CPU threads for XLA and torch (default: all)")
   p.add_argument("--wrn-batch", type=cli.positive_int, default=32, help="batch size of WRN-16-4 (default 32)")
   p.add_argument("--no-torch", dest="torch", action="store_false", help="skip the PyTorch rows (e)")
+  p.add_argument("--rows", default=",".join(steps.ROW_GROUPS),
+                 help=f"comma-separated groups of JAX rows timed beside sgd and limit, from "
+                      f"{', '.join(steps.ROW_GROUPS)} (default: all)")
   p.add_argument("--reuse-every", type=cli.positive_int, default=4,
                  help="k of the reuse_sam row, a cheaper variant (default 4)")
   p.add_argument("--sam-probability", type=_rate, default=0.25,
@@ -60,6 +63,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   unknown = [n for n in names if n not in zoo]
   if unknown:
     p.error(f"--models: unknown {unknown}; allowed: {sorted(zoo)}")
+  args.rows = tuple(g for g in args.rows.split(",") if g)
+  unknown = [g for g in args.rows if g not in steps.ROW_GROUPS]
+  if unknown:
+    p.error(f"--rows: unknown {unknown}; allowed: {list(steps.ROW_GROUPS)}")
   available = len(os.sched_getaffinity(0))
   args.threads = args.threads or available
   if args.threads > available:
@@ -93,6 +100,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
       "command": command,
       "wall_s": time.perf_counter() - start,
       "settings": {"lr": steps.LR, "momentum": steps.MOMENTUM, "rho": steps.RHO, "eps": steps.EPS,
+                   "rsam_noise_std": steps.RSAM_NOISE_STD, "gsam_alpha": steps.GSAM_ALPHA,
                    "rounds_max": args.rounds, "budget_s": args.budget_s, "target_s": args.target_s},
       "models": per_model,
       "targets": results.targets(per_model),

@@ -146,7 +146,7 @@ def measure_model(spec: models.ModelSpec, args: argparse.Namespace, log: Callabl
   }
   runners: list[Runner] = []
   cheaper = (args.reuse_every, args.sam_probability, args.ascent_fraction)
-  for name, variant in steps.jax_steps(loss, *cheaper).items():
+  for name, variant in steps.jax_steps(loss, *cheaper, groups=args.rows).items():
     own = jax.tree.map(jnp.copy, params)
     compiled, result["compiled"][name] = compile_step(variant, own, batch)
     runners.append(jax_runner(name, compiled, own, variant[1](own), batch))
@@ -174,6 +174,6 @@ def measure_model(spec: models.ModelSpec, args: argparse.Namespace, log: Callabl
   }
   result["time_ratio_to_sgd"] = {name: summary(list(t / times["sgd"])) for name, t in times.items()}
   for peer in ("optax_sam", "torch_usam"):
-    if peer in times:
+    if peer in times and "usam[1]" in times:
       result[f"usam[1]_over_{peer}"] = summary(list(times["usam[1]"] / times[peer]))
   return result

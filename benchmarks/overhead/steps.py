@@ -24,6 +24,21 @@ EPS = 1e-12
 LAMBDAS: dict[str, float | str] = {"usam[0]": 0.0, "usam[1]": 1.0, "usam[1-1/t]": "1-1/t"}
 # Row-name prefixes of the cheaper variants (SAM, lambda = 1, inside each).
 CHEAPER_PREFIXES = ("reuse[", "random[", "subbatch[")
+# The SAM family's rows (docs/sam_family.md), by row name: lambda = 1 and each constructor's defaults; for the
+# two parameters without one, the values examples/train.py uses (the step does the same work for any value).
+RSAM_NOISE_STD = 1e-3
+GSAM_ALPHA = 0.1
+FAMILY: dict[str, Callable[[], optax.GradientTransformationExtraArgs]] = {
+    "vasso": lambda: optax_usam.vasso(RHO, eps=EPS),
+    "friendly_sam": lambda: optax_usam.friendly_sam(RHO, eps=EPS),
+    "momentum_sam": lambda: optax_usam.momentum_sam(RHO, eps=EPS),
+    "random_smoothing_sam": lambda: optax_usam.random_smoothing_sam(RHO, RSAM_NOISE_STD, eps=EPS),
+    "gsam": lambda: optax_usam.gsam(RHO, GSAM_ALPHA, eps=EPS),
+}
+# The rows that take one gradient per step, as SGD: their target is SGD's step time.
+ONE_GRADIENT = ("momentum_sam",)
+# The groups of rows ``--rows`` chooses from; ``sgd`` and ``limit``, the references, are always timed.
+ROW_GROUPS = ("usam", "optax_sam", "cheaper", "family")
 
 Loss = Callable[[Any, jax.Array, jax.Array], jax.Array]
 Step = Callable[[Any, Any, jax.Array, jax.Array], tuple[Any, Any, jax.Array]]
@@ -97,6 +112,27 @@ def optax_sam(loss: Loss) -> Variant:
   return with_optax(loss, tx, grad_fn_takes_state=True)
 
 
+def family_member(loss: Loss, tx: optax.GradientTransformationExtraArgs) -> Variant:
+  """A SAM-family step: :func:`with_optax`'s, but, as the Flax steps do, without the first pass when ``tx``
+  does not need the fresh gradient (``optax_usam.needs_fresh_gradient``): then one gradient per step."""
+  two_passes, _ = with_optax(loss, tx)
+
+  def step(params: Any, state: Any, x: jax.Array, y: jax.Array) -> tuple[Any, Any, jax.Array]:
+    if optax_usam.needs_fresh_gradient(state):
+      return two_passes(params, state, x, y)
+    values = []
+
+    def grad_fn(p: Any) -> Any:
+      value, g = jax.value_and_grad(loss)(p, x, y)
+      values.append(value)  # the step's loss: that of its one pass, at the ascent point
+      return g
+
+    updates, state = tx.update(None, state, params, grad_fn=grad_fn)
+    return optax.apply_updates(params, updates), state, values[-1]
+
+  return step, tx.init
+
+
 def cheaper_variant_names(every_k: int, probability: float, fraction: float) -> tuple[str, str, str]:
   """Row names of the cheaper variants: ``reuse_sam``, ``randomized_sam`` and sub-batch ascent."""
   return f"reuse[k={every_k}]", f"random[p={probability:g}]", f"subbatch[f={fraction:g}]"
@@ -114,13 +150,19 @@ def cheaper_variants(loss: Loss, every_k: int, probability: float, fraction: flo
 
 
 def jax_steps(
-    loss: Loss, every_k: int = 4, probability: float = 0.25, fraction: float = 0.25
+    loss: Loss, every_k: int = 4, probability: float = 0.25, fraction: float = 0.25,
+    groups: tuple[str, ...] = ROW_GROUPS,
 ) -> dict[str, Variant]:
-  """Every JAX row of the benchmark, in table order."""
+  """The JAX rows of the benchmark in ``groups`` (of :data:`ROW_GROUPS`), in table order."""
   steps = {"sgd": sgd(loss), "limit": limit(loss)}
-  steps.update({name: usam(loss, lambd) for name, lambd in LAMBDAS.items()})
-  steps["optax_sam"] = optax_sam(loss)
-  steps.update(cheaper_variants(loss, every_k, probability, fraction))
+  if "usam" in groups:
+    steps.update({name: usam(loss, lambd) for name, lambd in LAMBDAS.items()})
+  if "optax_sam" in groups:
+    steps["optax_sam"] = optax_sam(loss)
+  if "cheaper" in groups:
+    steps.update(cheaper_variants(loss, every_k, probability, fraction))
+  if "family" in groups:
+    steps.update({name: family_member(loss, make()) for name, make in FAMILY.items()})
   return steps
 
 

@@ -7,6 +7,7 @@ each reads as a few lines of checks followed by the method. Bad input is a
 when a transformation is built or, for trees, at trace time.
 """
 
+from optax_usam._validation.ascent import ASCENT_SOURCES, check_direction
 from optax_usam._validation.scalars import (
   LAMBDA_STRINGS,
   bounded_schedule,
@@ -14,11 +15,13 @@ from optax_usam._validation.scalars import (
   check_callable,
   check_eps,
   check_int,
+  check_interval,
   check_nonnegative,
   check_pl_caps,
   check_pl_constants,
   check_positive,
   check_scalars,
+  check_seed,
   check_smoothness,
   check_unit_interval,
   lambda_schedule,
@@ -38,13 +41,16 @@ from optax_usam._validation.trees import (
 )
 
 __all__ = [
+  "ASCENT_SOURCES",
   "LAMBDA_STRINGS",
   "bounded_schedule",
   "check_bools",
   "check_callable",
+  "check_direction",
   "check_divides",
   "check_eps",
   "check_int",
+  "check_interval",
   "check_mask",
   "check_matches_params",
   "check_nonnegative",
@@ -55,6 +61,7 @@ __all__ = [
   "check_real",
   "check_sam_options",
   "check_scalars",
+  "check_seed",
   "check_selects_some",
   "check_smoothness",
   "check_unit_interval",

@@ -100,6 +100,19 @@ def check_positive(value: Any, name: str, *, traced: bool = False) -> float | ja
     raise ValueError(f"{name} must be a positive finite float; got {number}.")
   return number
 
+def check_interval(
+    value: Any, name: str, low: float, high: float, *, open_high: bool = False
+) -> float | jax.Array:
+  """``value`` as a float in [low, high] (or [low, high) with ``open_high``); a traced scalar as is.
+
+  Traced values come from ``optax.inject_hyperparams`` under ``jit``: they cannot be range-checked.
+  """
+  bounds = f"[{low}, {high}{')' if open_high else ']'}"
+  number = _as_number(value, name, f"a float in {bounds}", traced=True)
+  if isinstance(number, float) and not (_in_range(number, low, high) and not (open_high and number == high)):
+    raise ValueError(f"{name} must be a float in {bounds}; got {number}.")
+  return number
+
 def check_unit_interval(value: Any, name: str, *, open_at_zero: bool = False) -> float:
   """``value`` as a float in [0, 1], or in (0, 1] with ``open_at_zero``."""
   number = check_nonnegative(value, name)
@@ -114,6 +127,13 @@ def check_int(value: Any, name: str, low: float = -math.inf, high: float = math.
   if not low <= value <= high:
     raise ValueError(f"{name} must be {bounds}; got {value!r}.")
   return int(value)
+
+def check_seed(seed: Any) -> int | jax.Array:
+  """A PRNG seed: an int, or a scalar integer array (``optax.inject_hyperparams`` turns ints into those)."""
+  is_array = isinstance(seed, (jax.Array, np.ndarray))
+  if is_array and seed.shape == () and jnp.issubdtype(seed.dtype, jnp.integer):
+    return seed
+  return check_int(seed, "seed", bounds="an int")
 
 def check_bools(**flags: Any) -> None:
   """Raises TypeError naming the first of ``flags`` that is not a bool."""

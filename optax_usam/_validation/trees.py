@@ -143,8 +143,12 @@ def check_params_given(params: Any, method: str) -> None:
     raise ValueError(f"unified_sam.{method} needs params (where the gradients are taken); got params=None.")
 
 
-def check_update_args(updates: Any, params: Any, grad_fn: Any) -> None:
-  """Params and ``grad_fn`` given, no ``optax.MaskedNode`` in params (``grad_fn`` would fail on them)."""
+def check_update_args(updates: Any, params: Any, grad_fn: Any, *, fresh_gradient: bool = True) -> Any:
+  """Params and ``grad_fn`` given, no ``optax.MaskedNode`` in params (``grad_fn`` would fail on them).
+
+  Returns ``updates``, or None when they are absent: None, or, where the ascent direction does not read
+  them (``fresh_gradient=False``), a tree without leaves (``nnx.Optimizer.update(model, None)`` passes one).
+  """
   check_params_given(params, "update")
   if grad_fn is None:
     raise ValueError(
@@ -160,4 +164,14 @@ def check_update_args(updates: Any, params: Any, grad_fn: Any) -> None:
         "outside them, first in the chain, and choose the perturbed parameters with "
         "unified_sam(..., perturb_mask=mask); the base optimizer may still be masked or partitioned."
     )
+  if updates is None or (not fresh_gradient and not jax.tree.leaves(updates)):
+    if fresh_gradient:
+      raise ValueError(
+          "unified_sam.update got updates=None, but its ascent direction is built from the gradient at "
+          "the current parameters: pass that gradient as updates. Only directions that do not read it "
+          "(source 'previous_sam_gradient' or 'grad_fn': momentum_sam, random_smoothing_sam) take "
+          "updates=None; optax_usam.needs_fresh_gradient(opt_state) says which an optimizer state needs."
+      )
+    return None
   check_matches_params(updates, params, "updates", dtypes=False)
+  return updates

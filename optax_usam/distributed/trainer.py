@@ -13,6 +13,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from optax_usam._collectives import pmean
+from optax_usam.diagnostics import needs_fresh_gradient
 from optax_usam.distributed.mesh import batch_sharding
 from optax_usam.distributed.sharding_checks import check_placed, placed_like
 from optax_usam.transform import unified_sam
@@ -114,7 +115,10 @@ def make_sharded_trainer(
     **sam_kwargs: the keyword arguments of :func:`optax_usam.unified_sam`
       (``rho``, ``lambd_schedule``, ``eps``, ``adaptive``, ``perturb_mask``,
       ...), passed on unchanged; ``axis_name`` and ``sync_perturbation``
-      follow from ``per_device_perturbation``.
+      follow from ``per_device_perturbation``. With a ``direction`` that
+      does not read the fresh gradient (Momentum-SAM's), the step takes one
+      forward/backward pass, and the loss it returns is the one at the
+      ascent point.
 
   Returns:
     A :class:`ShardedTrainer` ``(tx, init, step)``. ``step`` raises
@@ -245,9 +249,21 @@ def _one_step(
       params: optax.Params, opt_state: optax.OptState, batch: Any, local: optax.Params
   ) -> StepResult:
     sam_state, base_state = opt_state
-    loss, grads = jax.value_and_grad(loss_fn)(local, batch)
-    grad_fn = lambda p: jax.grad(loss_fn)(p, batch)
-    sam_grads, sam_state = sam_tx.update(grads, sam_state, local, grad_fn=grad_fn)
+    if needs_fresh_gradient(sam_state):
+      loss, grads = jax.value_and_grad(loss_fn)(local, batch)
+      grad_fn = lambda p: jax.grad(loss_fn)(p, batch)
+      sam_grads, sam_state = sam_tx.update(grads, sam_state, local, grad_fn=grad_fn)
+    else:
+      # One pass fewer (momentum_sam): the reported loss is the last grad_fn pass's, at the ascent point.
+      losses = []
+
+      def grad_fn(p: optax.Params) -> optax.Updates:
+        value, grads = jax.value_and_grad(loss_fn)(p, batch)
+        losses.append(value)
+        return grads
+
+      sam_grads, sam_state = sam_tx.update(None, sam_state, local, grad_fn=grad_fn)
+      loss = losses[-1]
     updates, base_state = base_optimizer.update(sam_grads, base_state, params)
     return optax.apply_updates(params, updates), (sam_state, base_state), loss
 
