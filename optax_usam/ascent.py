@@ -136,3 +136,22 @@ def after_step(
   # The stored d keeps its dtypes: a traced hyperparameter (inject_hyperparams) must not promote it.
   d = jax.tree.map(lambda new, old: jnp.asarray(new).astype(jnp.result_type(old)), d, state.direction)
   return PreviousDirectionState(d, inner)
+
+
+class LastPass:
+  """``grad_fn`` for a step that takes no first pass, keeping what its last call computed.
+
+  Built from ``value_and_grad: params -> (value, grads)``; ``value`` (the loss, and whatever else the pass
+  returns) of the last call is in :attr:`value` once ``update`` returns. ``unified_sam`` calls ``grad_fn``
+  in the step's own trace (the wrappers that would call it inside ``lax.cond`` make
+  :func:`optax_usam.needs_fresh_gradient` True), so that value belongs to the same computation: with a
+  one-gradient direction it is the step's only pass, at the ascent point.
+  """
+
+  def __init__(self, value_and_grad: Callable[[optax.Params], tuple[Any, optax.Updates]]) -> None:
+    self._value_and_grad = value_and_grad
+    self.value: Any = None
+
+  def __call__(self, params: optax.Params) -> optax.Updates:
+    self.value, grads = self._value_and_grad(params)
+    return grads

@@ -21,6 +21,7 @@ from flax import struct
 from flax.training import train_state
 
 from optax_usam._collectives import pmean
+from optax_usam.ascent import LastPass
 from optax_usam.cheaper import sub_batch
 from optax_usam.diagnostics import needs_fresh_gradient
 
@@ -217,17 +218,9 @@ def _one_pass_step(
   state: SAMTrainState, batch: Any, loss_fn: LossFn, rng: chex.PRNGKey | None, axis_name: Hashable | None
 ) -> tuple[SAMTrainState, StepOutput]:
   """:func:`linen_train_step` without the first pass: loss, aux, statistics of the last ``grad_fn`` pass."""
-  passes = []
-
-  def grad_fn(params: Params) -> optax.Updates:
-    value, grads = jax.value_and_grad(loss_fn, has_aux=True)(params, state.batch_stats, batch, rng)
-    # unified_sam calls grad_fn in this trace (the wrappers that call it inside lax.cond make
-    # needs_fresh_gradient True), so what it computes may be read after the update.
-    passes.append(value)
-    return grads
-
+  grad_fn = LastPass(lambda p: jax.value_and_grad(loss_fn, has_aux=True)(p, state.batch_stats, batch, rng))
   state = state.apply_gradients(grads=None, grad_fn=grad_fn)
-  loss, (new_batch_stats, aux) = passes[-1]
+  loss, (new_batch_stats, aux) = grad_fn.value
   if axis_name is not None:
     new_batch_stats, loss = pmean((new_batch_stats, loss), axis_name)
   return state.replace(batch_stats=new_batch_stats), StepOutput(loss, aux)

@@ -20,6 +20,7 @@ import jax
 import optax
 from flax import nnx
 
+from optax_usam.ascent import LastPass
 from optax_usam.diagnostics import needs_fresh_gradient
 
 
@@ -112,7 +113,6 @@ def _one_pass_update(
 ) -> Any:
   """:func:`sam_update` without the first pass: the model keeps what the last ``grad_fn`` pass wrote."""
   graphdef, rest = snapshot
-  passes = []
 
   def loss_and_state(params: nnx.State) -> Any:
     copy = nnx.merge(graphdef, params, rest)
@@ -121,14 +121,9 @@ def _one_pass_update(
     new_rest = nnx.as_pure(nnx.split(copy, optimizer.wrt, ...)[2])
     return (out[0] if has_aux else out), (out, new_rest)
 
-  def grad_fn(params: nnx.State) -> optax.Updates:
-    grads, value = jax.grad(loss_and_state, has_aux=True)(params)
-    # unified_sam calls grad_fn in this trace, so what it computes may be read after the update.
-    passes.append(value)
-    return grads
-
+  grad_fn = LastPass(lambda p: jax.grad(loss_and_state, has_aux=True)(p)[::-1])
   # nnx.Optimizer.update turns grads=None into an empty state, which unified_sam reads as no gradient.
   optimizer.update(model, None, grad_fn=grad_fn)
-  out, new_rest = passes[-1]
+  out, new_rest = grad_fn.value
   nnx.update(model, new_rest)
   return out

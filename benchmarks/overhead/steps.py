@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 
 import optax_usam
+from optax_usam.ascent import LastPass
 
 LR = 0.01
 MOMENTUM = 0.9
@@ -120,15 +121,10 @@ def family_member(loss: Loss, tx: optax.GradientTransformationExtraArgs) -> Vari
   def step(params: Any, state: Any, x: jax.Array, y: jax.Array) -> tuple[Any, Any, jax.Array]:
     if optax_usam.needs_fresh_gradient(state):
       return two_passes(params, state, x, y)
-    values = []
-
-    def grad_fn(p: Any) -> Any:
-      value, g = jax.value_and_grad(loss)(p, x, y)
-      values.append(value)  # the step's loss: that of its one pass, at the ascent point
-      return g
-
+    grad_fn = LastPass(lambda p: jax.value_and_grad(loss)(p, x, y))
     updates, state = tx.update(None, state, params, grad_fn=grad_fn)
-    return optax.apply_updates(params, updates), state, values[-1]
+    # The step's loss: that of its one pass, at the ascent point.
+    return optax.apply_updates(params, updates), state, grad_fn.value
 
   return step, tx.init
 

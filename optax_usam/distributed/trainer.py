@@ -13,6 +13,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from optax_usam._collectives import pmean
+from optax_usam.ascent import LastPass
 from optax_usam.diagnostics import needs_fresh_gradient
 from optax_usam.distributed.mesh import batch_sharding
 from optax_usam.distributed.sharding_checks import check_placed, placed_like
@@ -255,15 +256,9 @@ def _one_step(
       sam_grads, sam_state = sam_tx.update(grads, sam_state, local, grad_fn=grad_fn)
     else:
       # One pass fewer (momentum_sam): the reported loss is the last grad_fn pass's, at the ascent point.
-      losses = []
-
-      def grad_fn(p: optax.Params) -> optax.Updates:
-        value, grads = jax.value_and_grad(loss_fn)(p, batch)
-        losses.append(value)
-        return grads
-
+      grad_fn = LastPass(lambda p: jax.value_and_grad(loss_fn)(p, batch))
       sam_grads, sam_state = sam_tx.update(None, sam_state, local, grad_fn=grad_fn)
-      loss = losses[-1]
+      loss = grad_fn.value
     updates, base_state = base_optimizer.update(sam_grads, base_state, params)
     return optax.apply_updates(params, updates), (sam_state, base_state), loss
 
