@@ -60,37 +60,43 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import chex
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from optax_usam import _validation
+from optax_usam._batches import (
+  Batch,
+  batch_grad_fn,
+  batch_loss_fn,
+  inverse_cdf_draws,
+  subset_draws,
+  uniform_draws,
+)
 
-
-class Batch(NamedTuple):
-  """A sampled batch: ``f_S(x) = mean_j weights[j] * f_{indices[j]}(x)``.
-
-  Attributes:
-    indices: int32 array of shape ``(batch_size,)``.
-    weights: float array of shape ``(batch_size,)``; ones except for
-      reweighted importance sampling, where it is :math:`1/(n p_i)`.
-  """
-
-  indices: chex.Array
-  weights: chex.Array
+__all__ = [
+  "Batch",
+  "Sampler",
+  "batch_grad_fn",
+  "batch_loss_fn",
+  "importance",
+  "tau_nice",
+  "uniform",
+  "with_replacement",
+]
 
 
 class Sampler(NamedTuple):
   """A finite-sum sampler and its Expected Residual constants.
 
   Attributes:
-    name: ``'uniform'``, ``'tau_nice'``, ``'importance'`` or
-      ``'importance_unweighted'``.
+    name: ``'uniform'``, ``'tau_nice'``, ``'importance'``,
+      ``'importance_unweighted'``, ``'with_replacement'`` or
+      ``'importance_with_replacement'``.
     sample: ``key -> Batch``; pure, jit- and vmap-friendly.
     n: number of terms in the sum.
     batch_size: number of indices per batch.
-    probabilities: :math:`p_i`, the probability that index i is in the batch
-      (marginal, per draw), as a float64 NumPy array.
+    probabilities: float64 NumPy array: :math:`p_i`, the probability that one
+      draw is index i, for the samplers that draw independently; for
+      ``tau_nice``, :math:`\\tau/n`, the probability that i is in the batch.
     unbiased: whether :math:`\\mathbb{E}[f_S] = f`.
     A: ER constant A (second moment bound, see the module docstring).
     B: ER constant B.
@@ -108,13 +114,12 @@ class Sampler(NamedTuple):
   C: float | None
 
 
-def _float_dtype() -> jnp.dtype:
-  # Read when sampling, not when building, so one sampler serves inside and outside enable_x64.
-  return jnp.dtype(jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
-
-
 def _c(a: float, delta_inf: float | None) -> float | None:
   return None if delta_inf is None else 2.0 * a * delta_inf
+
+
+def _check_delta_inf(delta_inf: Any) -> float | None:
+  return None if delta_inf is None else _validation.check_nonnegative(delta_inf, "delta_inf")
 
 
 def uniform(smoothness: Any, *, delta_inf: float | None = None) -> Sampler:
@@ -137,15 +142,10 @@ def uniform(smoothness: Any, *, delta_inf: float | None = None) -> Sampler:
     ((1,), Array([1.], dtype=float32))
   """
   values = _validation.check_smoothness(smoothness)
-  delta_inf = None if delta_inf is None else _validation.check_nonnegative(delta_inf, "delta_inf")
+  delta_inf = _check_delta_inf(delta_inf)
   n = values.size
   a = float(values.max())
-
-  def sample(key: chex.PRNGKey) -> Batch:
-    index = jax.random.randint(key, (1,), 0, n, dtype=jnp.int32)
-    return Batch(index, jnp.ones((1,), _float_dtype()))
-
-  return Sampler("uniform", sample, n, 1, np.full(n, 1.0 / n), True, a, 0.0, _c(a, delta_inf))
+  return Sampler("uniform", uniform_draws(n, 1), n, 1, np.full(n, 1.0 / n), True, a, 0.0, _c(a, delta_inf))
 
 
 def tau_nice(smoothness: Any, tau: int, *, delta_inf: float | None = None) -> Sampler:
@@ -174,7 +174,7 @@ def tau_nice(smoothness: Any, tau: int, *, delta_inf: float | None = None) -> Sa
     (0.0, 1.0, None)
   """
   values = _validation.check_smoothness(smoothness)
-  delta_inf = None if delta_inf is None else _validation.check_nonnegative(delta_inf, "delta_inf")
+  delta_inf = _check_delta_inf(delta_inf)
   n = values.size
   tau = _validation.check_int(tau, "tau", 1, n, bounds=f"an int in [1, n={n}]")
   if n == 1:
@@ -182,12 +182,7 @@ def tau_nice(smoothness: Any, tau: int, *, delta_inf: float | None = None) -> Sa
   else:
     a = (n - tau) / (tau * (n - 1)) * float(values.max())
     b = n * (tau - 1) / (tau * (n - 1))
-
-  def sample(key: chex.PRNGKey) -> Batch:
-    indices = jax.random.choice(key, n, (tau,), replace=False).astype(jnp.int32)
-    return Batch(indices, jnp.ones((tau,), _float_dtype()))
-
-  return Sampler("tau_nice", sample, n, tau, np.full(n, tau / n), True, a, b, _c(a, delta_inf))
+  return Sampler("tau_nice", subset_draws(n, tau), n, tau, np.full(n, tau / n), True, a, b, _c(a, delta_inf))
 
 
 def importance(smoothness: Any, *, reweight: bool = True, delta_inf: float | None = None) -> Sampler:
@@ -221,64 +216,93 @@ def importance(smoothness: Any, *, reweight: bool = True, delta_inf: float | Non
     (array([0.0667, 0.1333, 0.2667, 0.5333]), 3.75)
   """
   values = _validation.check_smoothness(smoothness)
-  delta_inf = None if delta_inf is None else _validation.check_nonnegative(delta_inf, "delta_inf")
+  delta_inf = _check_delta_inf(delta_inf)
   _validation.check_bools(reweight=reweight)
   n = values.size
   probs = values / values.sum()
-  cdf = np.cumsum(probs)
   weights = 1.0 / (n * probs) if reweight else np.ones(n)
   if reweight:
     a = float(values.mean())
   else:
     a = float(np.max(n * probs * values))
-
-  def sample(key: chex.PRNGKey) -> Batch:
-    dtype = _float_dtype()
-    # Inverse CDF: one uniform per draw (categorical would draw n Gumbels).
-    u = jax.random.uniform(key, (1,), dtype)
-    index = jnp.minimum(jnp.searchsorted(jnp.asarray(cdf, dtype), u, side="right"), n - 1)
-    index = index.astype(jnp.int32)
-    return Batch(index, jnp.asarray(weights, dtype)[index])
-
   name = "importance" if reweight else "importance_unweighted"
-  return Sampler(name, sample, n, 1, probs, reweight, a, 0.0, _c(a, delta_inf))
+  return Sampler(name, inverse_cdf_draws(probs, weights, 1), n, 1, probs, reweight, a, 0.0, _c(a, delta_inf))
 
 
-def batch_loss_fn(
-    per_example_loss: Callable[[Any, Any], chex.Numeric],
-    data: Any,
-    batch: Batch,
-) -> Callable[[Any], chex.Numeric]:
-  r"""``params -> f_S(params)`` for one sampled batch.
+def with_replacement(
+    smoothness: Any, batch_size: int, *, importance: bool = False, delta_inf: float | None = None
+) -> Sampler:
+  r"""A minibatch of ``batch_size`` indices drawn independently (with replacement).
+
+  Each draw is uniform (weight 1) or, with ``importance=True``,
+  :math:`p_i = L_i / \sum_j L_j` with weight :math:`1/(n p_i)`; either way
+  :math:`\mathbb{E}[f_S] = f`. An index may appear several times in a batch,
+  and ``batch_size`` may exceed :math:`n`. ER constants, for :math:`b` =
+  ``batch_size``:
+
+  .. math::
+    A = \frac{L_{\max}}{b} \text{ (uniform)}, \quad
+    A = \frac{L_{\text{avg}}}{b} \text{ (importance)}, \qquad
+    B = 1 - \frac1b, \qquad C = 2A\,\Delta^{\inf};
+
+  ``batch_size=1`` gives the constants of :func:`uniform` and
+  :func:`importance`.
+
+  Derivation. The batch gradient is the mean of :math:`b` i.i.d. vectors
+  :math:`v_j = \nabla f_{i_j}/(n p_{i_j})` with mean :math:`\nabla f`, so
+  its variance is :math:`1/b` of theirs:
+
+  .. math::
+    \mathbb{E}\|\nabla f_S\|^2 = \Big(1 - \frac1b\Big)\|\nabla f\|^2
+    + \frac1b\,\mathbb{E}_i \Big\|\frac{\nabla f_i}{n p_i}\Big\|^2 .
+
+  With :math:`\|\nabla f_i\|^2 \le 2L_i (f_i - f_i^{\inf})` (each
+  :math:`f_i` is :math:`L_i`-smooth and bounded below),
+
+  .. math::
+    \mathbb{E}_i \Big\|\frac{\nabla f_i}{n p_i}\Big\|^2
+    = \frac1n \sum_i \frac{\|\nabla f_i\|^2}{n p_i}
+    \le 2 \max_i \frac{L_i}{n p_i} \cdot \frac1n \sum_i (f_i - f_i^{\inf})
+    = 2 \max_i \frac{L_i}{n p_i} \big(f - f^{\inf} + \Delta^{\inf}\big),
+
+  and :math:`\max_i L_i/(n p_i)` is :math:`L_{\max}` for :math:`p_i = 1/n`
+  and :math:`L_{\text{avg}}` for :math:`p_i \propto L_i`. The :math:`B` term
+  is exact, and the whole bound is an equality for importance sampling on
+  least squares :math:`f_i = (a_i^\top x - b_i)^2/2`, where
+  :math:`\|\nabla f_i\|^2 = 2L_i f_i`, :math:`L_i = \|a_i\|^2` and
+  :math:`f_i^{\inf} = 0`.
 
   Args:
-    per_example_loss: ``(params, example) -> scalar`` :math:`f_i`, where
-      ``example`` is ``data`` indexed at i on its leading axis.
-    data: a pytree whose leaves have the examples on their leading axis.
-    batch: a :class:`Batch` from a sampler.
+    smoothness: the :math:`L_i`, shape ``(n,)``.
+    batch_size: :math:`b`, an int >= 1.
+    importance: whether to draw :math:`i` with probability proportional to
+      :math:`L_i` (weighted by :math:`1/(n p_i)`) instead of uniformly.
+    delta_inf: :math:`\Delta^{\inf} \ge 0`, for C.
 
   Returns:
-    The weighted batch mean :math:`\frac1{|S|}\sum_j w_j f_{i_j}`, closed over
-    ``batch``: every call, at any parameters, uses the same examples.
+    A :class:`Sampler` named ``'with_replacement'`` or
+    ``'importance_with_replacement'``, whose ``probabilities`` are those of
+    one draw.
+
+  Examples:
+    >>> import jax
+    >>> from optax_usam import sampling
+    >>> sampler = sampling.with_replacement([1.0, 2.0, 4.0, 8.0], batch_size=5, importance=True)
+    >>> sampler.A, sampler.B  # L_avg / b, 1 - 1/b
+    (0.75, 0.8)
+    >>> sampler.sample(jax.random.key(0)).indices.shape  # 5 draws from 4 terms
+    (5,)
   """
-  examples = jax.tree.map(lambda leaf: jnp.take(leaf, batch.indices, axis=0), data)
-
-  def loss(params: Any) -> chex.Numeric:
-    losses = jax.vmap(per_example_loss, in_axes=(None, 0))(params, examples)
-    return jnp.mean(batch.weights.astype(losses.dtype) * losses)
-
-  return loss
-
-
-def batch_grad_fn(
-    per_example_loss: Callable[[Any, Any], chex.Numeric],
-    data: Any,
-    batch: Batch,
-) -> Callable[[Any], Any]:
-  """``params -> grad f_S(params)``: the ``grad_fn`` for :func:`optax_usam.unified_sam`.
-
-  Built once per step, it is used for both the gradient at :math:`x_t` and
-  the gradient at the ascent point, so both see the same batch (the paper's
-  rule). See :func:`batch_loss_fn` for the arguments.
-  """
-  return jax.grad(batch_loss_fn(per_example_loss, data, batch))
+  values = _validation.check_smoothness(smoothness)
+  delta_inf = _check_delta_inf(delta_inf)
+  _validation.check_bools(importance=importance)
+  b = _validation.check_int(batch_size, "batch_size", 1, bounds="an int >= 1")
+  n = values.size
+  if importance:
+    probs = values / values.sum()
+    sample, a = inverse_cdf_draws(probs, 1.0 / (n * probs), b), float(values.mean()) / b
+  else:
+    probs = np.full(n, 1.0 / n)
+    sample, a = uniform_draws(n, b), float(values.max()) / b
+  name = "importance_with_replacement" if importance else "with_replacement"
+  return Sampler(name, sample, n, b, probs, True, a, 1.0 - 1.0 / b, _c(a, delta_inf))

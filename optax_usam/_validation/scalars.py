@@ -101,15 +101,17 @@ def check_positive(value: Any, name: str, *, traced: bool = False) -> float | ja
   return number
 
 def check_interval(
-    value: Any, name: str, low: float, high: float, *, open_high: bool = False
+    value: Any, name: str, low: float, high: float, *, open_low: bool = False, open_high: bool = False
 ) -> float | jax.Array:
-  """``value`` as a float in [low, high] (or [low, high) with ``open_high``); a traced scalar as is.
+  """``value`` as a float in [low, high], either end open on request; a traced scalar as is.
 
-  Traced values come from ``optax.inject_hyperparams`` under ``jit``: they cannot be range-checked.
+  Traced values come from ``optax.inject_hyperparams`` or a vmapped sweep: they cannot be range-checked.
   """
-  bounds = f"[{low}, {high}{')' if open_high else ']'}"
+  bounds = f"{'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
   number = _as_number(value, name, f"a float in {bounds}", traced=True)
-  if isinstance(number, float) and not (_in_range(number, low, high) and not (open_high and number == high)):
+  if isinstance(number, float) and (
+      not _in_range(number, low, high) or (open_low and number == low) or (open_high and number == high)
+  ):
     raise ValueError(f"{name} must be a float in {bounds}; got {number}.")
   return number
 
@@ -127,6 +129,14 @@ def check_int(value: Any, name: str, low: float = -math.inf, high: float = math.
   if not low <= value <= high:
     raise ValueError(f"{name} must be {bounds}; got {value!r}.")
   return int(value)
+
+def check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
+  """``value`` if it is one of the strings ``choices``; TypeError for a non-string, ValueError otherwise."""
+  if not isinstance(value, str):
+    raise TypeError(f"{name} must be one of {choices}; got {value!r} of type {type(value).__name__}.")
+  if value not in choices:
+    raise ValueError(f"{name} must be one of {choices}; got {value!r}.")
+  return value
 
 def check_seed(seed: Any) -> int | jax.Array:
   """A PRNG seed: an int, or a scalar integer array (``optax.inject_hyperparams`` turns ints into those)."""
@@ -193,3 +203,19 @@ def check_pl_caps(rho: Any, gamma: Any, mu: Any) -> None:
   for value, name, check in checks:
     if not isinstance(value, jax.core.Tracer):
       check(value, name)
+
+def check_summable_powers(step_power: Any, radius_power: Any) -> None:
+  """0 < step_power <= 1, radius_power >= 0 and step_power + radius_power > 1, where concrete.
+
+  The rule of ``theory.almost_constant_schedules``: with gamma_k ~ 1/k^step_power and
+  rho_k ~ 1/k^radius_power, sum gamma_k = inf and sum gamma_k rho_k < inf. Traced powers (a vmapped sweep)
+  pass unread.
+  """
+  step_power = check_interval(step_power, "step_power", 0.0, 1.0, open_low=True)
+  radius_power = check_nonnegative(radius_power, "radius_power", traced=True)
+  if isinstance(step_power, float) and isinstance(radius_power, float) and step_power + radius_power <= 1:
+    raise ValueError(
+        "step_power + radius_power must be > 1 (with 0 < step_power <= 1 and radius_power >= 0), so that "
+        "sum_k gamma_k = inf while sum_k gamma_k rho_k < inf; got step_power + radius_power = "
+        f"{step_power} + {radius_power} = {step_power + radius_power}."
+    )

@@ -1,34 +1,14 @@
-r"""Step sizes from the convergence theory of Unified SAM on PL functions.
+r"""Step sizes for PL functions: Theorems 3.2 (constant) and 3.5 (decreasing) of Oikonomou & Loizou.
 
 For an :math:`L`-smooth :math:`\mu`-PL function and a sampler satisfying the
 Expected Residual condition with constants :math:`(A, B)` (see
-:mod:`optax_usam.sampling`):
+:mod:`optax_usam.sampling`), constant steps converge linearly to a
+neighbourhood of the minimum, and :math:`\rho_t, \gamma_t = O(1/t)` at an
+:math:`O(1/t)` rate to the minimum itself. The formulas are those of the
+official experiment script (with :math:`L` the smoothness constant the
+theorems ask for: :math:`L_{\max}` for single-sample stochastic runs).
 
-* Theorem 3.2 (constant steps): linear convergence to a neighbourhood of the
-  minimum, with :func:`pl_constant_steps`.
-* Theorem 3.5 (decreasing steps): :math:`\rho_t, \gamma_t = O(1/t)` give an
-  :math:`O(1/t)` rate to the exact minimum, with :func:`pl_decreasing_schedules`.
-
-The formulas are those of the official experiment script (with :math:`L` the
-smoothness constant the theorems ask for: :math:`L_{\max}` for single-sample
-stochastic runs). Both plug into the library and into optax directly.
-
-Examples:
-  >>> import optax
-  >>> import optax_usam
-  >>> sampler = optax_usam.sampling.uniform([1.0, 2.0, 4.0])  # A = L_max = 4, B = 0
-  >>> steps = optax_usam.theory.pl_constant_steps(mu=1.0, L=4.0, A=sampler.A, B=sampler.B, lambd=0.5)
-  >>> steps
-  StepSizes(rho=0.03125, gamma=0.0078125)
-  >>> sched = optax_usam.theory.pl_decreasing_schedules(steps.rho, steps.gamma, mu=1.0)
-  >>> tx = optax.chain(
-  ...     optax_usam.unified_sam(rho=sched.rho, lambd_schedule=0.5),
-  ...     optax.sgd(learning_rate=sched.gamma),
-  ... )
-
-References:
-  Oikonomou & Loizou, `Sharpness-Aware Minimization: General Analysis and
-  Improved Rates <https://arxiv.org/abs/2410.03345>`_, ICLR 2025.
+Public as ``optax_usam.theory.<name>``.
 """
 
 from __future__ import annotations
