@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 from collections.abc import Callable
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NamedTuple
 
 import data as data_lib
 import jax
@@ -13,7 +15,7 @@ import jax.numpy as jnp
 import models
 import numpy as np
 from cli import UsageError
-from methods import ascent_fraction, make_tx
+from methods import Method, ascent_fraction, make_shared_sam_tx, make_tx, set_lambda, shares_sam_step
 from progress import Progress
 from training import check_finite, diagnostics, make_loss_fn
 
@@ -38,8 +40,27 @@ def make_train_step(loss_fn: Callable[..., Any]) -> Callable[..., Any]:
   return train_step
 
 
+class Run(NamedTuple):
+  """What one (method, seed) run of the digits job returns."""
+
+  curve: list[float]  # test accuracy after each epoch
+  loss_curve: list[float]  # mean training loss of each epoch
+  diagnostics: dict[str, float]
+
+
+def workers(requested: int | None, runs: int) -> int:
+  """How many runs train at once: ``--workers``, else one per core (never more than there are runs)."""
+  return max(1, min(requested or os.cpu_count() or 1, runs))
+
+
 def run_digits(args: argparse.Namespace) -> dict[str, Any]:
-  """All methods on the digits, one jitted step per method reused for every seed."""
+  """All methods on the digits: every (method, seed) run, up to ``--workers`` at a time.
+
+  Each kind of step compiles once: SGD, one Unified SAM step for every plain lambda (its rho and lambda are
+  arrays in the optimizer state, :func:`methods.make_shared_sam_tx`), one per cheaper variant or SAM-family
+  member, and one evaluation. Runs are independent and each one's arithmetic is the same whichever thread runs
+  it and whatever runs beside it, so the table does not depend on ``--workers``.
+  """
   seeds = list(range(args.seeds))
   splits = [data_lib.load_digits(seed, args.noise) for seed in seeds]
   n_train = len(splits[0].train.y)
@@ -51,7 +72,10 @@ def run_digits(args: argparse.Namespace) -> dict[str, Any]:
   loss_fn = make_loss_fn(model)
   # One data order and one initialization per seed, shared by all methods. The BatchNorm models (tiny,
   # resnet18, wrn28-10) also carry running statistics; the digits CNN has none (None below).
-  init_variables = [model.init(jax.random.key(seed), splits[0].train.x[:1], train=False) for seed in seeds]
+  init = jax.jit(model.init, static_argnames="train")  # one compile, not one per operation and shape
+  init_variables = [init(jax.random.key(seed), splits[0].train.x[:1], train=False) for seed in seeds]
+  shared_sam_tx = make_shared_sam_tx(args, total_steps)
+  txs = {m.name: shared_sam_tx if shares_sam_step(m) else make_tx(m, args, total_steps) for m in args.methods}
 
   def batches(seed: int, epoch: int) -> np.ndarray:
     order = np.random.default_rng([seed, epoch]).permutation(n_train)
@@ -63,43 +87,56 @@ def run_digits(args: argparse.Namespace) -> dict[str, Any]:
     return 100.0 * jnp.mean(jnp.argmax(model.apply(variables, x, train=False), -1) == y)
 
   train_step = make_train_step(loss_fn)
-  results: dict[str, Any] = {}
   bar = Progress(len(args.methods) * len(seeds) * args.epochs, "digits", args.no_progress)
+
+  def run(method: Method, seed: int) -> Run:
+    split, variables = splits[seed], init_variables[seed]
+    fraction = ascent_fraction(method, args)
+    state = SAMTrainState.create(
+      apply_fn=model.apply,
+      params=variables["params"],
+      tx=txs[method.name],
+      batch_stats=variables.get("batch_stats"),
+    )
+    if shares_sam_step(method):
+      state = state.replace(opt_state=set_lambda(state.opt_state, method))
+    x, y = jnp.asarray(split.train.x), jnp.asarray(split.train.y)
+    x_test, y_test = jnp.asarray(split.test.x), jnp.asarray(split.test.y)
+    curve, loss_curve = [], []
+    for epoch in range(args.epochs):
+      epoch_losses = []
+      for idx in batches(seed, epoch):
+        state, loss = train_step(state, x, y, idx, fraction)
+        epoch_losses.append(loss)
+      loss_curve.append(float(np.mean(epoch_losses)))
+      check_finite(f"{method.name} seed {seed}", epoch + 1, loss_curve[-1], state)
+      curve.append(float(test_accuracy(state.params, state.batch_stats, x_test, y_test)))
+      bar.update(status=f"{method.name} seed {seed} test acc {curve[-1]:.1f}")
+    bar.milestone(f"digits: {method.name} seed {seed}: final test acc {curve[-1]:.1f}")
+    return Run(curve, loss_curve, diagnostics(state))
+
+  jobs = [(method, seed) for method in args.methods for seed in seeds]
   try:
-    for method in args.methods:
-      fraction = ascent_fraction(method, args)
-      tx = make_tx(method, args, total_steps)
-      curves, losses, finals, finite = [], [], [], []
-      for seed, split, variables in zip(seeds, splits, init_variables, strict=True):
-        state = SAMTrainState.create(
-          apply_fn=model.apply, params=variables["params"], tx=tx, batch_stats=variables.get("batch_stats")
-        )
-        x, y = jnp.asarray(split.train.x), jnp.asarray(split.train.y)
-        x_test, y_test = jnp.asarray(split.test.x), jnp.asarray(split.test.y)
-        curve, loss_curve = [], []
-        for epoch in range(args.epochs):
-          epoch_losses = []
-          for idx in batches(seed, epoch):
-            state, loss = train_step(state, x, y, idx, fraction)
-            epoch_losses.append(loss)
-          loss_curve.append(float(np.mean(epoch_losses)))
-          check_finite(f"{method.name} seed {seed}", epoch + 1, loss_curve[-1], state)
-          curve.append(float(test_accuracy(state.params, state.batch_stats, x_test, y_test)))
-          bar.update(status=f"{method.name} seed {seed} test acc {curve[-1]:.1f}")
-        bar.milestone(f"digits: {method.name} seed {seed}: final test acc {curve[-1]:.1f}")
-        curves.append(curve)
-        losses.append(loss_curve)
-        finals.append(diagnostics(state))
-        finite.append(True)  # check_finite stopped the job otherwise
-      results[method.name] = {
-        "lambda": method.lambd,
-        "variant": method.variant,
-        "all_finite": finite,
-        "final_test_acc": [c[-1] for c in curves],
-        "test_acc_curve": np.round(curves, 3).tolist(),
-        "train_loss_curve": np.round(losses, 5).tolist(),
-        "last_diagnostics": finals,
-      }
+    with ThreadPoolExecutor(workers(args.workers, len(jobs))) as pool:
+      futures = [pool.submit(run, method, seed) for method, seed in jobs]
+      try:
+        runs = [future.result() for future in futures]
+      except BaseException:
+        for future in futures:
+          future.cancel()
+        raise
   finally:
     bar.close()
+  results: dict[str, Any] = {}
+  for i, method in enumerate(args.methods):
+    mine = runs[i * len(seeds) : (i + 1) * len(seeds)]
+    results[method.name] = {
+      "lambda": method.lambd,
+      "variant": method.variant,
+      "all_finite": [True] * len(seeds),  # check_finite stopped the job otherwise
+      "final_test_acc": [r.curve[-1] for r in mine],
+      "test_acc_curve": np.round([r.curve for r in mine], 3).tolist(),
+      "train_loss_curve": np.round([r.loss_curve for r in mine], 5).tolist(),
+      "last_diagnostics": [r.diagnostics for r in mine],
+    }
   return results

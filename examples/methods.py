@@ -13,6 +13,7 @@ import inspect
 from collections.abc import Hashable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from cli import UsageError, library_errors
@@ -126,6 +127,43 @@ def make_tx(
   return optax.chain(
     first, optax.add_decayed_weights(args.weight_decay), optax.sgd(schedule, momentum=args.momentum)
   )
+
+
+def lambda_form(lambd: float | str) -> tuple[float, float]:
+  """``(constant, per_t)`` with lambda_t = constant + per_t / t (t = 1 on the first step): every lambda of the
+  job, a number or one of ``optax_usam.LAMBDA_STRINGS``, in one form whose coefficients are numbers."""
+  return {"1/t": (0.0, 1.0), "1-1/t": (1.0, -1.0)}.get(lambd, (lambd, 0.0))  # type: ignore[arg-type]
+
+
+def unified_sam_lambda_form(
+  rho: float, lambd_constant: float, lambd_per_t: float
+) -> optax.GradientTransformation:
+  """Unified SAM with lambda_t = lambd_constant + lambd_per_t / t, the library's strings spelled out
+  (``'1-1/t'`` is (1, -1): 1 + (-1)/t is 1 - 1/t to the last bit)."""
+  return optax_usam.unified_sam(rho, lambda count: lambd_constant + lambd_per_t / (count + 1.0))
+
+
+def shares_sam_step(method: Method) -> bool:
+  """Whether ``method`` is plain Unified SAM, whose rho and lambda :func:`make_shared_sam_tx` takes as
+  arrays."""
+  return method.lambd is not None and method.variant is None
+
+
+def make_shared_sam_tx(args: argparse.Namespace, total_steps: int) -> optax.GradientTransformationExtraArgs:
+  """One optimizer for every plain Unified SAM method: rho and lambda's coefficients are hyperparameters in
+  its state (``optax.inject_hyperparams``), so one compiled step serves them all; :func:`set_lambda` puts a
+  method's lambda in a state. Otherwise as :func:`make_tx` builds it."""
+  sam = optax.inject_hyperparams(unified_sam_lambda_form)(rho=args.rho, lambd_constant=0.0, lambd_per_t=0.0)
+  schedule = optax.cosine_decay_schedule(args.lr, total_steps)
+  return optax.chain(
+    sam, optax.add_decayed_weights(args.weight_decay), optax.sgd(schedule, momentum=args.momentum)
+  )
+
+
+def set_lambda(opt_state: optax.OptState, method: Method) -> optax.OptState:
+  """``opt_state`` of :func:`make_shared_sam_tx` with ``method``'s lambda (same dtypes: no new compile)."""
+  constant, per_t = (jnp.asarray(c, jnp.result_type(float)) for c in lambda_form(method.lambd))
+  return optax.tree_utils.tree_set(opt_state, lambd_constant=constant, lambd_per_t=per_t)
 
 
 def ascent_fraction(method: Method, args: argparse.Namespace) -> float | None:

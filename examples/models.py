@@ -14,6 +14,7 @@ from functools import partial
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from pooling import max_pool_2x2
 
 # PyTorch's BatchNorm2d defaults (momentum 0.1 there is 0.9 here); He-normal
 # fan-out init for convolutions as in both reference architectures.
@@ -37,7 +38,7 @@ class DigitsCNN(nn.Module):
     dense = partial(nn.Dense, dtype=self.dtype, param_dtype=self.dtype)
     x = nn.relu(conv(16, (3, 3))(x.astype(self.dtype)))
     x = nn.relu(conv(32, (3, 3))(x))
-    x = nn.max_pool(x, (2, 2), (2, 2))
+    x = max_pool_2x2(x)
     x = nn.relu(dense(64)(x.reshape(x.shape[0], -1)))
     return dense(self.num_classes)(x).astype(jnp.float32)
 

@@ -118,12 +118,20 @@ def _zoom(ax: Axes, names: list[str], means: list[np.ndarray], indices: list[int
   ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
 
 
-def write(results: dict[str, Any], config: dict[str, Any], out: Path, seconds: float) -> tuple[Path, Path]:
-  """The job's JSON (settings, machine, results) and figure under ``out``: their paths."""
+def write(
+  results: dict[str, Any],
+  config: dict[str, Any],
+  out: Path,
+  seconds: float,
+  compilations: dict[str, float] | None = None,
+) -> tuple[Path, Path]:
+  """The job's JSON (settings, machine, wall seconds, XLA compilations, results) and figure under ``out``:
+  their paths."""
   stem = f"{config['dataset']}_results"
   data = {
     "config": config,
     "seconds": seconds,
+    "compilations": compilations,
     "date_utc": report.utc_now(),
     "machine": report.machine(),
     "results": results,

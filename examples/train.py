@@ -37,6 +37,7 @@ import jax
 import models
 import results as results_lib
 from cifar_runner import run_cifar
+from compilations import CompileCounter
 from digits_runner import run_digits
 from methods import CHEAPER_VARIANTS, FAMILY, check_with_library, family_default, family_flag, parse_method
 
@@ -99,6 +100,12 @@ def build_parser() -> cli.Parser:
     "--epochs", type=cli.positive_int, default=None, help="default: 40 for digits, 200 for CIFAR"
   )
   p.add_argument("--seeds", type=cli.positive_int, default=3, help="number of seeds, 0..N-1 (default: 3)")
+  p.add_argument(
+    "--workers",
+    type=cli.positive_int,
+    default=None,
+    help="digits: runs (method, seed) trained at once (default: one per core); the table is the same",
+  )
   p.add_argument(
     "--noise",
     type=cli.float_in(0.0, 1.0),
@@ -197,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     args = parse_args(argv)
     start = time.perf_counter()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), CompileCounter() as compilations:
       # A setting too large for float32 (--rho 1e39) becomes inf when a step is traced, and numpy warns
       # about the cast in several lines; the finiteness check reports what follows in one.
       warnings.filterwarnings("ignore", "overflow encountered in cast", RuntimeWarning)
@@ -210,8 +217,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   config = results_lib.settings(args)
   print(results_lib.title(config))
   print(results_lib.table(results))
-  print(f"wall time {seconds:.0f} s on {jax.local_device_count()} {jax.default_backend()} device(s)")
-  json_path, png_path = results_lib.write(results, config, Path(args.out), seconds)
+  compiled = compilations.summary()
+  print(
+    f"wall time {seconds:.0f} s on {jax.local_device_count()} {jax.default_backend()} device(s), "
+    f"{compiled['count']} compilations ({compiled['seconds']:.1f} s)"
+  )
+  json_path, png_path = results_lib.write(results, config, Path(args.out), seconds, compiled)
   print(f"wrote {json_path} and {png_path}")
   return 0
 

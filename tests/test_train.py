@@ -246,3 +246,53 @@ def test_one_gradient_members_skip_the_first_pass_in_the_digits_step():
   assert sgd > 0
   assert convolutions("momentum-sam") == sgd
   assert convolutions("random-smoothing-sam") == convolutions("sam") == 2 * sgd
+
+
+@pytest.mark.parametrize("token", ["usam", "sam", "0.5", "1/t", "1-1/t"])
+def test_the_shared_sam_step_equals_each_methods_own_optimizer(token):
+  # The digits job trains every plain Unified SAM method with one optimizer whose rho and lambda's
+  # coefficients are arrays in its state; it must take the steps of the method's own unified_sam chain.
+  from digits_runner import make_train_step
+  from methods import make_shared_sam_tx, make_tx, parse_method, set_lambda
+  from training import make_loss_fn
+
+  from optax_usam.flax_linen import SAMTrainState
+
+  args = train.parse_args(["--no-progress"])
+  model = models.get_model(args.model, 10)
+  split = data_lib.load_digits(0, args.noise)
+  x, y = jnp.asarray(split.train.x), jnp.asarray(split.train.y)
+  params = model.init(jax.random.key(0), x[:1], train=False)["params"]
+  step = make_train_step(make_loss_fn(model))
+  method = parse_method(token)
+  own = SAMTrainState.create(apply_fn=model.apply, params=params, tx=make_tx(method, args, 50))
+  shared = SAMTrainState.create(apply_fn=model.apply, params=params, tx=make_shared_sam_tx(args, 50))
+  shared = shared.replace(opt_state=set_lambda(shared.opt_state, method))
+  for i in range(5):
+    idx = np.arange(64 * i, 64 * (i + 1))
+    own, own_loss = step(own, x, y, idx, None)
+    shared, shared_loss = step(shared, x, y, idx, None)
+    np.testing.assert_allclose(shared_loss, own_loss, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(shared.params), jax.tree.leaves(own.params), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  import optax_usam
+
+  want, got = optax_usam.get_diagnostics(own.opt_state), optax_usam.get_diagnostics(shared.opt_state)
+  assert got["lambd"] == want["lambd"] and got["count"] == want["count"] == 5
+
+
+def test_digits_job_compiles_each_step_kind_once_and_the_same_table_with_any_workers(tmp_path, capsys):
+  from compilations import CompileCounter
+
+  argv = ["--methods", "sgd,usam,0.5,1/t,1-1/t", "--epochs", "2", "--seeds", "2", "--no-progress"]
+  with CompileCounter() as counter:
+    assert train.main([*argv, "--workers", "1", "--out", str(tmp_path / "serial")]) == 0
+  # One SGD step and one Unified SAM step for all four lambdas, whatever the seed.
+  assert counter.by_function["jit(train_step)"] == 2
+  assert train.main([*argv, "--workers", "3", "--out", str(tmp_path / "threads")]) == 0
+  assert "compilations" in capsys.readouterr().out
+  serial, threads = (
+    json.loads((tmp_path / d / "digits_results.json").read_text()) for d in ("serial", "threads")
+  )
+  assert threads["results"] == serial["results"]  # every accuracy, loss and diagnostic, to the last bit
+  assert serial["compilations"]["count"] >= 2 and serial["compilations"]["seconds"] > 0

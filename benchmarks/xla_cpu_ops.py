@@ -1,0 +1,202 @@
+"""The operations of the digits CNN's training step, timed alone: where XLA:CPU spends the step.
+
+Minimal reproducers, each a few lines of JAX on the shapes of the main job (batch 64, 8x8 images), timed
+in interleaved rounds (median of single calls after a warm-up), next to the same operation in PyTorch
+when torch is installed:
+
+* the 2x2 max-pool's gradient: ``flax.linen.max_pool``'s (XLA's select-and-scatter) against
+  ``examples/pooling.py``'s ``max_pool_2x2`` (the same numbers, a one-hot select), which the main job uses;
+* the 3x3 convolutions (1 -> 16 and 16 -> 32 channels): forward, input gradient, kernel gradient.
+
+  python -m benchmarks.xla_cpu_ops            # prints the table, writes benchmarks/results/xla_cpu_ops.json
+  python -m benchmarks.xla_cpu_ops --quick    # fewer calls, into benchmarks/results/quick/
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import report
+from examples import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+BATCH = 64
+
+
+def median_ms(fn: Callable[[], Any], calls: int, sync: Callable[[Any], Any]) -> float:
+  for _ in range(10):
+    sync(fn())
+  samples = []
+  for _ in range(calls):
+    start = time.perf_counter()
+    sync(fn())
+    samples.append(time.perf_counter() - start)
+  return 1e3 * statistics.median(samples)
+
+
+def jax_cases() -> dict[str, Callable[[], Any]]:
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  from jax import lax
+
+  sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+  from pooling import max_pool_2x2
+
+  rng = np.random.default_rng(0)
+
+  def conv(x: jax.Array, k: jax.Array) -> jax.Array:
+    return lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  cases: dict[str, Callable[[], Any]] = {}
+  pooled = jnp.asarray(np.maximum(rng.normal(size=(BATCH, 8, 8, 32)), 0), jnp.float32)
+  cotangent = jnp.asarray(rng.normal(size=(BATCH, 4, 4, 32)), jnp.float32)
+  for name, pool in (
+    ("max-pool gradient, nn.max_pool", lambda h: nn.max_pool(h, (2, 2), (2, 2))),
+    ("max-pool gradient, max_pool_2x2", max_pool_2x2),
+  ):
+    grad = jax.jit(lambda h, g, pool=pool: jax.vjp(pool, h)[1](g)[0])
+    cases[name] = lambda grad=grad: grad(pooled, cotangent)
+  for cin, cout in ((1, 16), (16, 32)):
+    x = jnp.asarray(rng.normal(size=(BATCH, 8, 8, cin)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(3, 3, cin, cout)), jnp.float32)
+    dy = jnp.asarray(rng.normal(size=(BATCH, 8, 8, cout)), jnp.float32)
+    forward = jax.jit(conv)
+    input_grad = jax.jit(lambda k, dy, x=x: jax.vjp(lambda v: conv(v, k), x)[1](dy)[0])
+    kernel_grad = jax.jit(lambda x, dy, k=k: jax.vjp(lambda w: conv(x, w), k)[1](dy)[0])
+    cases[f"conv {cin}->{cout} forward"] = lambda f=forward, x=x, k=k: f(x, k)
+    cases[f"conv {cin}->{cout} input gradient"] = lambda f=input_grad, k=k, dy=dy: f(k, dy)
+    cases[f"conv {cin}->{cout} kernel gradient"] = lambda f=kernel_grad, x=x, dy=dy: f(x, dy)
+  return cases
+
+
+def torch_cases() -> dict[str, Callable[[], Any]]:
+  import torch
+  import torch.nn.functional as F
+
+  rng = np.random.default_rng(0)
+  cases: dict[str, Callable[[], Any]] = {}
+  pooled = torch.tensor(
+    np.maximum(rng.normal(size=(BATCH, 32, 8, 8)), 0), dtype=torch.float32, requires_grad=True
+  )
+  out = F.max_pool2d(pooled, 2)
+  cotangent = torch.tensor(rng.normal(size=(BATCH, 32, 4, 4)), dtype=torch.float32)
+  cases["max-pool gradient"] = lambda: torch.autograd.grad(out, pooled, cotangent, retain_graph=True)
+  for cin, cout in ((1, 16), (16, 32)):
+    x = torch.tensor(rng.normal(size=(BATCH, cin, 8, 8)), dtype=torch.float32, requires_grad=True)
+    k = torch.tensor(rng.normal(size=(cout, cin, 3, 3)), dtype=torch.float32, requires_grad=True)
+    y = F.conv2d(x, k, padding=1)
+    dy = torch.tensor(rng.normal(size=(BATCH, cout, 8, 8)), dtype=torch.float32)
+    cases[f"conv {cin}->{cout} forward"] = lambda x=x, k=k: F.conv2d(x.detach(), k.detach(), padding=1)
+    cases[f"conv {cin}->{cout} input gradient"] = lambda y=y, x=x, dy=dy: torch.autograd.grad(
+      y, x, dy, retain_graph=True
+    )
+    cases[f"conv {cin}->{cout} kernel gradient"] = lambda y=y, k=k, dy=dy: torch.autograd.grad(
+      y, k, dy, retain_graph=True
+    )
+  return cases
+
+
+def torch_twin(name: str) -> str:
+  return "max-pool gradient" if name.startswith("max-pool") else name
+
+
+def measure(framework: str, calls: int) -> dict[str, float]:
+  """Median ms per case of one framework, in this process (the parent runs each framework in its own)."""
+  if framework == "jax":
+    import jax
+
+    return {name: median_ms(fn, calls, jax.block_until_ready) for name, fn in jax_cases().items()}
+  return {name: median_ms(fn, calls, lambda value: value) for name, fn in torch_cases().items()}
+
+
+def measure_in_child(framework: str, calls: int) -> dict[str, float]:
+  # One process per framework and round: XLA's and PyTorch's thread pools in one process slow each other.
+  command = [sys.executable, "-m", "benchmarks.xla_cpu_ops", "--measure", framework, "--calls", str(calls)]
+  done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+  if done.returncode != 0:
+    raise cli.CommandError(f"measuring {framework} failed: {done.stderr.strip()[-500:]}")
+  return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+  frameworks = ["jax"] + (["torch"] if importlib.util.find_spec("torch") is not None else [])
+  calls = 50 if args.quick else 400
+  samples: dict[str, dict[str, list[float]]] = {f: {} for f in frameworks}
+  for i in range(args.rounds):
+    for framework in frameworks if i % 2 == 0 else frameworks[::-1]:
+      for name, ms in measure_in_child(framework, calls).items():
+        samples[framework].setdefault(name, []).append(ms)
+  rows = {}
+  for name, values in samples["jax"].items():
+    twin = samples.get("torch", {}).get(torch_twin(name))
+    rows[name] = {
+      "jax_ms": round(statistics.median(values), 4),
+      "torch_ms": None if not twin else round(statistics.median(twin), 4),
+    }
+  return {
+    "machine": report.machine(),
+    "date_utc": report.utc_now(),
+    "rounds": args.rounds,
+    "calls": calls,
+    "rows": rows,
+  }
+
+
+def table(rows: dict[str, dict[str, float | None]]) -> str:
+  lines = ["| operation (batch 64, 8x8) | XLA:CPU (ms) | PyTorch (ms) |", "|---|---|---|"]
+  for name, row in rows.items():
+    torch_ms = "n/a" if row["torch_ms"] is None else f"{row['torch_ms']:.3f}"
+    lines.append(f"| {name} | {row['jax_ms']:.3f} | {torch_ms} |")
+  return "\n".join(lines)
+
+
+def parser() -> cli.Parser:
+  p = cli.Parser(prog="xla_cpu_ops", description=__doc__.split("\n\n")[0])
+  p.add_argument(
+    "--quick", action="store_true", help="50 calls per measurement, into benchmarks/results/quick/"
+  )
+  p.add_argument("--rounds", type=cli.positive_int, default=3, help="interleaved rounds (default: 3)")
+  p.add_argument("--out", type=Path, default=None, help="output directory (default: benchmarks/results)")
+  p.add_argument(
+    "--measure", choices=("jax", "torch"), default=None, help="internal: one framework, in this process"
+  )
+  p.add_argument(
+    "--calls", type=cli.positive_int, default=400, help="timed calls per measurement (with --measure)"
+  )
+  return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  try:
+    args = parser().parse_args(argv)
+  except cli.CommandError as err:
+    return cli.report("xla_cpu_ops", err)
+  if args.measure is not None:
+    print(json.dumps(measure(args.measure, args.calls)))
+    return 0
+  try:
+    data = run(args)
+  except cli.CommandError as err:
+    return cli.report("xla_cpu_ops", err)
+  out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
+  path = report.write_json(out / "xla_cpu_ops.json", data)
+  print(table(data["rows"]))
+  print(f"wrote {path}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,101 @@
+"""``python -m benchmarks.main_job`` (our job against the PyTorch one) and ``benchmarks.xla_cpu_ops``.
+
+The quick run of the harness runs here without torch (CI never installs it): our job serially and with
+threads, its compilations, the steady-state step times, and the tables; the PyTorch column reads n/a. The
+committed full results are the ones docs/benchmarks.md quotes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks import main_job, xla_cpu_ops
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+  out = tmp_path_factory.mktemp("main_job")
+  assert main_job.main(["--quick", "--skip-torch", "--out", str(out)]) == 0
+  return json.loads((out / "main_job.json").read_text())
+
+
+def test_the_quick_run_measures_our_job(quick_run: dict[str, Any]) -> None:
+  assert quick_run["torch"] == "skipped" and quick_run["settings"] == main_job.QUICK
+  ours = quick_run["rounds"][0]["ours"]
+  assert ours["wall_s"] > 0 and ours["user_s"] > 0 and ours["peak_rss_mib"] > 100
+  assert set(ours["results"]) == {"SGD", "SAM"}
+  # One SGD step, one Unified SAM step, the evaluation and the initialization at least.
+  assert ours["compilations"]["count"] >= 4 and ours["compilations"]["seconds"] > 0
+  steps = ours["step_ms"]
+  assert 0 < steps["sgd"] < steps["sam"]
+
+
+def test_threads_give_the_serial_runs_numbers(quick_run: dict[str, Any]) -> None:
+  assert quick_run["identical_to_serial"] is True
+  assert quick_run["serial_run"]["results"] == quick_run["rounds"][0]["ours"]["results"]
+
+
+def test_tables_put_the_two_jobs_side_by_side() -> None:
+  summary = {
+    "ours": {
+      "wall_s": 40.0,
+      "cpu_s": 80.0,
+      "peak_rss_mib": 600.0,
+      "sgd_step_ms": 2.0,
+      "sam_step_ms": 4.0,
+      "compilations": {"count": 24, "seconds": 4.0},
+      "serial_wall_s": 60.0,
+    },
+    "torch": {"wall_s": 80.0, "cpu_s": 160.0, "peak_rss_mib": 500.0, "sgd_step_ms": 2.0, "sam_step_ms": 3.0},
+  }
+  costs = main_job.cost_table(summary)
+  assert "| wall time (median of rounds) | 40.0 s | 80.0 s | 2.00x |" in costs
+  assert "| Unified SAM step, steady state | 4.00 ms | 3.00 ms | 0.75x |" in costs
+  assert "| XLA compilations | 24 (4.0 s) |" in costs and "| 60.0 s |" in costs
+  accuracy = main_job.accuracy_table({"SGD": [70.0, 72.0]}, {"SGD": [71.0, 71.0]})
+  assert "| SGD | 71.00 +- 1.00 | 71.00 +- 0.00 |" in accuracy
+  assert "| SGD | 71.00 +- 1.00 | n/a |" in main_job.accuracy_table({"SGD": [70.0, 72.0]}, None)
+
+
+def test_docs_quote_the_committed_results() -> None:
+  committed = json.loads((ROOT / "benchmarks" / "results" / "main_job.json").read_text())
+  page = (ROOT / "docs" / "benchmarks.md").read_text()
+  assert main_job.cost_table(committed["summary"]) in page
+  first = committed["rounds"][0]
+  assert main_job.accuracy_table(first["ours"]["results"], first["torch"]["results"]) in page
+  assert committed["identical_to_serial"] is True
+  ops = json.loads((ROOT / "benchmarks" / "results" / "xla_cpu_ops.json").read_text())
+  assert xla_cpu_ops.table(ops["rows"]) in page
+
+
+def test_the_reproducers_run_and_the_pooling_twins_agree() -> None:
+  times = xla_cpu_ops.measure("jax", calls=3)
+  assert set(times) == set(xla_cpu_ops.jax_cases()) and all(t > 0 for t in times.values())
+  import jax
+  import numpy as np
+
+  cases = xla_cpu_ops.jax_cases()
+  slow, fast = cases["max-pool gradient, nn.max_pool"](), cases["max-pool gradient, max_pool_2x2"]()
+  np.testing.assert_array_equal(jax.device_get(slow), jax.device_get(fast))
+
+
+@pytest.mark.parametrize(
+  ("module", "prog", "args", "flag"),
+  [
+    (main_job, "main_job", ["--rounds", "0"], "--rounds"),
+    (main_job, "main_job", ["--step-times", "mxnet"], "--step-times"),
+    (xla_cpu_ops, "xla_cpu_ops", ["--calls", "-1"], "--calls"),
+  ],
+)
+def test_bad_arguments_exit_2_with_one_line(
+  capsys: pytest.CaptureFixture[str], module: Any, prog: str, args: list[str], flag: str
+) -> None:
+  assert module.main(args) == 2
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: ") and flag in lines[0]
