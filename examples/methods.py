@@ -185,6 +185,11 @@ def check_with_library(methods: list[Method], args: argparse.Namespace, lambda_f
     "probability": "--sam-probability",
     "fraction": "--ascent-fraction",
   }
+  if any(shares_sam_step(m) for m in methods):
+    with library_errors(flags):
+      # The shared optimizer keeps rho in a float32 array, where a rho beyond float32 (1e39) is inf: building
+      # its state runs the library's check on that value (before any parameter is needed).
+      make_shared_sam_tx(args, total_steps=1).init({})
   for method in methods:
     # Per method: two members of the family name a parameter "momentum", each with its own flag.
     _, parameters = FAMILY.get(method.variant, ("", {}))

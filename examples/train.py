@@ -202,13 +202,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
   try:
-    args = parse_args(argv)
-    start = time.perf_counter()
-    with warnings.catch_warnings(), CompileCounter() as compilations:
-      # A setting too large for float32 (--rho 1e39) becomes inf when a step is traced, and numpy warns
-      # about the cast in several lines; the finiteness check reports what follows in one.
+    with warnings.catch_warnings():
+      # A setting too large for float32 (--rho 1e39) becomes inf when it is cast (the shared optimizer's
+      # state, a traced step), and numpy warns about the cast in several lines; the library's check or the
+      # finiteness check reports what follows in one.
       warnings.filterwarnings("ignore", "overflow encountered in cast", RuntimeWarning)
-      results = run_digits(args) if args.dataset == "digits" else run_cifar(args)
+      args = parse_args(argv)
+      start = time.perf_counter()
+      with CompileCounter() as compilations:
+        results = run_digits(args) if args.dataset == "digits" else run_cifar(args)
   except cli.CommandError as err:
     return cli.report(PROG, err)
   if results is None:
