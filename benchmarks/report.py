@@ -179,3 +179,13 @@ def line_with_band(
   style = LINE_STYLES[index % len(LINE_STYLES)] if style is None else style
   ax.plot(x, mean, color=color, ls=style, lw=1.5, label=label)
   ax.fill_between(x, lower, upper, color=color, alpha=0.15, lw=0)
+
+
+def output_dir(args: Any, full_run: Mapping[str, Any], results: Path) -> Path:
+  """Where a benchmark writes: ``args.out`` if given, else ``results`` for the full run (no ``--quick``, with
+  plots, every setting of ``full_run``) and ``results/quick`` (ignored by git) for any other, so that a short
+  run never replaces the committed results."""
+  if args.out is not None:
+    return args.out
+  full = not args.quick and not args.no_plots and all(getattr(args, k) == v for k, v in full_run.items())
+  return results if full else results / "quick"

@@ -404,11 +404,7 @@ def parser() -> cli.Parser:
 
 
 def output_dir(args: argparse.Namespace) -> Path:
-  """``--out``, or by default RESULTS for the full run and RESULTS/quick (ignored by git) for any other."""
-  if args.out is not None:
-    return args.out
-  full = not args.quick and not args.no_plots and all(getattr(args, k) == v for k, v in FULL_RUN.items())
-  return RESULTS if full else RESULTS / "quick"
+  return report.output_dir(args, FULL_RUN, RESULTS)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

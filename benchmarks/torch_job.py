@@ -289,17 +289,6 @@ def steady_state_step_ms(kind: str, steps: int = 200, warmup: int = 20) -> float
   return 1000 * statistics.median(times[warmup:])
 
 
-def table(results: dict[str, dict[str, Any]]) -> str:
-  """Final test accuracy per method: mean +- std over seeds, then each seed's (``examples/results.py``'s)."""
-  width = max(16, *map(len, results))
-  rows = [f"{'method':<{width}} {'test acc (%)':>16}   per seed"]
-  for name, r in results.items():
-    acc = np.asarray(r["final_test_acc"])
-    per_seed = " ".join(f"{a:.1f}" for a in acc)
-    rows.append(f"{name:<{width}} {acc.mean():>8.2f} +- {acc.std():<5.2f}   {per_seed}")
-  return "\n".join(rows)
-
-
 def parser() -> cli.Parser:
   p = cli.Parser(prog=PROG, description=__doc__.split("\n\n")[0])
   p.add_argument(
@@ -335,7 +324,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     f"digits (cnn), PyTorch + unifiedsam, noise {NOISE:g}, rho {RHO:g}, {args.epochs} epochs, "
     f"{args.seeds} seeds"
   )
-  print(table(results))
+  sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+  import results as jax_job_results  # examples/results.py: the JAX job's table, so both print alike
+
+  print(jax_job_results.table(results))
   timings = ", ".join(f"{kind} {ms:.2f} ms" for kind, ms in step_ms.items())
   print(
     f"wall time {wall_s:.0f} s on {machine['threads']} torch CPU thread(s)"
