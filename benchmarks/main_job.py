@@ -51,14 +51,21 @@ def torch_available() -> bool:
 def timed(command: list[str]) -> dict[str, Any]:
   """Runs ``command`` to its end: wall, user and system seconds and peak memory of that process alone
   (``os.wait4`` reports the child's own usage)."""
-  start = time.perf_counter()
-  process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  # Read the pipes first (a full pipe would block the child), then reap it with wait4 for its own rusage.
-  stdout = process.stdout.read() if process.stdout else ""
-  stderr = process.stderr.read() if process.stderr else ""
-  _, status, usage = os.wait4(process.pid, 0)
-  wall = time.perf_counter() - start
-  process.returncode = os.waitstatus_to_exitcode(status)
+  # Output into files, not pipes: a child that fills a pipe nobody reads would block for ever.
+  with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+    start = time.perf_counter()
+    process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=err, text=True)
+    try:
+      _, status, usage = os.wait4(process.pid, 0)
+    except BaseException:  # Ctrl-C: do not leave the child running
+      process.kill()
+      os.wait4(process.pid, 0)
+      raise
+    wall = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    out.seek(0)
+    err.seek(0)
+    stdout, stderr = out.read(), err.read()
   if process.returncode != 0:
     raise cli.CommandError(f"{' '.join(command[1:3])} failed ({process.returncode}): {stderr.strip()[-500:]}")
   return {
@@ -306,7 +313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = run(args)
   except cli.CommandError as err:
     return cli.report("main_job", err)
-  full = not args.quick and args.rounds in (None, FULL["rounds"]) and not args.skip_torch
+  # Only a full run with both jobs measured replaces the committed results (the docs quote them).
+  full = not args.quick and args.rounds in (None, FULL["rounds"]) and data["torch"] == "measured"
   out = args.out or (RESULTS if full else RESULTS / "quick")
   path = report.write_json(out / "main_job.json", data)
   print(cost_table(data["summary"]))

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any, NamedTuple
 
 import data as data_lib
@@ -49,8 +50,13 @@ class Run(NamedTuple):
 
 
 def workers(requested: int | None, runs: int) -> int:
-  """How many runs train at once: ``--workers``, else one per core (never more than there are runs)."""
-  return max(1, min(requested or os.cpu_count() or 1, runs))
+  """How many runs train at once: ``--workers``, else one per core this process may use (never more than
+  there are runs)."""
+  return max(1, min(requested or len(os.sched_getaffinity(0)), runs))
+
+
+class _Stopped(Exception):
+  """A run stopped because another one failed."""
 
 
 def run_digits(args: argparse.Namespace) -> dict[str, Any]:
@@ -104,6 +110,8 @@ def run_digits(args: argparse.Namespace) -> dict[str, Any]:
     x_test, y_test = jnp.asarray(split.test.x), jnp.asarray(split.test.y)
     curve, loss_curve = [], []
     for epoch in range(args.epochs):
+      if stop.is_set():
+        raise _Stopped
       epoch_losses = []
       for idx in batches(seed, epoch):
         state, loss = train_step(state, x, y, idx, fraction)
@@ -111,21 +119,29 @@ def run_digits(args: argparse.Namespace) -> dict[str, Any]:
       loss_curve.append(float(np.mean(epoch_losses)))
       check_finite(f"{method.name} seed {seed}", epoch + 1, loss_curve[-1], state)
       curve.append(float(test_accuracy(state.params, state.batch_stats, x_test, y_test)))
-      bar.update(status=f"{method.name} seed {seed} test acc {curve[-1]:.1f}")
+      with bar_lock:
+        bar.update(status=f"{method.name} seed {seed} test acc {curve[-1]:.1f}")
     bar.milestone(f"digits: {method.name} seed {seed}: final test acc {curve[-1]:.1f}")
     return Run(curve, loss_curve, diagnostics(state))
 
   jobs = [(method, seed) for method in args.methods for seed in seeds]
+  args.workers = workers(args.workers, len(jobs))  # the JSON records the number used
+  # The first failure (a diverged run, Ctrl-C) ends the job at once: the runs not started are cancelled and
+  # the running ones stop at their next epoch.
+  stop, bar_lock = threading.Event(), threading.Lock()
+  pool = ThreadPoolExecutor(args.workers)
   try:
-    with ThreadPoolExecutor(workers(args.workers, len(jobs))) as pool:
-      futures = [pool.submit(run, method, seed) for method, seed in jobs]
-      try:
-        runs = [future.result() for future in futures]
-      except BaseException:
-        for future in futures:
-          future.cancel()
-        raise
+    futures = [pool.submit(run, method, seed) for method, seed in jobs]
+    done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+    failed = [f for f in futures if f in done and f.exception() is not None]
+    if failed:
+      raise failed[0].exception()
+    runs = [future.result() for future in futures]
+  except BaseException:
+    stop.set()
+    raise
   finally:
+    pool.shutdown(wait=True, cancel_futures=True)
     bar.close()
   results: dict[str, Any] = {}
   for i, method in enumerate(args.methods):

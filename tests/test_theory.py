@@ -508,8 +508,9 @@ def test_diminish_schedule_drives_sgd_epoch_by_epoch():
         (("diminish1", -0.1, 10), ValueError, "init_value"),
         (("diminish1", float("inf"), 10), ValueError, "init_value"),
         (("diminish1", "0.1", 10), TypeError, "init_value"),
-        (("diminish1", 0.1, 0), ValueError, "steps_per_epoch must be an int >= 1"),
-        (("diminish1", 0.1, 2.0), TypeError, "steps_per_epoch must be an int >= 1"),
+        (("diminish1", 0.1, 0), ValueError, r"steps_per_epoch must be an int in \[1, 2\*\*31 - 1\]"),
+        (("diminish1", 0.1, 2**31), ValueError, "steps_per_epoch must be an int in"),
+        (("diminish1", 0.1, 2.0), TypeError, "steps_per_epoch must be an int in"),
         (("diminish1", 0.1, True), TypeError, "steps_per_epoch"),
     ],
 )

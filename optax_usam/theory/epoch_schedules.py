@@ -43,6 +43,8 @@ def diminish_schedule(rule: str, init_value: chex.Numeric, steps_per_epoch: int)
                     :math:`s = 3 + \lfloor (e-1)/5 \rfloor` for :math:`e \ge 1`
   ================  ==========================================================
 
+  "Constant" is torch's ``ConstantLR`` with the factor of each configuration file, which is 1 in the
+  ones read (e.g. ``config/cifar10_resnet18_sam_constant_01.yaml``), so the rate stays :math:`\gamma`.
   The first epochs are the code's: Diminish 2 trains epochs 0 and 1 both at
   :math:`\gamma`, and Diminish 3 drops by :math:`3 \ln 3 \approx 3.30` after
   epoch 0, then moves to the next :math:`s` every five epochs. The paper's
@@ -87,7 +89,10 @@ def diminish_schedule(rule: str, init_value: chex.Numeric, steps_per_epoch: int)
   """
   rule = _validation.check_choice(rule, "rule", _RULES)
   _validation.check_positive(init_value, "init_value", traced=True)
-  steps_per_epoch = _validation.check_int(steps_per_epoch, "steps_per_epoch", 1, bounds="an int >= 1")
+  # At most int32's maximum: optax counts are int32, and a larger divisor would overflow when called.
+  steps_per_epoch = _validation.check_int(
+    steps_per_epoch, "steps_per_epoch", 1, 2**31 - 1, bounds="an int in [1, 2**31 - 1]"
+  )
 
   def schedule(count: chex.Numeric) -> chex.Numeric:
     dtype = jnp.result_type(float)
