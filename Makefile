@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv train test lint docs clean
+.PHONY: venv train test lint format docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,11 +18,16 @@ train: $(STAMP)
 	$(BIN)/python examples/train.py $(ARGS)
 
 test: $(STAMP)
+	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n 2 -q
 
 lint: $(STAMP)
+	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
 
 # Warnings are errors and every reference must resolve (-n); the suite runs the same build (tests/test_docs.py).
 docs: $(STAMP)

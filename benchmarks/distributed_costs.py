@@ -46,14 +46,16 @@ def collective_bytes(hlo: str, op: str) -> int:
 
 def main() -> None:
   params = {
-      "w1": jax.ShapeDtypeStruct((D, HIDDEN), jnp.float32),
-      "b1": jax.ShapeDtypeStruct((HIDDEN,), jnp.float32),
-      "w2": jax.ShapeDtypeStruct((HIDDEN, OUT), jnp.float32),
-      "b2": jax.ShapeDtypeStruct((OUT,), jnp.float32),
+    "w1": jax.ShapeDtypeStruct((D, HIDDEN), jnp.float32),
+    "b1": jax.ShapeDtypeStruct((HIDDEN,), jnp.float32),
+    "w2": jax.ShapeDtypeStruct((HIDDEN, OUT), jnp.float32),
+    "b2": jax.ShapeDtypeStruct((OUT,), jnp.float32),
   }
   param_mib = sum(int(np.prod(v.shape)) * 4 for v in params.values()) / 2**20
-  print(f"{sum(int(np.prod(v.shape)) for v in params.values()) / 1e6:.1f}M parameters "
-        f"({param_mib:.1f} MiB), global batch {BATCH}, SGD with momentum, 8 CPU devices")
+  print(
+    f"{sum(int(np.prod(v.shape)) for v in params.values()) / 1e6:.1f}M parameters "
+    f"({param_mib:.1f} MiB), global batch {BATCH}, SGD with momentum, 8 CPU devices"
+  )
   print("| mesh (data x model) | perturbation | per-device MiB | all-reduce MiB | all-gather MiB |")
   print("|---|---|---|---|---|")
   for num_model in (1, 2, 4, 8):
@@ -61,24 +63,39 @@ def main() -> None:
     shardings = distributed.fsdp_shardings(params, mesh)
     p = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s), params, shardings)
     batch_sh = distributed.batch_sharding(mesh)
-    batch = (jax.ShapeDtypeStruct((BATCH, D), jnp.float32, sharding=batch_sh),
-             jax.ShapeDtypeStruct((BATCH, OUT), jnp.float32, sharding=batch_sh))
+    batch = (
+      jax.ShapeDtypeStruct((BATCH, D), jnp.float32, sharding=batch_sh),
+      jax.ShapeDtypeStruct((BATCH, OUT), jnp.float32, sharding=batch_sh),
+    )
     for per_device in (False, True):
       if per_device and num_model == 8:
         continue  # a single data shard: both modes are the same program
       _, init, step = distributed.make_sharded_trainer(
-          loss_fn, optax.sgd(0.1, momentum=0.9), params, mesh=mesh, per_device_perturbation=per_device,
-          param_shardings=shardings, rho=0.05, lambd_schedule=1.0)
+        loss_fn,
+        optax.sgd(0.1, momentum=0.9),
+        params,
+        mesh=mesh,
+        per_device_perturbation=per_device,
+        param_shardings=shardings,
+        rho=0.05,
+        lambd_schedule=1.0,
+      )
       opt_state = jax.eval_shape(init, p)
       compiled = step.lower(p, opt_state, batch).compile()
       mem = compiled.memory_analysis()
-      total = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
-               + mem.temp_size_in_bytes)
+      total = (
+        mem.argument_size_in_bytes
+        + mem.output_size_in_bytes
+        - mem.alias_size_in_bytes
+        + mem.temp_size_in_bytes
+      )
       hlo = compiled.as_text()
       mode = "per-device" if per_device else "global"
-      print(f"| {8 // num_model} x {num_model} | {mode} | {total / 2**20:.1f} | "
-            f"{collective_bytes(hlo, 'all-reduce') / 2**20:.2f} | "
-            f"{collective_bytes(hlo, 'all-gather') / 2**20:.2f} |")
+      print(
+        f"| {8 // num_model} x {num_model} | {mode} | {total / 2**20:.1f} | "
+        f"{collective_bytes(hlo, 'all-reduce') / 2**20:.2f} | "
+        f"{collective_bytes(hlo, 'all-gather') / 2**20:.2f} |"
+      )
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def opcodes(hlo: str) -> collections.Counter[str]:
 def entry_ops(hlo: str) -> tuple[collections.Counter[str], int]:
   """The entry computation's instructions that do work: array-valued ones by opcode, and how many
   are scalar-valued."""
-  entry = _INSTRUCTION.findall(hlo[hlo.index("\nENTRY"):])
+  entry = _INSTRUCTION.findall(hlo[hlo.index("\nENTRY") :])
   array_ops: collections.Counter[str] = collections.Counter()
   scalar_ops = 0
   for shape, op in entry:
@@ -62,9 +62,9 @@ def summary(hlo: str) -> dict[str, Any]:
   ops = opcodes(hlo)
   array_ops, scalar_ops = entry_ops(hlo)
   return {
-      "dot": ops["dot"],
-      "convolution": ops["convolution"],
-      "instructions": ops.total(),
-      "array_ops": dict(sorted(array_ops.items())),
-      "scalar_ops": scalar_ops,
+    "dot": ops["dot"],
+    "convolution": ops["convolution"],
+    "instructions": ops.total(),
+    "array_ops": dict(sorted(array_ops.items())),
+    "scalar_ops": scalar_ops,
   }

@@ -50,21 +50,26 @@ def resnet(name: str, depth: int, widen: int, batch: int, preact: bool) -> Model
   if depth < 6 + extra or (depth - extra) % 6:
     raise ValueError(f"depth must be 6 n + {extra} with n >= 1; got {depth}.")
   return ModelSpec(
-      name, "resnet", (32, 32, 3), batch, blocks_per_stage=(depth - extra) // 6,
-      widths=(16, 16 * widen, 32 * widen, 64 * widen), preact=preact,
+    name,
+    "resnet",
+    (32, 32, 3),
+    batch,
+    blocks_per_stage=(depth - extra) // 6,
+    widths=(16, 16 * widen, 32 * widen, 64 * widen),
+    preact=preact,
   )
 
 
 def zoo(wrn_batch: int = 128) -> dict[str, ModelSpec]:
   """The models of the overhead benchmark, by name."""
   specs = [
-      # Dispatch-bound: its step time is the fixed per-step cost of each variant.
-      ModelSpec("tiny_mlp", "mlp", (4,), 2, num_classes=4, hidden=(4, 4)),
-      ModelSpec("mlp", "mlp", (64,), 128, hidden=(256, 256)),
-      ModelSpec("wide_mlp", "mlp", (64,), 128, hidden=(1024, 1024)),
-      resnet("resnet8", depth=8, widen=1, batch=128, preact=False),
-      resnet("wrn16_4", depth=16, widen=4, batch=wrn_batch, preact=True),
-      resnet("wrn28_10", depth=28, widen=10, batch=128, preact=True),
+    # Dispatch-bound: its step time is the fixed per-step cost of each variant.
+    ModelSpec("tiny_mlp", "mlp", (4,), 2, num_classes=4, hidden=(4, 4)),
+    ModelSpec("mlp", "mlp", (64,), 128, hidden=(256, 256)),
+    ModelSpec("wide_mlp", "mlp", (64,), 128, hidden=(1024, 1024)),
+    resnet("resnet8", depth=8, widen=1, batch=128, preact=False),
+    resnet("wrn16_4", depth=16, widen=4, batch=wrn_batch, preact=True),
+    resnet("wrn28_10", depth=28, widen=10, batch=128, preact=True),
   ]
   return {s.name: s for s in specs}
 
@@ -97,18 +102,18 @@ def init_jax(spec: ModelSpec, key: jax.Array) -> Params:
   if spec.kind == "mlp":
     sizes = (spec.input_shape[0], *spec.hidden, spec.num_classes)
     return [
-        {"w": _he(next(keys), (a, b), a), "b": jnp.zeros((b,), jnp.float32)}
-        for a, b in itertools.pairwise(sizes)
+      {"w": _he(next(keys), (a, b), a), "b": jnp.zeros((b,), jnp.float32)}
+      for a, b in itertools.pairwise(sizes)
     ]
   params: dict[str, Any] = {"stem": _conv_params(next(keys), 3, spec.widths[0], 3), "blocks": []}
   if not spec.preact:
     params["stem_bn"] = _bn_params(spec.widths[0])
   for cin, cout, stride in _block_plan(spec):
     block = {
-        "conv1": _conv_params(next(keys), cin, cout, 3),
-        "bn1": _bn_params(cin if spec.preact else cout),
-        "conv2": _conv_params(next(keys), cout, cout, 3),
-        "bn2": _bn_params(cout),
+      "conv1": _conv_params(next(keys), cin, cout, 3),
+      "bn1": _bn_params(cin if spec.preact else cout),
+      "conv2": _conv_params(next(keys), cout, cout, 3),
+      "bn2": _bn_params(cout),
     }
     if stride != 1 or cin != cout:
       block["short"] = _conv_params(next(keys), cin, cout, 1)
@@ -117,15 +122,17 @@ def init_jax(spec: ModelSpec, key: jax.Array) -> Params:
     params["blocks"].append(block)
   if spec.preact:
     params["final_bn"] = _bn_params(spec.widths[-1])
-  params["head"] = {"w": _he(next(keys), (spec.widths[-1], spec.num_classes), spec.widths[-1]),
-                    "b": jnp.zeros((spec.num_classes,), jnp.float32)}
+  params["head"] = {
+    "w": _he(next(keys), (spec.widths[-1], spec.num_classes), spec.widths[-1]),
+    "b": jnp.zeros((spec.num_classes,), jnp.float32),
+  }
   return params
 
 
 def _conv(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
   pad = w.shape[0] // 2
   return jax.lax.conv_general_dilated(
-      x, w, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    x, w, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "HWIO", "NHWC")
   )
 
 

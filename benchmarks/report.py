@@ -44,16 +44,16 @@ def machine(threads: int | None = None) -> dict[str, Any]:
   except OSError:
     pass
   info: dict[str, Any] = {
-      "cpu": cpu,
-      "cores_visible": os.cpu_count(),
-      "threads": threads,
-      "platform": platform.platform(),
-      "python": platform.python_version(),
-      "backend": jax.default_backend(),
-      "device": str(jax.devices()[0]),
-      "device_count": jax.device_count(),
-      "loadavg_start": os.getloadavg(),
-      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+    "cpu": cpu,
+    "cores_visible": os.cpu_count(),
+    "threads": threads,
+    "platform": platform.platform(),
+    "python": platform.python_version(),
+    "backend": jax.default_backend(),
+    "device": str(jax.devices()[0]),
+    "device_count": jax.device_count(),
+    "loadavg_start": os.getloadavg(),
+    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
   }
   for package in _PACKAGES:
     try:
@@ -100,7 +100,7 @@ def pyplot() -> Any:
 
 
 def save(
-    fig: Figure, path: Path, dpi: int = 100, rect: tuple[float, float, float, float] | None = None
+  fig: Figure, path: Path, dpi: int = 100, rect: tuple[float, float, float, float] | None = None
 ) -> Path:
   """Lays out (the axes within ``rect``, in figure fractions, leaving room for a figure legend), writes
   and closes ``fig``; returns ``path``."""
@@ -137,8 +137,17 @@ def mark_cut_bars(ax: Axes, xs: Sequence[float], heights: Sequence[float]) -> in
     if np.isfinite(h) and h > top:
       cut += 1
       ax.plot([x], [top], marker="^", color="k", ms=5, ls="none", clip_on=False, zorder=5)
-      ax.annotate(f"{h:.3g}", (x, top), xytext=(0, 5), textcoords="offset points", ha="center",
-                  va="bottom", fontsize=6, rotation=90, annotation_clip=False)
+      ax.annotate(
+        f"{h:.3g}",
+        (x, top),
+        xytext=(0, 5),
+        textcoords="offset points",
+        ha="center",
+        va="bottom",
+        fontsize=6,
+        rotation=90,
+        annotation_clip=False,
+      )
   label = "bar cut by the axis (value above it)"
   if cut and label not in ax.get_legend_handles_labels()[1]:
     ax.plot([], [], marker="^", color="k", ms=5, ls="none", label=label)
@@ -169,8 +178,15 @@ def mark_axis_break(ax: Axes) -> None:
 
 
 def line_with_band(
-    ax: Axes, x: np.ndarray, mean: np.ndarray, lower: np.ndarray, upper: np.ndarray, label: str,
-    index: int, color: Any = None, style: str | None = None,
+  ax: Axes,
+  x: np.ndarray,
+  mean: np.ndarray,
+  lower: np.ndarray,
+  upper: np.ndarray,
+  label: str,
+  index: int,
+  color: Any = None,
+  style: str | None = None,
 ) -> None:
   """Curve ``index`` of a figure: its line, in colour ``C{index}`` and a line style of its own unless
   given (overlapping curves stay apart in print too), and a shaded band from ``lower`` to ``upper``

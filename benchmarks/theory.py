@@ -102,8 +102,16 @@ def ridge(rng: np.random.Generator, n: int, d: int, cond: float, reg: float) -> 
     return 0.5 * np.mean((a @ x - b) ** 2) + 0.5 * reg * x @ x
 
   return Problem(
-      "ridge", a, b, reg, np.sum(a**2, axis=1) + reg, float(hess_eigs.max() + reg),
-      float(hess_eigs.min() + reg), loss, numpy_grad, numpy_loss,
+    "ridge",
+    a,
+    b,
+    reg,
+    np.sum(a**2, axis=1) + reg,
+    float(hess_eigs.max() + reg),
+    float(hess_eigs.min() + reg),
+    loss,
+    numpy_grad,
+    numpy_loss,
   )
 
 
@@ -129,8 +137,16 @@ def logistic(rng: np.random.Generator, n: int, d: int, cond: float, reg: float) 
     return np.mean(np.logaddexp(0.0, -y * (a @ x))) + 0.5 * reg * x @ x
 
   return Problem(
-      "logistic", a, y, reg, 0.25 * np.sum(a**2, axis=1) + reg, float(0.25 * top + reg), reg, loss,
-      numpy_grad, numpy_loss,
+    "logistic",
+    a,
+    y,
+    reg,
+    0.25 * np.sum(a**2, axis=1) + reg,
+    float(0.25 * top + reg),
+    reg,
+    loss,
+    numpy_grad,
+    numpy_loss,
   )
 
 
@@ -154,32 +170,41 @@ class Curves(NamedTuple):
 
 
 def simulate(
-    problem: Problem, curves: Curves, x0: jax.Array, epochs: int, trials: int, key: jax.Array,
-    unroll: int = UNROLL,
+  problem: Problem,
+  curves: Curves,
+  x0: jax.Array,
+  epochs: int,
+  trials: int,
+  key: jax.Array,
+  unroll: int = UNROLL,
 ) -> tuple[np.ndarray, float, float]:
   """Full losses f(x_t) at every epoch, shape (curves, trials, epochs + 1), compile and run seconds."""
   n = problem.features.shape[0]
   samplers = (sampling.uniform(problem.smoothness), sampling.importance(problem.smoothness))
   l_max = float(problem.smoothness.max())
   steps = [
-      theory.pl_constant_steps(problem.mu, l_max, samplers[int(imp)].A, samplers[int(imp)].B, float(lam))
-      for lam, imp in zip(curves.lambdas, curves.importance, strict=True)
+    theory.pl_constant_steps(problem.mu, l_max, samplers[int(imp)].A, samplers[int(imp)].B, float(lam))
+    for lam, imp in zip(curves.lambdas, curves.importance, strict=True)
   ]
   rhos = jnp.asarray([s.rho for s in steps])
   gammas = jnp.asarray([s.gamma for s in steps])
 
   def one_run(
-      lam: jax.Array, rho: jax.Array, gamma: jax.Array, decreasing: jax.Array, importance: jax.Array,
-      run_key: jax.Array,
+    lam: jax.Array,
+    rho: jax.Array,
+    gamma: jax.Array,
+    decreasing: jax.Array,
+    importance: jax.Array,
+    run_key: jax.Array,
   ) -> jax.Array:
     dec = theory.pl_decreasing_schedules(rho, gamma, problem.mu)
     # Closing over traced hyperparameters is what lets one compiled program cover every curve.
     tx = optax.chain(
-        optax_usam.unified_sam(
-            rho=lambda count: jnp.where(decreasing, dec.rho(count), rho),
-            lambd_schedule=lambda count: lam,
-        ),
-        optax.sgd(learning_rate=lambda count: jnp.where(decreasing, dec.gamma(count), gamma)),
+      optax_usam.unified_sam(
+        rho=lambda count: jnp.where(decreasing, dec.rho(count), rho),
+        lambd_schedule=lambda count: lam,
+      ),
+      optax.sgd(learning_rate=lambda count: jnp.where(decreasing, dec.gamma(count), gamma)),
     )
 
     def step(carry: tuple[jax.Array, Any], batch: sampling.Batch) -> tuple[tuple[jax.Array, Any], None]:
@@ -200,8 +225,14 @@ def simulate(
 
   keys = jax.random.split(key, (len(curves.lambdas), trials))
   per_trial = jax.vmap(one_run, in_axes=(None, None, None, None, None, 0))
-  args = (jnp.asarray(curves.lambdas), rhos, gammas, jnp.asarray(curves.decreasing),
-          jnp.asarray(curves.importance), keys)
+  args = (
+    jnp.asarray(curves.lambdas),
+    rhos,
+    gammas,
+    jnp.asarray(curves.decreasing),
+    jnp.asarray(curves.importance),
+    keys,
+  )
   start = time.perf_counter()
   runs = jax.jit(jax.vmap(per_trial)).lower(*args).compile()
   compiled = time.perf_counter()
@@ -210,7 +241,7 @@ def simulate(
 
 
 def numpy_loop(
-    problem: Problem, x0: np.ndarray, lam: float, iterations: int, seed: int, style: str, run_length: int
+  problem: Problem, x0: np.ndarray, lam: float, iterations: int, seed: int, style: str, run_length: int
 ) -> float:
   """Seconds per iteration of one run of the same algorithm as a plain NumPy loop (uniform, constant steps).
 
@@ -266,7 +297,7 @@ def first_below(mean: np.ndarray, level: float, n: int) -> int | None:
 
 
 def plot(
-    path: Path, title: str, lines: list[tuple[str, np.ndarray, np.ndarray, Any, str]], n: int, trials: int
+  path: Path, title: str, lines: list[tuple[str, np.ndarray, np.ndarray, Any, str]], n: int, trials: int
 ) -> None:
   """One figure: (label, mean, std, color, linestyle) per curve, +-1 std band, log y axis."""
   plt = report.pyplot()
@@ -302,7 +333,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       x0 = np.random.default_rng(args.seed).standard_normal(args.n)
       for style, samples in numpy_per_iter.items():
         samples.append(
-            numpy_loop(baseline, x0, 0.5, args.numpy_baseline, args.seed, style, args.epochs * args.n)
+          numpy_loop(baseline, x0, 0.5, args.numpy_baseline, args.seed, style, args.epochs * args.n)
         )
 
   import matplotlib
@@ -317,14 +348,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     f_star = minimum_value(problem, x0)
     compute_s += time.perf_counter() - start
     members = (
-        [("constant", "uniform", lam) for lam in LAMBDA_SWEEP]
-        + [("decreasing", "uniform", lam) for lam in LAMBDA_SUBSET]
-        + [("constant", "importance", lam) for lam in LAMBDA_SUBSET]
+      [("constant", "uniform", lam) for lam in LAMBDA_SWEEP]
+      + [("decreasing", "uniform", lam) for lam in LAMBDA_SUBSET]
+      + [("constant", "importance", lam) for lam in LAMBDA_SUBSET]
     )
     curves = Curves(
-        np.array([lam for _, _, lam in members]),
-        np.array([steps == "decreasing" for steps, _, _ in members]),
-        np.array([name == "importance" for _, name, _ in members]),
+      np.array([lam for _, _, lam in members]),
+      np.array([steps == "decreasing" for steps, _, _ in members]),
+      np.array([name == "importance" for _, name, _ in members]),
     )
     key, sub = jax.random.split(key)
     losses, compile_s, run_s = simulate(problem, curves, x0, args.epochs, args.trials, sub)
@@ -332,16 +363,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     compute_s += seconds
     iterations = len(members) * args.trials * args.epochs * args.n
     total_iterations += iterations
-    timing[problem.name] = {"curves": len(members), "trials": args.trials, "iterations": iterations,
-                            "compile_s": round(compile_s, 2), "run_s": round(run_s, 2)}
+    timing[problem.name] = {
+      "curves": len(members),
+      "trials": args.trials,
+      "iterations": iterations,
+      "compile_s": round(compile_s, 2),
+      "run_s": round(run_s, 2),
+    }
     stats = {m: (*curve_stats(curve, f_star), seconds) for m, curve in zip(members, losses, strict=True)}
-    print(f"{problem.name:8s} {len(members)} curves x {args.trials} trials x {args.epochs * args.n} "
-          f"iterations: compile {compile_s:.1f} s, run {run_s:.1f} s", flush=True)
+    print(
+      f"{problem.name:8s} {len(members)} curves x {args.trials} trials x {args.epochs * args.n} "
+      f"iterations: compile {compile_s:.1f} s, run {run_s:.1f} s",
+      flush=True,
+    )
 
     figures = {
-        "lambda_sweep": [("constant", "uniform", lam) for lam in LAMBDA_SWEEP],
-        "steps": [(s, "uniform", lam) for lam in LAMBDA_SUBSET for s in ("constant", "decreasing")],
-        "sampling": [("constant", s, lam) for lam in LAMBDA_SUBSET for s in ("uniform", "importance")],
+      "lambda_sweep": [("constant", "uniform", lam) for lam in LAMBDA_SWEEP],
+      "steps": [(s, "uniform", lam) for lam in LAMBDA_SUBSET for s in ("constant", "decreasing")],
+      "sampling": [("constant", s, lam) for lam in LAMBDA_SUBSET for s in ("uniform", "importance")],
     }
     for figure, figure_members in figures.items():
       lines = []
@@ -353,18 +392,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
           variant = steps if figure == "steps" else sampler_name
           style = "-" if variant in ("constant", "uniform") else "--"
           lines.append((f"lambda={lam}, {variant}", mean, std, cmap(lam * 0.9), style))
-        records.append({
-            "figure": figure, "problem": problem.name, "lambd": lam, "steps": steps,
-            "sampling": sampler_name, "iterations": args.epochs * args.n,
-            "final_rel_subopt_mean": float(mean[-1]), "final_rel_subopt_std": float(std[-1]),
-            "iterations_to_rel_subopt": {f"{level:.0e}": first_below(mean, level, args.n)
-                                         for level in (1e-2, 1e-3, 1e-4)},
+        records.append(
+          {
+            "figure": figure,
+            "problem": problem.name,
+            "lambd": lam,
+            "steps": steps,
+            "sampling": sampler_name,
+            "iterations": args.epochs * args.n,
+            "final_rel_subopt_mean": float(mean[-1]),
+            "final_rel_subopt_std": float(std[-1]),
+            "iterations_to_rel_subopt": {
+              f"{level:.0e}": first_below(mean, level, args.n) for level in (1e-2, 1e-3, 1e-4)
+            },
             "wall_time_s": round(seconds, 3),
-        })
+          }
+        )
       if not args.no_plots:
-        title = (f"{problem.name} ({figure}): n=d={args.n}, cond 10, reg 3/n, batch 1, {args.trials} trials\n"
-                 f"mu={problem.mu:.3g}, L={problem.L:.3g}, L_max={problem.smoothness.max():.3g}, "
-                 f"L_avg={problem.smoothness.mean():.3g}; Theorem 3.2/3.5 step sizes")
+        title = (
+          f"{problem.name} ({figure}): n=d={args.n}, cond 10, reg 3/n, batch 1, {args.trials} trials\n"
+          f"mu={problem.mu:.3g}, L={problem.L:.3g}, L_max={problem.smoothness.max():.3g}, "
+          f"L_avg={problem.smoothness.mean():.3g}; Theorem 3.2/3.5 step sizes"
+        )
         plot(args.out / f"theory_{problem.name}_{figure}.png", title, lines, args.n, args.trials)
   time_numpy()
   timing["script_wall_s"] = round(time.perf_counter() - start_all, 2)
@@ -380,11 +429,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       timing[f"numpy_{style}_estimated_total_s"] = round(per_iter * total_iterations, 1)
       timing[f"speedup_vs_numpy_{style}"] = round(per_iter * total_iterations / compute_s, 1)
   return {
-      "config": {"n": args.n, "d": args.n, "cond": 10.0, "reg": 3.0 / args.n, "batch_size": 1,
-                 "epochs": args.epochs, "trials": args.trials, "seed": args.seed, "quick": args.quick},
-      "machine": report.machine(),
-      "timing": timing,
-      "records": records,
+    "config": {
+      "n": args.n,
+      "d": args.n,
+      "cond": 10.0,
+      "reg": 3.0 / args.n,
+      "batch_size": 1,
+      "epochs": args.epochs,
+      "trials": args.trials,
+      "seed": args.seed,
+      "quick": args.quick,
+    },
+    "machine": report.machine(),
+    "timing": timing,
+    "records": records,
   }
 
 
@@ -395,10 +453,19 @@ def parser() -> cli.Parser:
   p.add_argument("--trials", type=cli.positive_int, default=None)
   p.add_argument("--n", type=cli.positive_int, default=100, help="n = d")
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--numpy-baseline", type=cli.positive_int, default=0, metavar="ITERATIONS",
-                 help="also time ITERATIONS of a plain NumPy loop of one curve")
-  p.add_argument("--out", type=Path, default=None,
-                 help="default: benchmarks/results for the full run, benchmarks/results/quick otherwise")
+  p.add_argument(
+    "--numpy-baseline",
+    type=cli.positive_int,
+    default=0,
+    metavar="ITERATIONS",
+    help="also time ITERATIONS of a plain NumPy loop of one curve",
+  )
+  p.add_argument(
+    "--out",
+    type=Path,
+    default=None,
+    help="default: benchmarks/results for the full run, benchmarks/results/quick otherwise",
+  )
   p.add_argument("--no-plots", action="store_true")
   return p
 
@@ -423,8 +490,10 @@ def main(argv: Sequence[str] | None = None) -> None:
   print(f"{'problem':9s}{'figure':14s}{'steps':11s}{'sampling':11s}{'lambda':>7s}{'final rel subopt':>26s}")
   for r in result["records"]:
     if r["figure"] != "lambda_sweep" or r["lambd"] in LAMBDA_SUBSET:
-      print(f"{r['problem']:9s}{r['figure']:14s}{r['steps']:11s}{r['sampling']:11s}{r['lambd']:7.1f}"
-            f"{r['final_rel_subopt_mean']:15.3e} +- {r['final_rel_subopt_std']:.1e}")
+      print(
+        f"{r['problem']:9s}{r['figure']:14s}{r['steps']:11s}{r['sampling']:11s}{r['lambd']:7.1f}"
+        f"{r['final_rel_subopt_mean']:15.3e} +- {r['final_rel_subopt_std']:.1e}"
+      )
   print(f"wrote {path}")
 
 

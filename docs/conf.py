@@ -18,11 +18,11 @@ release = optax_usam.__version__
 version = release
 
 extensions = [
-    "myst_parser",
-    "sphinx.ext.autodoc",
-    "sphinx.ext.autosummary",
-    "sphinx.ext.napoleon",
-    "sphinx.ext.mathjax",
+  "myst_parser",
+  "sphinx.ext.autodoc",
+  "sphinx.ext.autosummary",
+  "sphinx.ext.napoleon",
+  "sphinx.ext.mathjax",
 ]
 
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
@@ -49,9 +49,9 @@ napoleon_attr_annotations = False
 # (the build runs offline, in the test suite too), so annotations such as optax.Params stay plain text.
 nitpicky = True
 nitpick_ignore_regex = [
-    ("py:.*", r"(optax|chex|jax|jaxlib|flax|numpy|np|jnp|collections|typing)(\..*)?"),
-    ("py:class", r"(Any|Callable|Hashable|Sequence|Mapping|Iterable|Iterator|NamedTuple|PyTree|Array)"),
-    ("py:class", r"(int|float|str|bool|complex|object|tuple|list|dict|None|type)"),
+  ("py:.*", r"(optax|chex|jax|jaxlib|flax|numpy|np|jnp|collections|typing)(\..*)?"),
+  ("py:class", r"(Any|Callable|Hashable|Sequence|Mapping|Iterable|Iterator|NamedTuple|PyTree|Array)"),
+  ("py:class", r"(int|float|str|bool|complex|object|tuple|list|dict|None|type)"),
 ]
 
 html_theme = "furo"

@@ -53,21 +53,35 @@ FLAGS = {"rho": "--rho", "lambd": "--lambd", "num_model": "--num-model", "batch"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   """The command line; raises :class:`cli.UsageError` for bad flags and values the library refuses."""
   p = cli.Parser(prog=PROG, description=__doc__.splitlines()[0])
-  p.add_argument("--cpu-devices", type=cli.positive_int, default=None,
-                 help="number of virtual CPU devices of this process (sets XLA_FLAGS)")
+  p.add_argument(
+    "--cpu-devices",
+    type=cli.positive_int,
+    default=None,
+    help="number of virtual CPU devices of this process (sets XLA_FLAGS)",
+  )
   p.add_argument("--coordinator", default=None, help="HOST:PORT of process 0")
   p.add_argument("--num-processes", type=cli.positive_int, default=None)
   p.add_argument("--process-id", type=int, default=None)
-  p.add_argument("--auto-cluster", action="store_true",
-                 help="jax.distributed.initialize() with cluster auto-detection (SLURM, TPU, ...)")
+  p.add_argument(
+    "--auto-cluster",
+    action="store_true",
+    help="jax.distributed.initialize() with cluster auto-detection (SLURM, TPU, ...)",
+  )
   p.add_argument("--num-model", type=cli.positive_int, default=1, help="size of the parameter (FSDP) axis")
-  p.add_argument("--per-device-perturbation", action="store_true",
-                 help="m-sharpness: each device perturbs along its own gradient")
+  p.add_argument(
+    "--per-device-perturbation",
+    action="store_true",
+    help="m-sharpness: each device perturbs along its own gradient",
+  )
   p.add_argument("--steps", type=cli.positive_int, default=300)
   p.add_argument("--batch-size", type=cli.positive_int, default=128, help="global batch size")
   p.add_argument("--rho", type=float, default=0.05)
-  p.add_argument("--lambd", type=cli.lambda_value, default="1-1/t",
-                 help=f"a float in [0, 1] or one of {', '.join(LAMBDA_STRINGS)}")
+  p.add_argument(
+    "--lambd",
+    type=cli.lambda_value,
+    default="1-1/t",
+    help=f"a float in [0, 1] or one of {', '.join(LAMBDA_STRINGS)}",
+  )
   p.add_argument("--lr", type=cli.positive_float, default=0.1)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--log-every", type=cli.positive_int, default=100)
@@ -109,8 +123,10 @@ def join_cluster(args: argparse.Namespace) -> None:
   """``jax.distributed.initialize()`` from the flags; its failures become one-line usage errors."""
   if args.process_id == 0 and port_in_use(int(args.coordinator.rpartition(":")[2])):
     # Process 0 starts the coordinator on this port; JAX can crash outright when the port is taken.
-    raise cli.UsageError(f"--coordinator {args.coordinator}: the port is in use on this host, where "
-                         "process 0 starts the coordinator; pick a free port")
+    raise cli.UsageError(
+      f"--coordinator {args.coordinator}: the port is in use on this host, where "
+      "process 0 starts the coordinator; pick a free port"
+    )
   # CPU processes need a collectives backend; GPU/TPU ignore this setting.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   # The preemption service turns SIGTERM into a notice for preemption sync points, which this
@@ -120,14 +136,16 @@ def join_cluster(args: argparse.Namespace) -> None:
     if args.auto_cluster:
       jax.distributed.initialize()
     else:
-      jax.distributed.initialize(args.coordinator, num_processes=args.num_processes,
-                                 process_id=args.process_id)
+      jax.distributed.initialize(
+        args.coordinator, num_processes=args.num_processes, process_id=args.process_id
+      )
   except (ValueError, TypeError) as err:
     # Off a cluster, jax.distributed.initialize() lacks the coordinator, process count or id.
     if args.auto_cluster:
       raise cli.UsageError(
-          f"--auto-cluster found no cluster environment (jax.distributed.initialize(): "
-          f"{first_line(err).rstrip('.')}); pass --coordinator/--num-processes/--process-id") from err
+        f"--auto-cluster found no cluster environment (jax.distributed.initialize(): "
+        f"{first_line(err).rstrip('.')}); pass --coordinator/--num-processes/--process-id"
+      ) from err
     raise cli.UsageError(f"jax.distributed.initialize() rejected the flags: {first_line(err)}") from err
   except RuntimeError as err:
     # The coordinator could not be started (port taken) or reached in time.
@@ -149,18 +167,20 @@ def run(args: argparse.Namespace) -> None:
     join_cluster(args)
   devices, processes, me = jax.device_count(), jax.process_count(), jax.process_index()
   if args.batch_size % processes:
-    raise cli.UsageError(f"--batch-size {args.batch_size} must be divisible by the {processes} processes, "
-                         "which each feed an equal slice of it")
+    raise cli.UsageError(
+      f"--batch-size {args.batch_size} must be divisible by the {processes} processes, "
+      "which each feed an equal slice of it"
+    )
   with cli.library_errors(FLAGS):
     mesh = distributed.make_mesh(args.num_model)
 
   x_train, y_train, x_test, y_test = load_digits(args.seed)
   rng = np.random.default_rng(args.seed)
   params = {
-      "w1": (rng.normal(size=(64, 256)) / 8).astype(np.float32),
-      "b1": np.zeros(256, np.float32),
-      "w2": (rng.normal(size=(256, 10)) / 16).astype(np.float32),
-      "b2": np.zeros(10, np.float32),
+    "w1": (rng.normal(size=(64, 256)) / 8).astype(np.float32),
+    "b1": np.zeros(256, np.float32),
+    "w2": (rng.normal(size=(256, 10)) / 16).astype(np.float32),
+    "b2": np.zeros(10, np.float32),
   }
 
   def logits_fn(p: Any, x: jax.Array) -> jax.Array:
@@ -172,21 +192,24 @@ def run(args: argparse.Namespace) -> None:
 
   shardings = distributed.fsdp_shardings(params, mesh)
   _, init, step = distributed.make_sharded_trainer(
-      loss_fn,
-      optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(args.lr, momentum=0.9)),
-      params,
-      mesh=mesh,
-      per_device_perturbation=args.per_device_perturbation,
-      param_shardings=shardings,
-      rho=args.rho,
-      lambd_schedule=args.lambd,
+    loss_fn,
+    optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(args.lr, momentum=0.9)),
+    params,
+    mesh=mesh,
+    per_device_perturbation=args.per_device_perturbation,
+    param_shardings=shardings,
+    rho=args.rho,
+    lambd_schedule=args.lambd,
   )
   params = jax.device_put(params, shardings)
   opt_state = init(params)
   if me == 0:
     mode = "per-device (m-sharpness)" if args.per_device_perturbation else "global"
-    print(f"processes={processes} devices={devices} mesh=data:{mesh.shape['data']} x model:{args.num_model} "
-          f"perturbation={mode} global_batch={args.batch_size}", flush=True)
+    print(
+      f"processes={processes} devices={devices} mesh=data:{mesh.shape['data']} x model:{args.num_model} "
+      f"perturbation={mode} global_batch={args.batch_size}",
+      flush=True,
+    )
 
   local = args.batch_size // processes
   order = np.random.default_rng(args.seed + 1)
@@ -207,9 +230,11 @@ def run(args: argparse.Namespace) -> None:
     if t % args.log_every == 0 or t == args.steps:
       diag = optax_usam.get_diagnostics(opt_state)
       if me == 0:
-        print(f"step {t:5d}  loss {float(loss):.4f}  ||g|| {float(diag['grad_norm']):.4f}  "
-              f"||e|| {float(diag['perturbation_norm']):.4f}  lambda {float(diag['lambd']):.3f}",
-              flush=True)
+        print(
+          f"step {t:5d}  loss {float(loss):.4f}  ||g|| {float(diag['grad_norm']):.4f}  "
+          f"||e|| {float(diag['perturbation_norm']):.4f}  lambda {float(diag['lambd']):.3f}",
+          flush=True,
+        )
   jax.block_until_ready(params)
   per_step = (time.perf_counter() - start) / max(args.steps - 1, 1)
   host = distributed.to_host(params)

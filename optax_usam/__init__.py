@@ -53,11 +53,11 @@ __all__ = [
 # Flax is an optional extra: its glue is imported on first use only, so `import optax_usam` does not need it
 # (`from optax_usam import *` does, since __all__ lists these names).
 _LAZY = {
-    "SAMTrainState": ("optax_usam.flax_linen", "SAMTrainState"),
-    "linen_train_step": ("optax_usam.flax_linen", "linen_train_step"),
-    "sam_update": ("optax_usam.flax_nnx", "sam_update"),
-    "flax_linen": ("optax_usam.flax_linen", None),
-    "flax_nnx": ("optax_usam.flax_nnx", None),
+  "SAMTrainState": ("optax_usam.flax_linen", "SAMTrainState"),
+  "linen_train_step": ("optax_usam.flax_linen", "linen_train_step"),
+  "sam_update": ("optax_usam.flax_nnx", "sam_update"),
+  "flax_linen": ("optax_usam.flax_linen", None),
+  "flax_nnx": ("optax_usam.flax_nnx", None),
 }
 
 

@@ -72,9 +72,9 @@ def inverse_cdf_draws(probs: np.ndarray, weights: np.ndarray, size: int) -> Call
 
 
 def batch_loss_fn(
-    per_example_loss: Callable[[Any, Any], chex.Numeric],
-    data: Any,
-    batch: Batch,
+  per_example_loss: Callable[[Any, Any], chex.Numeric],
+  data: Any,
+  batch: Batch,
 ) -> Callable[[Any], chex.Numeric]:
   r"""``params -> f_S(params)`` for one sampled batch.
 
@@ -98,9 +98,9 @@ def batch_loss_fn(
 
 
 def batch_grad_fn(
-    per_example_loss: Callable[[Any, Any], chex.Numeric],
-    data: Any,
-    batch: Batch,
+  per_example_loss: Callable[[Any, Any], chex.Numeric],
+  data: Any,
+  batch: Batch,
 ) -> Callable[[Any], Any]:
   """``params -> grad f_S(params)``: the ``grad_fn`` for :func:`optax_usam.unified_sam`.
 

@@ -14,6 +14,6 @@ def pmean(tree: Any, axis_name: Hashable) -> Any:
     return jax.lax.pmean(tree, axis_name)
   except NameError as err:
     raise ValueError(
-        f"axis_name={axis_name!r} is not bound here: call update inside jax.pmap or "
-        f"jax.shard_map over that axis, or build unified_sam with axis_name=None."
+      f"axis_name={axis_name!r} is not bound here: call update inside jax.pmap or "
+      f"jax.shard_map over that axis, or build unified_sam with axis_name=None."
     ) from err

@@ -17,7 +17,7 @@ BatchGradFn = Callable[[optax.Params, Any], optax.Updates]
 
 
 def microbatch_grad_fn(
-    batch_grad_fn: BatchGradFn, batch: Any, num_microbatches: int
+  batch_grad_fn: BatchGradFn, batch: Any, num_microbatches: int
 ) -> Callable[[optax.Params], optax.Updates]:
   r"""``params -> `` the mean of ``batch_grad_fn(params, micro_batch)`` over equal micro-batches.
 
@@ -87,8 +87,8 @@ def microbatch_grad_fn(
     zeros = [jnp.zeros(s.shape, wide(s)) if is_float_leaf(s) else None for s in leaves]
     total, _ = jax.lax.scan(add, zeros, micro)
     mean = [
-        (t / num_microbatches).astype(s.dtype) if t is not None else np.zeros(s.shape, s.dtype)
-        for t, s in zip(total, leaves, strict=True)
+      (t / num_microbatches).astype(s.dtype) if t is not None else np.zeros(s.shape, s.dtype)
+      for t, s in zip(total, leaves, strict=True)
     ]
     return treedef.unflatten(mean)
 

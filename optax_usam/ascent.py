@@ -75,8 +75,11 @@ class GradFnDirectionState(NamedTuple):
 
 
 _STATES = dict(
-    zip(_validation.ASCENT_SOURCES, (GradientDirectionState, PreviousDirectionState, GradFnDirectionState),
-        strict=True)
+  zip(
+    _validation.ASCENT_SOURCES,
+    (GradientDirectionState, PreviousDirectionState, GradFnDirectionState),
+    strict=True,
+  )
 )
 
 
@@ -99,13 +102,13 @@ def init_direction(direction: AscentDirection | None, params: optax.Params) -> A
 
 
 def direction_of_step(
-    direction: AscentDirection | None,
-    updates: optax.Updates | None,
-    state: Any,
-    params: optax.Params,
-    grad_fn: GradFn,
-    axis_name: Hashable | None,
-    sync_perturbation: bool,
+  direction: AscentDirection | None,
+  updates: optax.Updates | None,
+  state: Any,
+  params: optax.Params,
+  grad_fn: GradFn,
+  axis_name: Hashable | None,
+  sync_perturbation: bool,
 ) -> tuple[optax.Updates, Any]:
   """:math:`d_t` and the direction's state after it; without a direction, :math:`d_t = g_t` = ``updates``."""
   if direction is None:
@@ -122,11 +125,11 @@ def direction_of_step(
 
 
 def after_step(
-    direction: AscentDirection | None,
-    sam_grads: optax.Updates,
-    state: Any,
-    params: optax.Params,
-    grad_fn: GradFn,
+  direction: AscentDirection | None,
+  sam_grads: optax.Updates,
+  state: Any,
+  params: optax.Params,
+  grad_fn: GradFn,
 ) -> Any:
   """The direction's state for the next step: for ``"previous_sam_gradient"``, it holds :math:`d_{t+1}`."""
   if direction is None or direction.source != "previous_sam_gradient":

@@ -75,11 +75,11 @@ def _mean_over(tree: optax.Updates, axis_name: Hashable | None) -> optax.Updates
 
 
 def reuse_sam(
-    sam: optax.GradientTransformationExtraArgs,
-    every_k: int,
-    alpha: float = 0.7,
-    *,
-    axis_name: Hashable | None = None,
+  sam: optax.GradientTransformationExtraArgs,
+  every_k: int,
+  alpha: float = 0.7,
+  *,
+  axis_name: Hashable | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Runs ``sam`` every ``every_k`` steps and reuses its correction in between (LookSAM).
 
@@ -132,7 +132,7 @@ def reuse_sam(
     return ReuseState(jnp.zeros((), jnp.int32), zeros, inner)
 
   def update_fn(
-      updates: optax.Updates, state: ReuseState, params: optax.Params | None = None, **extra_args: Any
+    updates: optax.Updates, state: ReuseState, params: optax.Params | None = None, **extra_args: Any
   ) -> tuple[optax.Updates, ReuseState]:
     dtype = accumulation_dtype(params)
     tiny = jnp.finfo(dtype).tiny
@@ -166,11 +166,11 @@ def reuse_sam(
 
 
 def randomized_sam(
-    sam: optax.GradientTransformationExtraArgs,
-    probability: float | optax.Schedule,
-    seed: int = 0,
-    *,
-    axis_name: Hashable | None = None,
+  sam: optax.GradientTransformationExtraArgs,
+  probability: float | optax.Schedule,
+  seed: int = 0,
+  *,
+  axis_name: Hashable | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Runs ``sam`` with probability :math:`p_t` and returns the plain gradient otherwise.
 
@@ -220,14 +220,14 @@ def randomized_sam(
     return RandomizedState(jnp.zeros((), jnp.int32), key, sam.init(params))
 
   def update_fn(
-      updates: optax.Updates, state: RandomizedState, params: optax.Params | None = None, **extra_args: Any
+    updates: optax.Updates, state: RandomizedState, params: optax.Params | None = None, **extra_args: Any
   ) -> tuple[optax.Updates, RandomizedState]:
     key, draw = jax.random.split(jax.random.wrap_key_data(state.key))
     take_sam = jax.random.uniform(draw) < prob_fn(state.count)
     out, inner = jax.lax.cond(
-        take_sam,
-        lambda: sam.update(updates, state.inner, params, **extra_args),
-        lambda: (_like_params(_mean_over(updates, axis_name), params), state.inner),
+      take_sam,
+      lambda: sam.update(updates, state.inner, params, **extra_args),
+      lambda: (_like_params(_mean_over(updates, axis_name), params), state.inner),
     )
     return out, RandomizedState(optax.safe_increment(state.count), jax.random.key_data(key), inner)
 

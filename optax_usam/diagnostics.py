@@ -24,14 +24,13 @@ def find_state(opt_state: Any) -> UnifiedSAMState:
   ``optax.MultiSteps`` and any other pytree of states.
   """
   found = [
-      s
-      for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, UnifiedSAMState))
-      if isinstance(s, UnifiedSAMState)
+    s
+    for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, UnifiedSAMState))
+    if isinstance(s, UnifiedSAMState)
   ]
   if len(found) != 1:
     raise ValueError(
-        "opt_state must contain exactly one UnifiedSAMState (from optax_usam.unified_sam); "
-        f"found {len(found)}."
+      f"opt_state must contain exactly one UnifiedSAMState (from optax_usam.unified_sam); found {len(found)}."
     )
   return found[0]
 

@@ -80,18 +80,18 @@ def friendly_direction(sigma: chex.Numeric, momentum: chex.Numeric) -> optax.Gra
 
 
 def vasso(
-    rho: float | optax.ScalarOrSchedule,
-    theta: float = 0.9,
-    lambd_schedule: Lambda = 1.0,
-    *,
-    eps: float = 1e-12,
-    axis_name: Hashable | None = None,
-    sync_perturbation: bool = True,
-    adaptive: bool = False,
-    adaptive_eta: float = 0.01,
-    adaptive_mask: Any = None,
-    perturb_mask: Any = None,
-    check_values: bool = False,
+  rho: float | optax.ScalarOrSchedule,
+  theta: float = 0.9,
+  lambd_schedule: Lambda = 1.0,
+  *,
+  eps: float = 1e-12,
+  axis_name: Hashable | None = None,
+  sync_perturbation: bool = True,
+  adaptive: bool = False,
+  adaptive_eta: float = 0.01,
+  adaptive_mask: Any = None,
+  perturb_mask: Any = None,
+  check_values: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""VaSSO (Li & Giannakis, NeurIPS 2023): SAM along an average of the stochastic gradients.
 
@@ -143,26 +143,34 @@ def vasso(
   """
   theta = _validation.check_interval(theta, "theta", 0.0, 1.0)
   return unified_sam(
-      rho, lambd_schedule, eps=eps, axis_name=axis_name, sync_perturbation=sync_perturbation,
-      adaptive=adaptive, adaptive_eta=adaptive_eta, adaptive_mask=adaptive_mask, perturb_mask=perturb_mask,
-      check_values=check_values, direction=AscentDirection(vasso_average(theta), "gradient"),
+    rho,
+    lambd_schedule,
+    eps=eps,
+    axis_name=axis_name,
+    sync_perturbation=sync_perturbation,
+    adaptive=adaptive,
+    adaptive_eta=adaptive_eta,
+    adaptive_mask=adaptive_mask,
+    perturb_mask=perturb_mask,
+    check_values=check_values,
+    direction=AscentDirection(vasso_average(theta), "gradient"),
   )
 
 
 def friendly_sam(
-    rho: float | optax.ScalarOrSchedule,
-    sigma: float = 1.0,
-    momentum: float = 0.9,
-    lambd_schedule: Lambda = 1.0,
-    *,
-    eps: float = 1e-12,
-    axis_name: Hashable | None = None,
-    sync_perturbation: bool = True,
-    adaptive: bool = False,
-    adaptive_eta: float = 0.01,
-    adaptive_mask: Any = None,
-    perturb_mask: Any = None,
-    check_values: bool = False,
+  rho: float | optax.ScalarOrSchedule,
+  sigma: float = 1.0,
+  momentum: float = 0.9,
+  lambd_schedule: Lambda = 1.0,
+  *,
+  eps: float = 1e-12,
+  axis_name: Hashable | None = None,
+  sync_perturbation: bool = True,
+  adaptive: bool = False,
+  adaptive_eta: float = 0.01,
+  adaptive_mask: Any = None,
+  perturb_mask: Any = None,
+  check_values: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""F-SAM, Friendly SAM (Li et al., CVPR 2024): SAM along the stochastic part of the gradient.
 
@@ -216,25 +224,33 @@ def friendly_sam(
   sigma = _validation.check_nonnegative(sigma, "sigma", traced=True)
   momentum = _validation.check_interval(momentum, "momentum", 0.0, 1.0, open_high=True)
   return unified_sam(
-      rho, lambd_schedule, eps=eps, axis_name=axis_name, sync_perturbation=sync_perturbation,
-      adaptive=adaptive, adaptive_eta=adaptive_eta, adaptive_mask=adaptive_mask, perturb_mask=perturb_mask,
-      check_values=check_values, direction=AscentDirection(friendly_direction(sigma, momentum), "gradient"),
+    rho,
+    lambd_schedule,
+    eps=eps,
+    axis_name=axis_name,
+    sync_perturbation=sync_perturbation,
+    adaptive=adaptive,
+    adaptive_eta=adaptive_eta,
+    adaptive_mask=adaptive_mask,
+    perturb_mask=perturb_mask,
+    check_values=check_values,
+    direction=AscentDirection(friendly_direction(sigma, momentum), "gradient"),
   )
 
 
 def momentum_sam(
-    rho: float | optax.ScalarOrSchedule,
-    momentum: float = 0.9,
-    lambd_schedule: Lambda = 1.0,
-    *,
-    eps: float = 1e-12,
-    axis_name: Hashable | None = None,
-    sync_perturbation: bool = True,
-    adaptive: bool = False,
-    adaptive_eta: float = 0.01,
-    adaptive_mask: Any = None,
-    perturb_mask: Any = None,
-    check_values: bool = False,
+  rho: float | optax.ScalarOrSchedule,
+  momentum: float = 0.9,
+  lambd_schedule: Lambda = 1.0,
+  *,
+  eps: float = 1e-12,
+  axis_name: Hashable | None = None,
+  sync_perturbation: bool = True,
+  adaptive: bool = False,
+  adaptive_eta: float = 0.01,
+  adaptive_mask: Any = None,
+  perturb_mask: Any = None,
+  check_values: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Momentum-SAM (Becker et al. 2024): SAM along the negative momentum, at the cost of SGD.
 
@@ -289,7 +305,15 @@ def momentum_sam(
   momentum = _validation.check_interval(momentum, "momentum", 0.0, 1.0, open_high=True)
   transform = optax.chain(optax.trace(decay=momentum), optax.scale(-1.0))
   return unified_sam(
-      rho, lambd_schedule, eps=eps, axis_name=axis_name, sync_perturbation=sync_perturbation,
-      adaptive=adaptive, adaptive_eta=adaptive_eta, adaptive_mask=adaptive_mask, perturb_mask=perturb_mask,
-      check_values=check_values, direction=AscentDirection(transform, "previous_sam_gradient"),
+    rho,
+    lambd_schedule,
+    eps=eps,
+    axis_name=axis_name,
+    sync_perturbation=sync_perturbation,
+    adaptive=adaptive,
+    adaptive_eta=adaptive_eta,
+    adaptive_mask=adaptive_mask,
+    perturb_mask=perturb_mask,
+    check_values=check_values,
+    direction=AscentDirection(transform, "previous_sam_gradient"),
   )

@@ -195,8 +195,8 @@ def linen_train_step(
   if not needs_fresh_gradient(state.opt_state):
     if ascent_fraction is not None:
       raise ValueError(
-          "ascent_fraction sets the batch of the first pass, but this optimizer takes none "
-          "(optax_usam.needs_fresh_gradient(state.opt_state) is False): leave it None."
+        "ascent_fraction sets the batch of the first pass, but this optimizer takes none "
+        "(optax_usam.needs_fresh_gradient(state.opt_state) is False): leave it None."
       )
     return _one_pass_step(state, batch, loss_fn, rng, axis_name)
 

@@ -19,7 +19,7 @@ GradFn = Callable[[optax.Params], optax.Updates]
 
 
 def surrogate_gap_step(
-    g: optax.Updates, g_sam: optax.Updates, alpha: chex.Numeric, params: optax.Params
+  g: optax.Updates, g_sam: optax.Updates, alpha: chex.Numeric, params: optax.Params
 ) -> optax.Updates:
   r"""GSAM's output :math:`g_{sam} - \alpha g_\perp`, the descent side of :func:`gsam`.
 
@@ -33,8 +33,9 @@ def surrogate_gap_step(
   dtype = accumulation_dtype(params)
   floats = [is_float_leaf(p) for p in jax.tree.leaves(params)]
   g_leaves, s_leaves = jax.tree.leaves(g), jax.tree.leaves(g_sam)
-  pairs = [(a.astype(dtype), b.astype(dtype))
-           for a, b, f in zip(g_leaves, s_leaves, floats, strict=True) if f]
+  pairs = [
+    (a.astype(dtype), b.astype(dtype)) for a, b, f in zip(g_leaves, s_leaves, floats, strict=True) if f
+  ]
   dot = sum((jnp.vdot(b, a) for a, b in pairs), jnp.zeros((), dtype))
   sq = sum((jnp.vdot(b, b) for _, b in pairs), jnp.zeros((), dtype))
   coef = jnp.where(sq > 0, dot / jnp.where(sq > 0, sq, 1), 0)
@@ -50,18 +51,18 @@ def surrogate_gap_step(
 
 
 def gsam(
-    rho: float | optax.ScalarOrSchedule,
-    alpha: float,
-    lambd_schedule: float | str | Callable[[chex.Numeric], chex.Numeric] = 1.0,
-    *,
-    eps: float = 1e-12,
-    axis_name: Hashable | None = None,
-    sync_perturbation: bool = True,
-    adaptive: bool = False,
-    adaptive_eta: float = 0.01,
-    adaptive_mask: Any = None,
-    perturb_mask: Any = None,
-    check_values: bool = False,
+  rho: float | optax.ScalarOrSchedule,
+  alpha: float,
+  lambd_schedule: float | str | Callable[[chex.Numeric], chex.Numeric] = 1.0,
+  *,
+  eps: float = 1e-12,
+  axis_name: Hashable | None = None,
+  sync_perturbation: bool = True,
+  adaptive: bool = False,
+  adaptive_eta: float = 0.01,
+  adaptive_mask: Any = None,
+  perturb_mask: Any = None,
+  check_values: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""GSAM (Zhuang et al., ICLR 2022): Unified SAM plus a step that shrinks the surrogate gap.
 
@@ -117,18 +118,25 @@ def gsam(
   _validation.check_bools(sync_perturbation=sync_perturbation)
   # The wrapper averages g once; the inner transformation then perturbs along it without averaging again.
   inner = unified_sam(
-      rho, lambd_schedule, eps=eps, axis_name=axis_name, sync_perturbation=False, adaptive=adaptive,
-      adaptive_eta=adaptive_eta, adaptive_mask=adaptive_mask, perturb_mask=perturb_mask,
-      check_values=check_values,
+    rho,
+    lambd_schedule,
+    eps=eps,
+    axis_name=axis_name,
+    sync_perturbation=False,
+    adaptive=adaptive,
+    adaptive_eta=adaptive_eta,
+    adaptive_mask=adaptive_mask,
+    perturb_mask=perturb_mask,
+    check_values=check_values,
   )
 
   def update_fn(
-      updates: optax.Updates,
-      state: UnifiedSAMState,
-      params: optax.Params | None = None,
-      *,
-      grad_fn: GradFn | None = None,
-      **extra_args: Any,
+    updates: optax.Updates,
+    state: UnifiedSAMState,
+    params: optax.Params | None = None,
+    *,
+    grad_fn: GradFn | None = None,
+    **extra_args: Any,
   ) -> tuple[optax.Updates, UnifiedSAMState]:
     del extra_args
     updates = _validation.check_update_args(updates, params, grad_fn)

@@ -81,15 +81,15 @@ def adaptive_scales(params: Params, eta: chex.Numeric, mask: Any = None) -> Para
 
 
 def perturb(
-    params: Params,
-    grads: Params,
-    rho: chex.Numeric,
-    lambd: chex.Numeric,
-    eps: chex.Numeric = 1e-12,
-    *,
-    scales: Params | None = None,
-    mask: Any = None,
-    check_values: bool = False,
+  params: Params,
+  grads: Params,
+  rho: chex.Numeric,
+  lambd: chex.Numeric,
+  eps: chex.Numeric = 1e-12,
+  *,
+  scales: Params | None = None,
+  mask: Any = None,
+  check_values: bool = False,
 ) -> Perturbed:
   r"""Moves ``params`` to the Unified SAM ascent point.
 
@@ -159,8 +159,10 @@ def perturb(
   times = lambda t, v: v if t is None or v is None else t * v
 
   # T g over the perturbed leaves; None for non-floating (float0 gradients) and masked-out ones.
-  tg = [times(t, g) if m and is_float_leaf(x) else None
-        for x, g, t, m in zip(leaves, grad_leaves, t_leaves, flags, strict=True)]
+  tg = [
+    times(t, g) if m and is_float_leaf(x) else None
+    for x, g, t, m in zip(leaves, grad_leaves, t_leaves, flags, strict=True)
+  ]
   grad_norm = global_norm(tg, dtype)
   rho = jnp.asarray(rho, dtype)
   lambd = jnp.asarray(lambd, dtype)

@@ -37,7 +37,7 @@ def _filter_norms(x: chex.Array) -> chex.Array:
 
 
 def noise(
-    params: optax.Params, key: chex.PRNGKey, noise_std: chex.Numeric, filter_wise: bool
+  params: optax.Params, key: chex.PRNGKey, noise_std: chex.Numeric, filter_wise: bool
 ) -> optax.Params:
   r"""RSAM's noise :math:`\delta = \sigma\, s \odot z`, :math:`z \sim N(0, I)`, per floating leaf.
 
@@ -59,8 +59,10 @@ def noise(
 
 
 def random_smoothing_direction(
-    noise_std: float | optax.ScalarOrSchedule, gradient_weight: chex.Numeric, seed: chex.Numeric,
-    filter_wise: bool,
+  noise_std: float | optax.ScalarOrSchedule,
+  gradient_weight: chex.Numeric,
+  seed: chex.Numeric,
+  filter_wise: bool,
 ) -> optax.GradientTransformationExtraArgs:
   r"""RSAM's direction :math:`d_t = \nabla f(x_t + \delta_t) + \delta_t / w`, through ``grad_fn``."""
   std_fn = _validation.bounded_schedule(noise_std, "noise_std", 0.0, jnp.inf)
@@ -70,8 +72,12 @@ def random_smoothing_direction(
     return RandomSmoothingState(jnp.zeros((), jnp.int32), jax.random.key_data(jax.random.key(seed)))
 
   def update(
-      updates: optax.Updates | None, state: RandomSmoothingState, params: optax.Params | None = None, *,
-      grad_fn: GradFn | None = None, **extra_args: Any,
+    updates: optax.Updates | None,
+    state: RandomSmoothingState,
+    params: optax.Params | None = None,
+    *,
+    grad_fn: GradFn | None = None,
+    **extra_args: Any,
   ) -> tuple[optax.Updates, RandomSmoothingState]:
     del updates, extra_args
     key, draw = jax.random.split(jax.random.wrap_key_data(state.key))
@@ -79,29 +85,30 @@ def random_smoothing_direction(
     add = lambda x, n: x if n is None else x + n
     grads = grad_fn(jax.tree.map(add, params, delta, is_leaf=lambda x: x is None))
     _validation.check_matches_params(grads, params, "grad_fn(params + delta)", dtypes=True)
-    d = jax.tree.map(lambda g, n: g if n is None else g + n / gradient_weight, grads, delta,
-                     is_leaf=lambda x: x is None)
+    d = jax.tree.map(
+      lambda g, n: g if n is None else g + n / gradient_weight, grads, delta, is_leaf=lambda x: x is None
+    )
     return d, RandomSmoothingState(optax.safe_increment(state.count), jax.random.key_data(key))
 
   return optax.GradientTransformationExtraArgs(init, update)
 
 
 def random_smoothing_sam(
-    rho: float | optax.ScalarOrSchedule,
-    noise_std: float | optax.ScalarOrSchedule,
-    seed: int = 0,
-    lambd_schedule: float | str | Callable[[chex.Numeric], chex.Numeric] = 1.0,
-    *,
-    gradient_weight: float = 2.0,
-    filter_wise: bool = True,
-    eps: float = 1e-12,
-    axis_name: Hashable | None = None,
-    sync_perturbation: bool = True,
-    adaptive: bool = False,
-    adaptive_eta: float = 0.01,
-    adaptive_mask: Any = None,
-    perturb_mask: Any = None,
-    check_values: bool = False,
+  rho: float | optax.ScalarOrSchedule,
+  noise_std: float | optax.ScalarOrSchedule,
+  seed: int = 0,
+  lambd_schedule: float | str | Callable[[chex.Numeric], chex.Numeric] = 1.0,
+  *,
+  gradient_weight: float = 2.0,
+  filter_wise: bool = True,
+  eps: float = 1e-12,
+  axis_name: Hashable | None = None,
+  sync_perturbation: bool = True,
+  adaptive: bool = False,
+  adaptive_eta: float = 0.01,
+  adaptive_mask: Any = None,
+  perturb_mask: Any = None,
+  check_values: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""RSAM, random smoothing SAM (Liu et al. 2022): the ascent taken from a randomly perturbed point.
 
@@ -171,7 +178,15 @@ def random_smoothing_sam(
   _validation.check_bools(filter_wise=filter_wise)
   transform = random_smoothing_direction(noise_std, gradient_weight, seed, filter_wise)
   return unified_sam(
-      rho, lambd_schedule, eps=eps, axis_name=axis_name, sync_perturbation=sync_perturbation,
-      adaptive=adaptive, adaptive_eta=adaptive_eta, adaptive_mask=adaptive_mask, perturb_mask=perturb_mask,
-      check_values=check_values, direction=AscentDirection(transform, "grad_fn"),
+    rho,
+    lambd_schedule,
+    eps=eps,
+    axis_name=axis_name,
+    sync_perturbation=sync_perturbation,
+    adaptive=adaptive,
+    adaptive_eta=adaptive_eta,
+    adaptive_mask=adaptive_mask,
+    perturb_mask=perturb_mask,
+    check_values=check_values,
+    direction=AscentDirection(transform, "grad_fn"),
   )

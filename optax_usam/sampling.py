@@ -230,7 +230,7 @@ def importance(smoothness: Any, *, reweight: bool = True, delta_inf: float | Non
 
 
 def with_replacement(
-    smoothness: Any, batch_size: int, *, importance: bool = False, delta_inf: float | None = None
+  smoothness: Any, batch_size: int, *, importance: bool = False, delta_inf: float | None = None
 ) -> Sampler:
   r"""A minibatch of ``batch_size`` indices drawn independently (with replacement).
 

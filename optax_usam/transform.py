@@ -47,18 +47,18 @@ class UnifiedSAMState(NamedTuple):
 
 
 def unified_sam(
-    rho: float | optax.ScalarOrSchedule,
-    lambd_schedule: float | str | Callable[[chex.Numeric], chex.Numeric],
-    *,
-    eps: float = 1e-12,
-    axis_name: Hashable | None = None,
-    sync_perturbation: bool = True,
-    adaptive: bool = False,
-    adaptive_eta: float = 0.01,
-    adaptive_mask: Any = None,
-    perturb_mask: Any = None,
-    check_values: bool = False,
-    direction: AscentDirection | None = None,
+  rho: float | optax.ScalarOrSchedule,
+  lambd_schedule: float | str | Callable[[chex.Numeric], chex.Numeric],
+  *,
+  eps: float = 1e-12,
+  axis_name: Hashable | None = None,
+  sync_perturbation: bool = True,
+  adaptive: bool = False,
+  adaptive_eta: float = 0.01,
+  adaptive_mask: Any = None,
+  perturb_mask: Any = None,
+  check_values: bool = False,
+  direction: AscentDirection | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Unified SAM (Oikonomou & Loizou, ICLR 2025).
 
@@ -185,12 +185,12 @@ def unified_sam(
     return UnifiedSAMState(jnp.zeros((), jnp.int32), *diagnostics, init_direction(direction, params))
 
   def update_fn(
-      updates: optax.Updates | None,
-      state: UnifiedSAMState,
-      params: optax.Params | None = None,
-      *,
-      grad_fn: GradFn | None = None,
-      **extra_args: Any,
+    updates: optax.Updates | None,
+    state: UnifiedSAMState,
+    params: optax.Params | None = None,
+    *,
+    grad_fn: GradFn | None = None,
+    **extra_args: Any,
   ) -> tuple[optax.Updates, UnifiedSAMState]:
     del extra_args
     updates = _validation.check_update_args(updates, params, grad_fn, fresh_gradient=fresh_gradient)
@@ -201,7 +201,7 @@ def unified_sam(
     if axis_name is not None and sync_perturbation and fresh_gradient:
       updates = pmean(updates, axis_name)
     d, direction_state = direction_of_step(
-        direction, updates, state.direction, params, grad_fn, axis_name, sync_perturbation
+      direction, updates, state.direction, params, grad_fn, axis_name, sync_perturbation
     )
     scales = adaptive_scales(params, adaptive_eta, adaptive_mask) if adaptive else None
     mask = _validation.expand_perturb_mask(perturb_mask, params)
@@ -216,12 +216,12 @@ def unified_sam(
         grad_norm, perturbation_norm = pmean((grad_norm, perturbation_norm), axis_name)
 
     new_state = UnifiedSAMState(
-        count=optax.safe_increment(state.count),
-        grad_norm=grad_norm.astype(dtype),
-        lambd=lambd_t,
-        rho=rho_t,
-        perturbation_norm=perturbation_norm.astype(dtype),
-        direction=after_step(direction, sam_grads, direction_state, params, grad_fn),
+      count=optax.safe_increment(state.count),
+      grad_norm=grad_norm.astype(dtype),
+      lambd=lambd_t,
+      rho=rho_t,
+      perturbation_norm=perturbation_norm.astype(dtype),
+      direction=after_step(direction, sam_grads, direction_state, params, grad_fn),
     )
     return sam_grads, new_state
 
@@ -229,16 +229,16 @@ def unified_sam(
 
 
 def sam(
-    rho: float | optax.ScalarOrSchedule,
-    *,
-    eps: float = 1e-12,
-    axis_name: Hashable | None = None,
-    sync_perturbation: bool = True,
-    adaptive: bool = False,
-    adaptive_eta: float = 0.01,
-    adaptive_mask: Any = None,
-    perturb_mask: Any = None,
-    check_values: bool = False,
+  rho: float | optax.ScalarOrSchedule,
+  *,
+  eps: float = 1e-12,
+  axis_name: Hashable | None = None,
+  sync_perturbation: bool = True,
+  adaptive: bool = False,
+  adaptive_eta: float = 0.01,
+  adaptive_mask: Any = None,
+  perturb_mask: Any = None,
+  check_values: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """SAM (Foret et al. 2021): :func:`unified_sam` with ``lambd_schedule=1``.
 
@@ -246,23 +246,30 @@ def sam(
   ``optax.inject_hyperparams(optax_usam.sam)`` sees each of them.
   """
   return unified_sam(
-      rho, 1.0, eps=eps, axis_name=axis_name, sync_perturbation=sync_perturbation, adaptive=adaptive,
-      adaptive_eta=adaptive_eta, adaptive_mask=adaptive_mask, perturb_mask=perturb_mask,
-      check_values=check_values,
+    rho,
+    1.0,
+    eps=eps,
+    axis_name=axis_name,
+    sync_perturbation=sync_perturbation,
+    adaptive=adaptive,
+    adaptive_eta=adaptive_eta,
+    adaptive_mask=adaptive_mask,
+    perturb_mask=perturb_mask,
+    check_values=check_values,
   )
 
 
 def usam(
-    rho: float | optax.ScalarOrSchedule,
-    *,
-    eps: float = 1e-12,
-    axis_name: Hashable | None = None,
-    sync_perturbation: bool = True,
-    adaptive: bool = False,
-    adaptive_eta: float = 0.01,
-    adaptive_mask: Any = None,
-    perturb_mask: Any = None,
-    check_values: bool = False,
+  rho: float | optax.ScalarOrSchedule,
+  *,
+  eps: float = 1e-12,
+  axis_name: Hashable | None = None,
+  sync_perturbation: bool = True,
+  adaptive: bool = False,
+  adaptive_eta: float = 0.01,
+  adaptive_mask: Any = None,
+  perturb_mask: Any = None,
+  check_values: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """USAM (Andriushchenko & Flammarion 2022): :func:`unified_sam` with ``lambd_schedule=0``.
 
@@ -270,7 +277,14 @@ def usam(
   ``optax.inject_hyperparams(optax_usam.usam)`` sees each of them.
   """
   return unified_sam(
-      rho, 0.0, eps=eps, axis_name=axis_name, sync_perturbation=sync_perturbation, adaptive=adaptive,
-      adaptive_eta=adaptive_eta, adaptive_mask=adaptive_mask, perturb_mask=perturb_mask,
-      check_values=check_values,
+    rho,
+    0.0,
+    eps=eps,
+    axis_name=axis_name,
+    sync_perturbation=sync_perturbation,
+    adaptive=adaptive,
+    adaptive_eta=adaptive_eta,
+    adaptive_mask=adaptive_mask,
+    perturb_mask=perturb_mask,
+    check_values=check_values,
   )

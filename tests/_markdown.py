@@ -128,8 +128,10 @@ def _find_part(lines: list[str], part: list[str], start: int) -> int | None:
     extra = len(lines[i]) - len(lines[i].lstrip()) - part_indent
     if extra < 0:
       continue
-    if all(other == " " * extra + line if line.strip() else not other.strip()
-           for line, other in zip(part, lines[i : i + len(part)], strict=True)):
+    if all(
+      other == " " * extra + line if line.strip() else not other.strip()
+      for line, other in zip(part, lines[i : i + len(part)], strict=True)
+    ):
       return i
   return None
 

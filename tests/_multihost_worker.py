@@ -35,8 +35,11 @@ def main() -> None:
   if args.num_processes > 1:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
-        args.coordinator, num_processes=args.num_processes, process_id=args.process_id,
-        initialization_timeout=60)
+      args.coordinator,
+      num_processes=args.num_processes,
+      process_id=args.process_id,
+      initialization_timeout=60,
+    )
 
   params, x, y = mlp_problem.float32_problem(D, HIDDEN, OUT, N)
   rows = slice(args.process_id * N // args.num_processes, (args.process_id + 1) * N // args.num_processes)
@@ -46,9 +49,15 @@ def main() -> None:
   results = {}
   for mode in ("global", "per_device"):
     _, init, step = distributed.make_sharded_trainer(
-        loss_fn, optax.sgd(0.1, momentum=0.9), params, mesh=mesh,
-        per_device_perturbation=mode == "per_device", param_shardings=shardings, rho=0.2,
-        lambd_schedule="1-1/t")
+      loss_fn,
+      optax.sgd(0.1, momentum=0.9),
+      params,
+      mesh=mesh,
+      per_device_perturbation=mode == "per_device",
+      param_shardings=shardings,
+      rho=0.2,
+      lambd_schedule="1-1/t",
+    )
     p = jax.device_put(params, shardings)
     s = init(p)
     batch = distributed.shard_batch((x[rows], y[rows]), mesh)

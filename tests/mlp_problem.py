@@ -16,10 +16,10 @@ def problem(seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarra
   x = rng.normal(size=(16, 5))
   y = rng.normal(size=(16, 3))
   params = {
-      "w1": rng.normal(size=(5, 4)) * 0.5,
-      "b1": rng.normal(size=(4,)) * 0.1,
-      "w2": rng.normal(size=(4, 3)) * 0.5,
-      "b2": np.zeros(3),
+    "w1": rng.normal(size=(5, 4)) * 0.5,
+    "b1": rng.normal(size=(4,)) * 0.1,
+    "w2": rng.normal(size=(4, 3)) * 0.5,
+    "b2": np.zeros(3),
   }
   return params, x, y
 
@@ -32,15 +32,15 @@ def jax_loss(p: dict[str, jax.Array], x: jax.Array, y: jax.Array) -> jax.Array:
 
 
 def float32_problem(
-    d: int = 8, h: int = 16, o: int = 4, n: int = 32
+  d: int = 8, h: int = 16, o: int = 4, n: int = 32
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
   """Float32 parameters {w1 (d, h), b1, w2 (h, o), b2} and a batch x (n, d), y (n, o), seeded with 0."""
   rng = np.random.default_rng(0)
   params = {
-      "w1": rng.normal(size=(d, h)) / np.sqrt(d),
-      "b1": rng.normal(size=h) * 0.1,
-      "w2": rng.normal(size=(h, o)) / np.sqrt(h),
-      "b2": rng.normal(size=o) * 0.1,
+    "w1": rng.normal(size=(d, h)) / np.sqrt(d),
+    "b1": rng.normal(size=h) * 0.1,
+    "w2": rng.normal(size=(h, o)) / np.sqrt(h),
+    "b2": rng.normal(size=o) * 0.1,
   }
   params = {k: v.astype(np.float32) for k, v in params.items()}
   x = rng.normal(size=(n, d)).astype(np.float32)

@@ -45,12 +45,12 @@ def global_norm(leaves) -> float:
 
 
 def perturbation(
-    g: Params,
-    rho: float,
-    lambd: float,
-    eps: float = 1e-12,
-    mask: dict[str, bool] | None = None,
-    scales: dict[str, np.ndarray | None] | None = None,
+  g: Params,
+  rho: float,
+  lambd: float,
+  eps: float = 1e-12,
+  mask: dict[str, bool] | None = None,
+  scales: dict[str, np.ndarray | None] | None = None,
 ) -> tuple[Params, float]:
   """The Unified SAM perturbation e and the norm ||T g||, over the leaves where ``mask`` is True.
 
@@ -210,8 +210,20 @@ def filter_norms(x: np.ndarray) -> np.ndarray:
   return np.sqrt(np.sum(x**2))
 
 
-def random_smoothing_sam_sgd(p, grad, steps, rho, lambd, lr, momentum, weight_decay, normals, noise_std,
-                             gradient_weight=2.0, filter_wise=True):
+def random_smoothing_sam_sgd(
+  p,
+  grad,
+  steps,
+  rho,
+  lambd,
+  lr,
+  momentum,
+  weight_decay,
+  normals,
+  noise_std,
+  gradient_weight=2.0,
+  filter_wise=True,
+):
   """RSAM (Liu et al. 2022) as in the authors' code (RSAM-Optimizer/R-SAM, vit_jax/train.py ``sam_gradient``).
 
   delta_t = noise_std * s * z_t, z_t = ``normals[t]`` (standard normal arrays), s the filter norms of x_t

@@ -17,18 +17,23 @@ ROOT = Path(__file__).resolve().parents[1]
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
   env = {**os.environ, "PYTHONPATH": str(ROOT)}
   return subprocess.run(
-      [sys.executable, "-m", "benchmarks.overhead", *args],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
+    [sys.executable, "-m", "benchmarks.overhead", *args],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
   )
 
 
 @pytest.mark.parametrize(
-    ("args", "flag"),
-    [
-        (("--models", "resnet1000"), "--models"),
-        (("--budget-s", "nan"), "--budget-s"),
-        (("--rows", "family,msam"), "--rows"),
-    ],
+  ("args", "flag"),
+  [
+    (("--models", "resnet1000"), "--models"),
+    (("--budget-s", "nan"), "--budget-s"),
+    (("--rows", "family,msam"), "--rows"),
+  ],
 )
 def test_bad_arguments_exit_2_with_one_line(args: tuple[str, ...], flag: str) -> None:
   done = _run(*args)
@@ -39,8 +44,19 @@ def test_bad_arguments_exit_2_with_one_line(args: tuple[str, ...], flag: str) ->
 
 
 def test_tiny_run_writes_consistent_results(tmp_path: Path) -> None:
-  done = _run("--models", "tiny_mlp", "--rounds", "1", "--min-rounds", "1", "--target-s", "0.01",
-              "--no-torch", "--out", str(tmp_path))
+  done = _run(
+    "--models",
+    "tiny_mlp",
+    "--rounds",
+    "1",
+    "--min-rounds",
+    "1",
+    "--target-s",
+    "0.01",
+    "--no-torch",
+    "--out",
+    str(tmp_path),
+  )
   assert done.returncode == 0, done.stderr
   result = json.loads((tmp_path / "overhead.json").read_text())
   assert (tmp_path / "overhead.png").stat().st_size > 0
@@ -63,12 +79,32 @@ def test_tiny_run_writes_consistent_results(tmp_path: Path) -> None:
 
 
 def test_rows_choose_the_timed_groups_and_the_targets_follow(tmp_path: Path) -> None:
-  done = _run("--models", "mlp", "--rows", "family", "--rounds", "1", "--min-rounds", "1",
-              "--target-s", "0.01", "--no-torch", "--out", str(tmp_path))
+  done = _run(
+    "--models",
+    "mlp",
+    "--rows",
+    "family",
+    "--rounds",
+    "1",
+    "--min-rounds",
+    "1",
+    "--target-s",
+    "0.01",
+    "--no-torch",
+    "--out",
+    str(tmp_path),
+  )
   assert done.returncode == 0, done.stderr
   result = json.loads((tmp_path / "overhead.json").read_text())
   assert list(result["models"]["mlp"]["time"]) == [
-      "sgd", "limit", "vasso", "friendly_sam", "momentum_sam", "random_smoothing_sam", "gsam"]
+    "sgd",
+    "limit",
+    "vasso",
+    "friendly_sam",
+    "momentum_sam",
+    "random_smoothing_sam",
+    "gsam",
+  ]
   targets = {c["target"]: c for c in result["targets"]}
   assert targets["momentum_sam: sgd's dots and convolutions (one gradient)"]["met"]
   assert "momentum_sam / sgd, time <= 1.1" in targets
@@ -80,7 +116,7 @@ def test_rows_choose_the_timed_groups_and_the_targets_follow(tmp_path: Path) -> 
 
 @pytest.mark.parametrize("results_dir", ["", "sam_family", "sam_family_mlp"])
 def test_replot_draws_the_committed_results_again(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], results_dir: str
+  tmp_path: Path, capsys: pytest.CaptureFixture[str], results_dir: str
 ) -> None:
   from benchmarks.overhead import cli, results
 
@@ -102,15 +138,15 @@ def test_the_docs_table_is_the_committed_results(results_dir: str, page: str) ->
 
 
 @pytest.mark.parametrize(
-    ("args", "flag"),
-    [
-        (("--sam-probability", "1.5"), "--sam-probability"),
-        (("--reuse-every", "0"), "--reuse-every"),
-        (("--replot",), "--replot"),
-    ],
+  ("args", "flag"),
+  [
+    (("--sam-probability", "1.5"), "--sam-probability"),
+    (("--reuse-every", "0"), "--reuse-every"),
+    (("--replot",), "--replot"),
+  ],
 )
 def test_bad_arguments_in_process(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: tuple[str, ...], flag: str
+  tmp_path: Path, capsys: pytest.CaptureFixture[str], args: tuple[str, ...], flag: str
 ) -> None:
   from benchmarks.overhead import cli
 

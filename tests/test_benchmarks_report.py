@@ -75,7 +75,11 @@ def test_every_mark_says_what_it_is() -> None:
     report.line_with_band(ax, x, x + i, x + i - 0.1, x + i + 0.1, f"curve {i}", i)
   labels = ax.get_legend_handles_labels()[1]
   assert sorted(labels) == [
-      "bands: +-1 std over 3 seeds", "curve 0", "curve 1", "error bars: IQR over rounds", "limit"
+    "bands: +-1 std over 3 seeds",
+    "curve 0",
+    "curve 1",
+    "error bars: IQR over rounds",
+    "limit",
   ]
   curves = [line for line in ax.lines if line.get_label().startswith("curve")]
   assert curves[0].get_linestyle() != curves[1].get_linestyle()  # overlapping curves stay apart

@@ -79,8 +79,11 @@ def test_quadratic_simulation_matches_a_numpy_loop() -> None:
     dist = quadratic.simulate(x_star, starts, np.arange(3), steps)
   k = np.arange(steps)
   gamma, rho = quadratic.GAMMA, quadratic.RHO
-  schedules = [(np.full(steps, gamma), np.zeros(steps)), (np.full(steps, gamma), np.full(steps, rho)),
-               (gamma / (k + 1) ** quadratic.STEP_POWER, np.full(steps, rho))]  # GD, constant, diminishing
+  schedules = [
+    (np.full(steps, gamma), np.zeros(steps)),
+    (np.full(steps, gamma), np.full(steps, rho)),
+    (gamma / (k + 1) ** quadratic.STEP_POWER, np.full(steps, rho)),
+  ]  # GD, constant, diminishing
   for start, row, (gammas, rhos) in zip(starts, dist, schedules, strict=True):
     xs = numpy_sam(lambda x: quadratic.EIGENVALUES * (x - x_star), start, gammas, rhos)
     np.testing.assert_allclose(row, [np.linalg.norm(x - x_star) for x in xs], rtol=1e-10, atol=1e-14)
@@ -142,12 +145,15 @@ def test_the_ridge_prediction_is_quadratic_in_rho_to_first_order() -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "flag"),
-    [(["--claims", "nope"], "--claims"), (["--seed", "-1"], "--seed"),
-     (["--quick", "--epochs", "3"], "--epochs")],
+  ("args", "flag"),
+  [
+    (["--claims", "nope"], "--claims"),
+    (["--seed", "-1"], "--seed"),
+    (["--quick", "--epochs", "3"], "--epochs"),
+  ],
 )
 def test_bad_arguments_exit_2_with_one_line(
-    capsys: pytest.CaptureFixture[str], args: list[str], flag: str
+  capsys: pytest.CaptureFixture[str], args: list[str], flag: str
 ) -> None:
   with pytest.raises(SystemExit) as exit_:
     cli.main(args)

@@ -10,7 +10,7 @@ from benchmarks import theory
 
 @pytest.mark.parametrize(("args", "flag"), [(["--n", "1"], "--n"), (["--epochs", "0"], "--epochs")])
 def test_bad_arguments_exit_2_with_one_line(
-    capsys: pytest.CaptureFixture[str], args: list[str], flag: str
+  capsys: pytest.CaptureFixture[str], args: list[str], flag: str
 ) -> None:
   with pytest.raises(SystemExit) as exit_:
     theory.main(args)

@@ -91,7 +91,12 @@ def test_module_imports_without_torch_and_exits_2_on_bad_input():
   assert imported.stdout.strip() == "False"
   done = subprocess.run(
     [sys.executable, "-m", "benchmarks.torch_job", "--epochs", "0"],
-    cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=False,
   )
   assert done.returncode == 2
   expected = "torch_job: error: argument --epochs: must be a positive integer; got 0"
@@ -100,8 +105,12 @@ def test_module_imports_without_torch_and_exits_2_on_bad_input():
 
 @pytest.mark.parametrize(
   ("kind", "kwargs", "error", "name"),
-  [("adam", {}, ValueError, "kind"), ("sgd", {"steps": 0}, ValueError, "steps"),
-   ("sam", {"steps": 1.5}, TypeError, "steps"), ("sam", {"warmup": -1}, ValueError, "warmup")],
+  [
+    ("adam", {}, ValueError, "kind"),
+    ("sgd", {"steps": 0}, ValueError, "steps"),
+    ("sam", {"steps": 1.5}, TypeError, "steps"),
+    ("sam", {"warmup": -1}, ValueError, "warmup"),
+  ],
 )
 def test_steady_state_rejects_bad_arguments(kind, kwargs, error, name):
   with pytest.raises(error, match=name):

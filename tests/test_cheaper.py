@@ -106,15 +106,15 @@ def test_sub_batch():
 
 
 @pytest.mark.parametrize(
-    "build,error,match",
-    [
-        (lambda s: optax_usam.reuse_sam(s, 0), ValueError, "every_k"),
-        (lambda s: optax_usam.reuse_sam(s, 2.5), TypeError, "every_k"),
-        (lambda s: optax_usam.reuse_sam(s, 2, alpha=-1.0), ValueError, "alpha"),
-        (lambda s: optax_usam.randomized_sam(s, 1.5), ValueError, "probability"),
-        (lambda s: optax_usam.randomized_sam(s, lambda c: -0.5 + 0 * c), ValueError, "probability"),
-        (lambda s: optax_usam.randomized_sam(s, 0.5, seed="a"), TypeError, "seed"),
-    ],
+  "build,error,match",
+  [
+    (lambda s: optax_usam.reuse_sam(s, 0), ValueError, "every_k"),
+    (lambda s: optax_usam.reuse_sam(s, 2.5), TypeError, "every_k"),
+    (lambda s: optax_usam.reuse_sam(s, 2, alpha=-1.0), ValueError, "alpha"),
+    (lambda s: optax_usam.randomized_sam(s, 1.5), ValueError, "probability"),
+    (lambda s: optax_usam.randomized_sam(s, lambda c: -0.5 + 0 * c), ValueError, "probability"),
+    (lambda s: optax_usam.randomized_sam(s, 0.5, seed="a"), TypeError, "seed"),
+  ],
 )
 def test_bad_arguments(build, error, match):
   with pytest.raises(error, match=match):
@@ -122,7 +122,7 @@ def test_bad_arguments(build, error, match):
 
 
 @pytest.mark.parametrize(
-    "wrap", [lambda s: optax_usam.reuse_sam(s, 2), lambda s: optax_usam.randomized_sam(s, 0.5)]
+  "wrap", [lambda s: optax_usam.reuse_sam(s, 2), lambda s: optax_usam.randomized_sam(s, 0.5)]
 )
 def test_wrappers_leave_integer_leaves_alone(wrap):
   params = {"w": jnp.array([1.0, -2.0]), "step": jnp.array(3, jnp.int32)}
@@ -136,11 +136,11 @@ def test_wrappers_leave_integer_leaves_alone(wrap):
 
 
 @pytest.mark.parametrize(
-    "wrap",
-    [
-        lambda s: optax_usam.reuse_sam(s, 2, axis_name="batch"),
-        lambda s: optax_usam.randomized_sam(s, 0.3, axis_name="batch"),
-    ],
+  "wrap",
+  [
+    lambda s: optax_usam.reuse_sam(s, 2, axis_name="batch"),
+    lambda s: optax_usam.randomized_sam(s, 0.3, axis_name="batch"),
+  ],
 )
 def test_wrappers_average_one_gradient_steps_over_devices(wrap):
   """Inside pmap every step, SAM or not, returns the device-averaged gradient: replicas stay equal."""

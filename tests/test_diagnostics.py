@@ -19,13 +19,13 @@ def _step(tx, params):
 
 
 @pytest.mark.parametrize(
-    "wrap",
-    [
-        lambda t: t,
-        lambda t: optax.chain(optax.clip(10.0), t, optax.sgd(0.1)),
-        lambda t: optax.chain(t, optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)),
-        lambda t: optax.MultiSteps(optax.chain(t, optax.sgd(0.1)), every_k_schedule=1),
-    ],
+  "wrap",
+  [
+    lambda t: t,
+    lambda t: optax.chain(optax.clip(10.0), t, optax.sgd(0.1)),
+    lambda t: optax.chain(t, optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)),
+    lambda t: optax.MultiSteps(optax.chain(t, optax.sgd(0.1)), every_k_schedule=1),
+  ],
 )
 def test_diagnostics_found_in_nested_states(wrap):
   params = {"w": jnp.array([3.0, 4.0])}

@@ -29,18 +29,22 @@ GRAD = jax.grad(mlp_problem.jax_loss)
 
 # Each method with its hyperparameters, the SAM family's constructors all taking (rho, ..., lambd_schedule).
 METHODS: dict[str, Callable[..., optax.GradientTransformationExtraArgs]] = {
-    "vasso": lambda lambd, **kw: optax_usam.vasso(RHO, theta=kw.get("theta", 0.4), lambd_schedule=lambd),
-    "friendly_sam": lambda lambd, **kw: optax_usam.friendly_sam(
-        RHO, sigma=kw.get("sigma", 0.7), momentum=0.8, lambd_schedule=lambd),
-    "momentum_sam": lambda lambd, **kw: optax_usam.momentum_sam(RHO, momentum=0.8, lambd_schedule=lambd),
-    "random_smoothing_sam": lambda lambd, **kw: optax_usam.random_smoothing_sam(
-        RHO, kw.get("noise_std", 0.05), seed=3, lambd_schedule=lambd),
-    "gsam": lambda lambd, **kw: optax_usam.gsam(RHO, kw.get("alpha", 0.3), lambd_schedule=lambd),
+  "vasso": lambda lambd, **kw: optax_usam.vasso(RHO, theta=kw.get("theta", 0.4), lambd_schedule=lambd),
+  "friendly_sam": lambda lambd, **kw: optax_usam.friendly_sam(
+    RHO, sigma=kw.get("sigma", 0.7), momentum=0.8, lambd_schedule=lambd
+  ),
+  "momentum_sam": lambda lambd, **kw: optax_usam.momentum_sam(RHO, momentum=0.8, lambd_schedule=lambd),
+  "random_smoothing_sam": lambda lambd, **kw: optax_usam.random_smoothing_sam(
+    RHO, kw.get("noise_std", 0.05), seed=3, lambd_schedule=lambd
+  ),
+  "gsam": lambda lambd, **kw: optax_usam.gsam(RHO, kw.get("alpha", 0.3), lambd_schedule=lambd),
 }
 # The value of each method's own parameter that makes it Unified SAM.
 NEUTRAL = {
-    "vasso": {"theta": 1.0}, "friendly_sam": {"sigma": 0.0}, "random_smoothing_sam": {"noise_std": 0.0},
-    "gsam": {"alpha": 0.0},
+  "vasso": {"theta": 1.0},
+  "friendly_sam": {"sigma": 0.0},
+  "random_smoothing_sam": {"noise_std": 0.0},
+  "gsam": {"alpha": 0.0},
 }
 
 
@@ -156,8 +160,9 @@ def test_gsam_output_is_the_surrogate_gap_step():
     tx = optax_usam.gsam(RHO, alpha)
     g = GRAD(params, x, y)
     out, _ = tx.update(g, tx.init(params), params, grad_fn=lambda q: GRAD(q, x, y))
-    sam_out, _ = optax_usam.sam(RHO).update(g, optax_usam.sam(RHO).init(params), params,
-                                             grad_fn=lambda q: GRAD(q, x, y))
+    sam_out, _ = optax_usam.sam(RHO).update(
+      g, optax_usam.sam(RHO).init(params), params, grad_fn=lambda q: GRAD(q, x, y)
+    )
   gv = np.concatenate([np.ravel(g[k]) for k in sorted(g)])
   sv = np.concatenate([np.ravel(sam_out[k]) for k in sorted(g)])
   want = sv - alpha * (gv - (gv @ sv) / (sv @ sv) * sv)
@@ -187,9 +192,11 @@ def test_random_smoothing_noise_follows_the_documented_keys():
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_inject_hyperparams_matches_the_plain_transformation(name):
   kwargs = {
-      "vasso": {"rho": RHO, "theta": 0.4}, "friendly_sam": {"rho": RHO, "sigma": 0.7, "momentum": 0.8},
-      "momentum_sam": {"rho": RHO, "momentum": 0.8}, "gsam": {"rho": RHO, "alpha": 0.3},
-      "random_smoothing_sam": {"rho": RHO, "noise_std": 0.05, "seed": 3},
+    "vasso": {"rho": RHO, "theta": 0.4},
+    "friendly_sam": {"rho": RHO, "sigma": 0.7, "momentum": 0.8},
+    "momentum_sam": {"rho": RHO, "momentum": 0.8},
+    "gsam": {"rho": RHO, "alpha": 0.3},
+    "random_smoothing_sam": {"rho": RHO, "noise_std": 0.05, "seed": 3},
   }[name]
   factory = getattr(optax_usam, name)
   with jax.enable_x64(True):
@@ -250,8 +257,10 @@ def test_needs_fresh_gradient_sees_through_wrappers():
   assert not optax_usam.needs_fresh_gradient(optax.chain(injected, optax.sgd(0.1)).init(params))
   # Wrappers that read the fresh gradient themselves need it, whatever the direction inside.
   wrappers = (
-      optax.MultiSteps(inner, 2), optax_usam.reuse_sam(inner, 2),
-      optax_usam.randomized_sam(inner, 0.5))
+    optax.MultiSteps(inner, 2),
+    optax_usam.reuse_sam(inner, 2),
+    optax_usam.randomized_sam(inner, 0.5),
+  )
   for wrapped in wrappers:
     assert optax_usam.needs_fresh_gradient(wrapped.init(params))
   assert optax_usam.needs_fresh_gradient(optax.sgd(0.1).init(params))  # no Unified SAM: a plain gradient
@@ -271,30 +280,33 @@ def test_custom_direction_and_plain_state():
 
 
 @pytest.mark.parametrize(
-    "make,error,match",
-    [
-        (lambda: optax_usam.vasso(RHO, theta=1.5), ValueError, "theta"),
-        (lambda: optax_usam.vasso(RHO, theta=-0.1), ValueError, "theta"),
-        (lambda: optax_usam.vasso(RHO, theta="0.5"), TypeError, "theta"),
-        (lambda: optax_usam.vasso(RHO, theta=True), TypeError, "theta"),
-        (lambda: optax_usam.friendly_sam(RHO, sigma=-1.0), ValueError, "sigma"),
-        (lambda: optax_usam.friendly_sam(RHO, sigma=float("nan")), ValueError, "sigma"),
-        (lambda: optax_usam.friendly_sam(RHO, momentum=1.0), ValueError, "momentum"),
-        (lambda: optax_usam.momentum_sam(RHO, momentum=-0.1), ValueError, "momentum"),
-        (lambda: optax_usam.momentum_sam(RHO, momentum=None), TypeError, "momentum"),
-        (lambda: optax_usam.random_smoothing_sam(RHO, -0.01), ValueError, "noise_std"),
-        (lambda: optax_usam.random_smoothing_sam(RHO, float("inf")), ValueError, "noise_std"),
-        (lambda: optax_usam.random_smoothing_sam(RHO, 0.1, gradient_weight=0), ValueError, "gradient_weight"),
-        (lambda: optax_usam.random_smoothing_sam(RHO, 0.01, seed=1.5), TypeError, "seed"),
-        (lambda: optax_usam.random_smoothing_sam(RHO, 0.01, filter_wise=1), TypeError, "filter_wise"),
-        (lambda: optax_usam.gsam(RHO, alpha=-0.1), ValueError, "alpha"),
-        (lambda: optax_usam.gsam(RHO, alpha="0.1"), TypeError, "alpha"),
-        (lambda: optax_usam.vasso(-1.0), ValueError, "rho"),
-        (lambda: optax_usam.momentum_sam(RHO, lambd_schedule=2.0), ValueError, "lambd_schedule"),
-        (lambda: optax_usam.unified_sam(RHO, 1.0, direction="ema"), TypeError, "direction"),
-        (lambda: optax_usam.unified_sam(RHO, 1, direction=optax_usam.AscentDirection(optax.sgd(1), "new")),
-         ValueError, "source"),
-    ],
+  "make,error,match",
+  [
+    (lambda: optax_usam.vasso(RHO, theta=1.5), ValueError, "theta"),
+    (lambda: optax_usam.vasso(RHO, theta=-0.1), ValueError, "theta"),
+    (lambda: optax_usam.vasso(RHO, theta="0.5"), TypeError, "theta"),
+    (lambda: optax_usam.vasso(RHO, theta=True), TypeError, "theta"),
+    (lambda: optax_usam.friendly_sam(RHO, sigma=-1.0), ValueError, "sigma"),
+    (lambda: optax_usam.friendly_sam(RHO, sigma=float("nan")), ValueError, "sigma"),
+    (lambda: optax_usam.friendly_sam(RHO, momentum=1.0), ValueError, "momentum"),
+    (lambda: optax_usam.momentum_sam(RHO, momentum=-0.1), ValueError, "momentum"),
+    (lambda: optax_usam.momentum_sam(RHO, momentum=None), TypeError, "momentum"),
+    (lambda: optax_usam.random_smoothing_sam(RHO, -0.01), ValueError, "noise_std"),
+    (lambda: optax_usam.random_smoothing_sam(RHO, float("inf")), ValueError, "noise_std"),
+    (lambda: optax_usam.random_smoothing_sam(RHO, 0.1, gradient_weight=0), ValueError, "gradient_weight"),
+    (lambda: optax_usam.random_smoothing_sam(RHO, 0.01, seed=1.5), TypeError, "seed"),
+    (lambda: optax_usam.random_smoothing_sam(RHO, 0.01, filter_wise=1), TypeError, "filter_wise"),
+    (lambda: optax_usam.gsam(RHO, alpha=-0.1), ValueError, "alpha"),
+    (lambda: optax_usam.gsam(RHO, alpha="0.1"), TypeError, "alpha"),
+    (lambda: optax_usam.vasso(-1.0), ValueError, "rho"),
+    (lambda: optax_usam.momentum_sam(RHO, lambd_schedule=2.0), ValueError, "lambd_schedule"),
+    (lambda: optax_usam.unified_sam(RHO, 1.0, direction="ema"), TypeError, "direction"),
+    (
+      lambda: optax_usam.unified_sam(RHO, 1, direction=optax_usam.AscentDirection(optax.sgd(1), "new")),
+      ValueError,
+      "source",
+    ),
+  ],
 )
 def test_bad_arguments_are_refused_with_their_name(make, error, match):
   with pytest.raises(error, match=match):

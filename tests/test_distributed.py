@@ -22,8 +22,8 @@ STEPS = 2
 MESHES = [(4, 1), (4, 2), (8, 1), (8, 4)]
 # unified_sam options beyond rho and lambda, which the trainer must pass on.
 OPTIONS = {
-    "perturb_mask": {"perturb_mask": {"w1": True, "b1": False, "w2": True, "b2": False}},
-    "adaptive": {"adaptive": True, "adaptive_eta": 0.1},
+  "perturb_mask": {"perturb_mask": {"w1": True, "b1": False, "w2": True, "b2": False}},
+  "adaptive": {"adaptive": True, "adaptive_eta": 0.1},
 }
 
 
@@ -32,7 +32,7 @@ def loss_fn(p: dict, batch: tuple) -> jax.Array:
 
 
 def np_sam_grad(
-    p: dict, x: np.ndarray, y: np.ndarray, shards: int, options: dict | None = None
+  p: dict, x: np.ndarray, y: np.ndarray, shards: int, options: dict | None = None
 ) -> tuple[dict, float]:
   """Float64 Unified SAM gradient with each of ``shards`` sub-batches perturbed along its own gradient.
 
@@ -54,7 +54,7 @@ def np_sam_grad(
 
 
 def np_reference(
-    p: dict, x: np.ndarray, y: np.ndarray, shards: int, options: dict | None = None
+  p: dict, x: np.ndarray, y: np.ndarray, shards: int, options: dict | None = None
 ) -> tuple[dict, float]:
   """STEPS of :func:`np_sam_grad` through weight decay and momentum SGD (optax's conventions).
 
@@ -75,7 +75,7 @@ def base_optimizer() -> optax.GradientTransformation:
 
 
 def single_device(
-    params: dict, x: np.ndarray, y: np.ndarray, shards: int, options: dict | None = None
+  params: dict, x: np.ndarray, y: np.ndarray, shards: int, options: dict | None = None
 ) -> dict:
   """The same training on one device with the core transformation alone.
 
@@ -83,10 +83,10 @@ def single_device(
   """
   per_device = shards > 1
   tx = optax.chain(
-      optax_usam.unified_sam(
-          RHO, LAMBD, axis_name="data" if per_device else None, sync_perturbation=False, **(options or {})
-      ),
-      base_optimizer(),
+    optax_usam.unified_sam(
+      RHO, LAMBD, axis_name="data" if per_device else None, sync_perturbation=False, **(options or {})
+    ),
+    base_optimizer(),
   )
 
   def step(p: dict, s: optax.OptState, xb: jax.Array, yb: jax.Array) -> tuple:
@@ -97,8 +97,9 @@ def single_device(
   if per_device:
     mapped = jax.vmap(step, in_axes=(None, None, 0, 0), axis_name="data")
     first = lambda tree: jax.tree.map(lambda a: a[0], tree)
-    step = lambda p, s, xb, yb: first(mapped(p, s, xb.reshape(shards, -1, xb.shape[-1]),
-                                             yb.reshape(shards, -1, yb.shape[-1])))
+    step = lambda p, s, xb, yb: first(
+      mapped(p, s, xb.reshape(shards, -1, xb.shape[-1]), yb.reshape(shards, -1, yb.shape[-1]))
+    )
   device = jax.devices()[0]
   p = jax.device_put(params, device)
   s = tx.init(p)
@@ -113,15 +114,15 @@ def train_sharded(mesh, params, x, y, per_device: bool, options: dict | None = N
   """STEPS of the trainer's step; ``built_from``: what the trainer is built with (default ``params``)."""
   shardings = distributed.fsdp_shardings(params, mesh, min_size=0)
   _, init, step = distributed.make_sharded_trainer(
-      loss_fn,
-      base_optimizer(),
-      params if built_from is None else built_from,
-      mesh=mesh,
-      per_device_perturbation=per_device,
-      param_shardings=shardings,
-      rho=RHO,
-      lambd_schedule=LAMBD,
-      **(options or {}),
+    loss_fn,
+    base_optimizer(),
+    params if built_from is None else built_from,
+    mesh=mesh,
+    per_device_perturbation=per_device,
+    param_shardings=shardings,
+    rho=RHO,
+    lambd_schedule=LAMBD,
+    **(options or {}),
   )
   p = jax.device_put(params, shardings)
   s = init(p)
@@ -185,8 +186,9 @@ def test_documented_recipes_without_the_helper(recipe, sync):
 
   if recipe == "pmap":
     split = lambda a: a.reshape(4, -1, a.shape[-1])
-    out, state = jax.pmap(sam_grad, axis_name="data", in_axes=(None, None, 0),
-                          devices=jax.devices()[:4])(params, state, (split(x), split(y)))
+    out, state = jax.pmap(sam_grad, axis_name="data", in_axes=(None, None, 0), devices=jax.devices()[:4])(
+      params, state, (split(x), split(y))
+    )
     out, state = jax.tree.map(lambda a: a[0], (out, state))
   else:
     mesh = jax.make_mesh((4,), ("data",), devices=jax.devices()[:4])
@@ -196,9 +198,14 @@ def test_documented_recipes_without_the_helper(recipe, sync):
       return sam_grad(p, state, batch)
 
     batch = jax.device_put((x, y), NamedSharding(mesh, PartitionSpec("data")))
-    out, state = jax.jit(jax.shard_map(
-        local, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec(), PartitionSpec("data")),
-        out_specs=PartitionSpec()))(params, state, batch)
+    out, state = jax.jit(
+      jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(PartitionSpec(), PartitionSpec(), PartitionSpec("data")),
+        out_specs=PartitionSpec(),
+      )
+    )(params, state, batch)
     assert int(state.count) == 1
   ref, ref_norm = np_sam_grad({k: v.astype(np.float64) for k, v in params.items()}, x, y, 1 if sync else 4)
   for k in params:
@@ -212,8 +219,9 @@ def collectives(hlo: str, op: str) -> list[list[tuple[int, ...]]]:
   for line in hlo.splitlines():
     m = re.search(rf"= (.*?) {op}(?:-start)?\(", line)
     if m:
-      found.append([tuple(int(d) for d in dims.split(",") if d)
-                    for dims in re.findall(r"\w+\[([\d,]*)\]", m.group(1))])
+      found.append(
+        [tuple(int(d) for d in dims.split(",") if d) for dims in re.findall(r"\w+\[([\d,]*)\]", m.group(1))]
+      )
   return found
 
 
@@ -244,33 +252,46 @@ def test_sam_step_gathers_parameters_no_more_than_two_plain_steps(num_devices, n
   p = jax.device_put(params, shardings)
   batch = distributed.shard_batch((x, y), mesh)
   _, init, step = distributed.make_sharded_trainer(
-      loss_fn, optax.sgd(LR), params, mesh=mesh, per_device_perturbation=per_device,
-      param_shardings=shardings, rho=RHO, lambd_schedule=LAMBD)
+    loss_fn,
+    optax.sgd(LR),
+    params,
+    mesh=mesh,
+    per_device_perturbation=per_device,
+    param_shardings=shardings,
+    rho=RHO,
+    lambd_schedule=LAMBD,
+  )
   sam_hlo = step.lower(p, init(p), batch).compile().as_text()
   plain = jax.jit(
-      lambda p, b: jax.tree.map(lambda w, g: w - LR * g, p, jax.grad(loss_fn)(p, b)),
-      out_shardings=shardings,
+    lambda p, b: jax.tree.map(lambda w, g: w - LR * g, p, jax.grad(loss_fn)(p, b)),
+    out_shardings=shardings,
   )
   plain_hlo = plain.lower(p, batch).compile().as_text()
   # SAM runs the model's forward and backward passes twice, nothing more.
-  assert parameter_gathers(sam_hlo, params, shardings) <= 2 * parameter_gathers(
-      plain_hlo, params, shardings)
+  assert parameter_gathers(sam_hlo, params, shardings) <= 2 * parameter_gathers(plain_hlo, params, shardings)
 
 
 def collective_bytes(hlo: str, op: str) -> int:
   return sum(4 * int(np.prod(shape)) for shapes in collectives(hlo, op) for shape in shapes)
 
 
-@pytest.mark.parametrize(("per_device", "gradient_reduces"), [(False, 2), (True, 1)],
-                         ids=["global", "per_device"])
+@pytest.mark.parametrize(
+  ("per_device", "gradient_reduces"), [(False, 2), (True, 1)], ids=["global", "per_device"]
+)
 def test_all_reduced_bytes_per_step(per_device, gradient_reduces):
   """Data parallel: global SAM all-reduces both gradients, m-sharpness only the second."""
   params, x, y = mlp_problem.float32_problem(d=64, h=256, o=64, n=16)
   mesh = distributed.make_mesh(1)
   p = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
   _, init, step = distributed.make_sharded_trainer(
-      loss_fn, optax.sgd(LR), params, mesh=mesh, per_device_perturbation=per_device, rho=RHO,
-      lambd_schedule=LAMBD)
+    loss_fn,
+    optax.sgd(LR),
+    params,
+    mesh=mesh,
+    per_device_perturbation=per_device,
+    rho=RHO,
+    lambd_schedule=LAMBD,
+  )
   hlo = step.lower(p, init(p), distributed.shard_batch((x, y), mesh)).compile().as_text()
   grad_bytes = sum(v.nbytes for v in params.values())
   scalars = collective_bytes(hlo, "all-reduce") - gradient_reduces * grad_bytes
@@ -288,11 +309,19 @@ def test_per_device_memory_shrinks_as_parameter_axis_grows(per_device):
     shardings = distributed.fsdp_shardings(params, mesh)
     p = jax.device_put(params, shardings)
     _, init, step = distributed.make_sharded_trainer(
-        loss_fn, optax.sgd(LR, momentum=MOMENTUM), params, mesh=mesh, per_device_perturbation=per_device,
-        param_shardings=shardings, rho=RHO, lambd_schedule=LAMBD)
+      loss_fn,
+      optax.sgd(LR, momentum=MOMENTUM),
+      params,
+      mesh=mesh,
+      per_device_perturbation=per_device,
+      param_shardings=shardings,
+      rho=RHO,
+      lambd_schedule=LAMBD,
+    )
     mem = step.lower(p, init(p), distributed.shard_batch((x, y), mesh)).compile().memory_analysis()
-    totals.append(mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
-                  + mem.temp_size_in_bytes)
+    totals.append(
+      mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
+    )
   param_bytes = sum(v.nbytes for v in params.values())
   assert totals[0] > totals[1] > totals[2]
   # Parameters and momentum are split four ways; what is left is batch and activations.
@@ -345,7 +374,8 @@ def test_step_rejects_params_off_their_shardings():
   mesh = distributed.make_mesh(2, jax.devices()[:4])
   shardings = distributed.fsdp_shardings(params, mesh, min_size=0)
   _, init, step = distributed.make_sharded_trainer(
-      loss_fn, optax.sgd(LR), params, mesh=mesh, param_shardings=shardings, rho=RHO, lambd_schedule=LAMBD)
+    loss_fn, optax.sgd(LR), params, mesh=mesh, param_shardings=shardings, rho=RHO, lambd_schedule=LAMBD
+  )
   p = jax.device_put(params, shardings)
   s = init(p)
   batch = distributed.shard_batch((x, y), mesh)
@@ -375,26 +405,35 @@ def trainer(loss=loss_fn, **kwargs):
 
 
 @pytest.mark.parametrize(
-    ("call", "error", "match"),
-    [
-        (lambda: distributed.make_mesh(3), ValueError, "num_model=3 must divide"),
-        (lambda: distributed.make_mesh(0), ValueError, "num_model must be a positive int"),
-        (lambda: distributed.make_mesh(2, data_axis="x", model_axis="x"), ValueError, "must differ"),
-        (lambda: distributed.fsdp_shardings({}, distributed.make_mesh(), axis="tp"), ValueError,
-         "axis='tp' is not an axis"),
-        (lambda: distributed.shard_batch(np.ones((6, 2)), distributed.make_mesh()), ValueError,
-         "divisible over 8 devices"),
-        (lambda: trainer(data_axis="batch"), ValueError, "data_axis='batch' is not an axis"),
-        (lambda: trainer(per_device_perturbation=1), TypeError, "per_device_perturbation must be a bool"),
-        (lambda: trainer(loss=None), TypeError, "loss_fn must be callable"),
-        (lambda: trainer(axis_name="data"), ValueError,
-         r"sets unified_sam's axis_name itself .* remove axis_name='data'"),
-        (lambda: trainer(sync_perturbation=True), ValueError, "sets unified_sam's sync_perturbation itself"),
-        # unified_sam checks its own arguments: none is dropped on the way.
-        (lambda: trainer(adaptive_mask={"w": True}), ValueError, "adaptive_mask only applies with adaptive"),
-        (lambda: trainer(eps=-1.0), ValueError, "eps must be a positive"),
-        (lambda: trainer(rho_typo=0.1), TypeError, "unexpected keyword argument 'rho_typo'"),
-    ],
+  ("call", "error", "match"),
+  [
+    (lambda: distributed.make_mesh(3), ValueError, "num_model=3 must divide"),
+    (lambda: distributed.make_mesh(0), ValueError, "num_model must be a positive int"),
+    (lambda: distributed.make_mesh(2, data_axis="x", model_axis="x"), ValueError, "must differ"),
+    (
+      lambda: distributed.fsdp_shardings({}, distributed.make_mesh(), axis="tp"),
+      ValueError,
+      "axis='tp' is not an axis",
+    ),
+    (
+      lambda: distributed.shard_batch(np.ones((6, 2)), distributed.make_mesh()),
+      ValueError,
+      "divisible over 8 devices",
+    ),
+    (lambda: trainer(data_axis="batch"), ValueError, "data_axis='batch' is not an axis"),
+    (lambda: trainer(per_device_perturbation=1), TypeError, "per_device_perturbation must be a bool"),
+    (lambda: trainer(loss=None), TypeError, "loss_fn must be callable"),
+    (
+      lambda: trainer(axis_name="data"),
+      ValueError,
+      r"sets unified_sam's axis_name itself .* remove axis_name='data'",
+    ),
+    (lambda: trainer(sync_perturbation=True), ValueError, "sets unified_sam's sync_perturbation itself"),
+    # unified_sam checks its own arguments: none is dropped on the way.
+    (lambda: trainer(adaptive_mask={"w": True}), ValueError, "adaptive_mask only applies with adaptive"),
+    (lambda: trainer(eps=-1.0), ValueError, "eps must be a positive"),
+    (lambda: trainer(rho_typo=0.1), TypeError, "unexpected keyword argument 'rho_typo'"),
+  ],
 )
 def test_bad_arguments(call, error, match):
   with pytest.raises(error, match=match):
@@ -406,10 +445,10 @@ def test_fsdp_shardings_split_largest_divisible_dimension():
   tree = {"big": np.zeros((6, 64)), "odd": np.zeros((7, 9, 5)), "small": np.zeros(8), "scalar": 0.0}
   specs = {k: s.spec for k, s in distributed.fsdp_shardings(tree, mesh, min_size=16).items()}
   assert specs == {
-      "big": PartitionSpec(None, "model"),
-      "odd": PartitionSpec(None, None, None),
-      "small": PartitionSpec(None),
-      "scalar": PartitionSpec(),
+    "big": PartitionSpec(None, "model"),
+    "odd": PartitionSpec(None, None, None),
+    "small": PartitionSpec(None),
+    "scalar": PartitionSpec(),
   }
 
 
@@ -419,11 +458,19 @@ def test_one_gradient_direction_takes_one_pass(per_device):
   params, x, y = mlp_problem.float32_problem()
   mesh = distributed.make_mesh(1, jax.devices()[:4])
   momentum = optax_usam.AscentDirection(
-      optax.chain(optax.trace(decay=MOMENTUM), optax.scale(-1.0)), "previous_sam_gradient")
+    optax.chain(optax.trace(decay=MOMENTUM), optax.scale(-1.0)), "previous_sam_gradient"
+  )
   base = optax.sgd(LR, momentum=MOMENTUM)
   _, init, step = distributed.make_sharded_trainer(
-      loss_fn, base, params, mesh=mesh, per_device_perturbation=per_device, rho=RHO,
-      lambd_schedule=LAMBD, direction=momentum)
+    loss_fn,
+    base,
+    params,
+    mesh=mesh,
+    per_device_perturbation=per_device,
+    rho=RHO,
+    lambd_schedule=LAMBD,
+    direction=momentum,
+  )
   p = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
   s = init(p)
   batch = distributed.shard_batch((x, y), mesh)

@@ -42,8 +42,10 @@ FULL_RUN_TIMEOUT_S = 120
 
 
 def two_processes(address: str, *extra: str) -> list[list[str]]:
-  return [["--cpu-devices", "2", "--coordinator", address, "--num-processes", "2", "--process-id", str(i),
-           *extra] for i in range(2)]
+  return [
+    ["--cpu-devices", "2", "--coordinator", address, "--num-processes", "2", "--process-id", str(i), *extra]
+    for i in range(2)
+  ]
 
 
 def step300_loss(output: str) -> str:
@@ -56,8 +58,10 @@ def test_two_processes_finish_the_default_run(tmp_path):
   # Beside a one-process run: the extra load is what made the hang likely, and the
   # global perturbation must give the same step-300 loss on either layout.
   local, first, second = run_processes(
-      [["--cpu-devices", "4", "--num-model", "2"], *two_processes(free_address())], tmp_path,
-      timeout_s=FULL_RUN_TIMEOUT_S)
+    [["--cpu-devices", "4", "--num-model", "2"], *two_processes(free_address())],
+    tmp_path,
+    timeout_s=FULL_RUN_TIMEOUT_S,
+  )
   assert "processes=2 devices=4" in first and "processes=" not in second  # process 0 prints
   assert float(re.search(r"test accuracy ([\d.]+)", first).group(1)) > 0.95
   assert step300_loss(first) == step300_loss(local)
@@ -76,8 +80,9 @@ def test_step_keeps_at_most_a_few_steps_in_flight_on_cpu():
     return jnp.mean(h**2)
 
   params = {"w": np.eye(width, dtype=np.float32)}
-  _, init, step = distributed.make_sharded_trainer(loss_fn, optax.sgd(1e-3), params, mesh=mesh, rho=0.05,
-                                                   lambd_schedule=1.0)
+  _, init, step = distributed.make_sharded_trainer(
+    loss_fn, optax.sgd(1e-3), params, mesh=mesh, rho=0.05, lambd_schedule=1.0
+  )
   params = jax.device_put(params, jax.sharding.NamedSharding(mesh, PartitionSpec()))
   opt_state = init(params)
   batch = distributed.shard_batch(np.ones((256, width), np.float32), mesh)
@@ -96,8 +101,9 @@ def test_sigterm_ends_a_two_process_run(tmp_path):
   # jax.distributed's preemption notifier used to catch SIGTERM, so only SIGKILL ended a stuck run.
   jobs, logs = [], [tmp_path / f"p{i}.log" for i in range(2)]
   try:
-    for argv, log in zip(two_processes(free_address(), "--steps", "100000", "--log-every", "20"), logs,
-                         strict=True):
+    for argv, log in zip(
+      two_processes(free_address(), "--steps", "100000", "--log-every", "20"), logs, strict=True
+    ):
       jobs.append(start(argv, log))
     deadline = time.monotonic() + 90
     while not re.search(r"step\s+20 ", logs[0].read_text()):
@@ -117,10 +123,19 @@ def test_sigterm_ends_a_two_process_run(tmp_path):
 
 
 def test_auto_cluster_off_a_cluster_is_one_line_and_exit_2():
-  env = {k: v for k, v in example_env().items()
-         if not k.startswith(("SLURM_", "OMPI_", "PMI_", "KUBERNETES_", "JAX_", "TPU_"))}
-  done = subprocess.run([sys.executable, str(EXAMPLE), "--auto-cluster", "--cpu-devices", "2"], env=env,
-                        capture_output=True, text=True, timeout=120, start_new_session=True)
+  env = {
+    k: v
+    for k, v in example_env().items()
+    if not k.startswith(("SLURM_", "OMPI_", "PMI_", "KUBERNETES_", "JAX_", "TPU_"))
+  }
+  done = subprocess.run(
+    [sys.executable, str(EXAMPLE), "--auto-cluster", "--cpu-devices", "2"],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    start_new_session=True,
+  )
   assert done.returncode == 2, done.stderr[-2000:]
   assert done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
   assert done.stderr.startswith("distributed.py: error: --auto-cluster found no cluster environment")
@@ -133,8 +148,14 @@ def test_coordinator_port_in_use_is_one_line_and_exit_2():
     taken.bind(("127.0.0.1", 0))
     taken.listen()
     address = f"127.0.0.1:{taken.getsockname()[1]}"
-    done = subprocess.run([sys.executable, str(EXAMPLE), *two_processes(address)[0]], env=example_env(),
-                          capture_output=True, text=True, timeout=120, start_new_session=True)
+    done = subprocess.run(
+      [sys.executable, str(EXAMPLE), *two_processes(address)[0]],
+      env=example_env(),
+      capture_output=True,
+      text=True,
+      timeout=120,
+      start_new_session=True,
+    )
   assert done.returncode == 2, done.stderr[-2000:]
   assert done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
   assert done.stderr.startswith(f"distributed.py: error: --coordinator {address}: the port is in use")
@@ -144,20 +165,27 @@ def pmean_loss(axis: str):
   def loss_fn(p: dict, batch: tuple) -> jax.Array:
     x, y = batch
     return jax.lax.pmean(jnp.mean((x @ p["w"] - y) ** 2), axis)
+
   return loss_fn
 
 
 @pytest.mark.parametrize(
-    ("per_device", "axis"),
-    [(False, "data"), (True, "model")],
-    ids=["jit-path-data-axis", "shard_map-path-model-axis"],
+  ("per_device", "axis"),
+  [(False, "data"), (True, "model")],
+  ids=["jit-path-data-axis", "shard_map-path-model-axis"],
 )
 def test_loss_over_an_unbound_axis_is_a_value_error(per_device, axis):
   mesh = distributed.make_mesh(2, jax.devices()[:4])
   params = {"w": np.ones((3, 2), np.float32)}
-  _, init, step = distributed.make_sharded_trainer(pmean_loss(axis), optax.sgd(0.1), params, mesh=mesh,
-                                                   per_device_perturbation=per_device, rho=0.05,
-                                                   lambd_schedule=1.0)
+  _, init, step = distributed.make_sharded_trainer(
+    pmean_loss(axis),
+    optax.sgd(0.1),
+    params,
+    mesh=mesh,
+    per_device_perturbation=per_device,
+    rho=0.05,
+    lambd_schedule=1.0,
+  )
   params = jax.device_put(params, jax.sharding.NamedSharding(mesh, PartitionSpec()))
   batch = distributed.shard_batch((np.ones((8, 3), np.float32), np.zeros((8, 2), np.float32)), mesh)
   with pytest.raises(ValueError, match=rf"loss_fn uses axis {axis!r}, which is not bound") as info:
@@ -169,8 +197,9 @@ def test_the_tx_of_a_per_device_step_outside_shard_map_is_a_value_error():
   mesh = distributed.make_mesh(1, jax.devices()[:4])
   loss_fn = lambda p, b: jnp.mean((b @ p["w"]) ** 2)
   params, batch = {"w": jnp.ones((3, 2))}, jnp.ones((4, 3))
-  tx, _, _ = distributed.make_sharded_trainer(loss_fn, optax.sgd(0.1), params, mesh=mesh,
-                                              per_device_perturbation=True, rho=0.05, lambd_schedule=1.0)
+  tx, _, _ = distributed.make_sharded_trainer(
+    loss_fn, optax.sgd(0.1), params, mesh=mesh, per_device_perturbation=True, rho=0.05, lambd_schedule=1.0
+  )
   grad_fn = lambda p: jax.grad(loss_fn)(p, batch)
   with pytest.raises(ValueError, match="axis_name='data' is not bound here"):
     jax.jit(lambda p, s: tx.update(grad_fn(p), s, p, grad_fn=grad_fn))(params, tx.init(params))
@@ -184,17 +213,25 @@ def test_sharded_trainer_gives_one_result_on_every_mesh_kind(per_device):
     return mlp_problem.jax_loss(p, *batch)
 
   meshes = {
-      "make_mesh": distributed.make_mesh(2, jax.devices()[:8]),
-      "explicit": jax.make_mesh((4, 2), ("data", "model"), devices=jax.devices()[:8]),  # JAX's default
-      "auto": jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Auto,) * 2,
-                            devices=jax.devices()[:8]),
+    "make_mesh": distributed.make_mesh(2, jax.devices()[:8]),
+    "explicit": jax.make_mesh((4, 2), ("data", "model"), devices=jax.devices()[:8]),  # JAX's default
+    "auto": jax.make_mesh(
+      (4, 2), ("data", "model"), axis_types=(AxisType.Auto,) * 2, devices=jax.devices()[:8]
+    ),
   }
   results = {}
   for name, mesh in meshes.items():
     shardings = distributed.fsdp_shardings(params, mesh)
     _, init, step = distributed.make_sharded_trainer(
-        loss_fn, optax.sgd(0.1, momentum=0.9), params, mesh=mesh, per_device_perturbation=per_device,
-        param_shardings=shardings, rho=0.05, lambd_schedule="1-1/t")
+      loss_fn,
+      optax.sgd(0.1, momentum=0.9),
+      params,
+      mesh=mesh,
+      per_device_perturbation=per_device,
+      param_shardings=shardings,
+      rho=0.05,
+      lambd_schedule="1-1/t",
+    )
     p = jax.device_put(params, shardings)
     s = init(p)
     for _ in range(2):
@@ -203,8 +240,9 @@ def test_sharded_trainer_gives_one_result_on_every_mesh_kind(per_device):
     results[name] = distributed.to_host(p)
   for name in ("explicit", "auto"):
     for k in params:
-      np.testing.assert_allclose(results[name][k], results["make_mesh"][k], rtol=1e-6, atol=1e-7,
-                                 err_msg=f"{name} {k}")
+      np.testing.assert_allclose(
+        results[name][k], results["make_mesh"][k], rtol=1e-6, atol=1e-7, err_msg=f"{name} {k}"
+      )
 
 
 def test_the_page_runs_its_blocks_on_both_mesh_kinds():
@@ -221,4 +259,3 @@ def test_doc_block(section, line, code):
   del section  # in the test id
   assert jax.device_count() >= 4  # tests/conftest.py asks for 8 virtual CPU devices
   exec(compile(code, f"docs/distributed.md:{line}", "exec"), {"__name__": "__docs__"})
-

@@ -38,12 +38,19 @@ from tests._markdown import (
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-PAGES = ["README.md", *sorted(str(p.relative_to(ROOT))
-                       for p in DOCS.rglob("*.md") if "_build" not in p.parts)]
+PAGES = [
+  "README.md",
+  *sorted(str(p.relative_to(ROOT)) for p in DOCS.rglob("*.md") if "_build" not in p.parts),
+]
 PYTHONS = {"python", "python3", ".venv/bin/python"}
 # The modules whose public names the API pages must list, beside optax_usam.__all__.
-API_MODULES = ("optax_usam.distributed", "optax_usam.flax_linen", "optax_usam.flax_nnx", "optax_usam.theory",
-               "optax_usam.sampling")
+API_MODULES = (
+  "optax_usam.distributed",
+  "optax_usam.flax_linen",
+  "optax_usam.flax_nnx",
+  "optax_usam.theory",
+  "optax_usam.sampling",
+)
 FIGURE_DIRS = (ROOT / "benchmarks" / "results", ROOT / "examples" / "results")
 # Outputs that .gitignore keeps out of the repository: short runs and CIFAR runs.
 IGNORED_FIGURE_DIRS = {"quick", "runs"}
@@ -86,8 +93,9 @@ def test_fences_and_markers(page):
       assert name, f"{where}: 'run by' names no test: {target}"
       assert (ROOT / path).is_file(), f"{where}: no file {path}"
       source = (ROOT / path).read_text()
-      defined = {node.name for node in ast.walk(ast.parse(source))
-                 if isinstance(node, ast.FunctionDef | ast.ClassDef)}
+      defined = {
+        node.name for node in ast.walk(ast.parse(source)) if isinstance(node, ast.FunctionDef | ast.ClassDef)
+      }
       assert set(name.split("::")) <= defined, f"{where}: {path} defines no {name}"
       assert Path(page).name in source, f"{where}: {path} does not read {page}"
     else:
@@ -114,8 +122,13 @@ def flags(words: list[str]) -> list[str]:
 
 def start_help(script: tuple[str, ...]) -> subprocess.Popen:
   return subprocess.Popen(
-      [sys.executable, *script, "--help"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-      text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    [sys.executable, *script, "--help"],
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    env={**os.environ, "PYTHONPATH": str(ROOT)},
+  )
 
 
 def test_shell_commands_name_what_exists():
@@ -180,17 +193,23 @@ def documented_names() -> set[str]:
     text = page.read_text()
     names |= set(re.findall(r"^\.\. auto(?:function|class|data|exception)::\s+(\S+)", text, re.MULTILINE))
     # Described by hand: ".. py:data:: NAME" with its ":module:".
-    names |= {f"{module}.{name}" for name, module in
-              re.findall(r"^\.\. py:data::\s+(\S+)\n\s+:module:\s+(\S+)", text, re.MULTILINE)}
+    names |= {
+      f"{module}.{name}"
+      for name, module in re.findall(r"^\.\. py:data::\s+(\S+)\n\s+:module:\s+(\S+)", text, re.MULTILINE)
+    }
   return names
 
 
 def public_names(module: types.ModuleType) -> list[str]:
   if hasattr(module, "__all__"):
     return list(module.__all__)
-  return [name for name, value in vars(module).items()
-          if not name.startswith("_") and getattr(value, "__module__", None) == module.__name__
-          and (isinstance(value, type) or callable(value))]
+  return [
+    name
+    for name, value in vars(module).items()
+    if not name.startswith("_")
+    and getattr(value, "__module__", None) == module.__name__
+    and (isinstance(value, type) or callable(value))
+  ]
 
 
 def test_every_public_name_is_on_an_api_page():
@@ -205,8 +224,9 @@ def test_every_public_name_is_on_an_api_page():
       missing.append(f"optax_usam.{name}")
   for module_name in API_MODULES:
     module = importlib.import_module(module_name)
-    missing += [f"{module_name}.{name}" for name in public_names(module)
-                if f"{module_name}.{name}" not in documented]
+    missing += [
+      f"{module_name}.{name}" for name in public_names(module) if f"{module_name}.{name}" not in documented
+    ]
   assert not missing, f"not on any page of docs/api/: {missing}"
   # LAMBDA_STRINGS is described by hand (a tuple has no docstring of its own): each string is named there.
   core = (DOCS / "api" / "core.md").read_text()
@@ -215,8 +235,12 @@ def test_every_public_name_is_on_an_api_page():
 
 def test_every_figure_is_on_a_page():
   pages = "\n".join(read(page) for page in PAGES if page.startswith("docs/"))
-  figures = [path for directory in FIGURE_DIRS for path in directory.rglob("*.png")
-             if not IGNORED_FIGURE_DIRS & set(path.relative_to(directory).parts)]
+  figures = [
+    path
+    for directory in FIGURE_DIRS
+    for path in directory.rglob("*.png")
+    if not IGNORED_FIGURE_DIRS & set(path.relative_to(directory).parts)
+  ]
   assert figures
   missing = [str(f.relative_to(ROOT)) for f in figures if f"../{f.relative_to(ROOT)}" not in pages]
   assert not missing, f"figures on no page of docs/: {missing}"
@@ -225,8 +249,26 @@ def test_every_figure_is_on_a_page():
 def test_the_site_builds_without_warnings(tmp_path):
   # As `make docs`: warnings are errors, every cross-reference must resolve (-n), no network.
   result = subprocess.run(
-      [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-n", "-q", "-j", "1", "-b", "html",
-       str(DOCS), str(tmp_path / "html")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "sphinx",
+      "-W",
+      "--keep-going",
+      "-n",
+      "-q",
+      "-j",
+      "1",
+      "-b",
+      "html",
+      str(DOCS),
+      str(tmp_path / "html"),
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-5000:]
   html = tmp_path / "html"
   core = (html / "api" / "core.html").read_text()

@@ -19,7 +19,8 @@ import pytest
 import optax_usam
 
 MODULES = sorted(
-    [optax_usam.__name__, *(m.name for m in pkgutil.walk_packages(optax_usam.__path__, "optax_usam."))])
+  [optax_usam.__name__, *(m.name for m in pkgutil.walk_packages(optax_usam.__path__, "optax_usam."))]
+)
 OPTIONS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 # An RST literal block: a line ending in "::" (or a code-block directive), then the more indented lines.
 LITERAL_INTRO = re.compile(r"(::|^\s*\.\. (?:code-block|code|sourcecode)::.*)\s*$")
@@ -64,8 +65,12 @@ def test_the_modules_are_found():
 def test_docstring_examples(module_name):
   module = importlib.import_module(module_name)
   tests = doctest.DocTestFinder(exclude_empty=False).find(module, module_name)
-  unrun = [f"{test.name}:\n{block}" for test in tests for block in literal_blocks(test.docstring or "")
-           if is_python_code(block)]
+  unrun = [
+    f"{test.name}:\n{block}"
+    for test in tests
+    for block in literal_blocks(test.docstring or "")
+    if is_python_code(block)
+  ]
   assert not unrun, "code examples that are not doctests (write them as >>> lines):\n\n" + "\n\n".join(unrun)
 
   runner = doctest.DocTestRunner(optionflags=OPTIONS)

@@ -65,7 +65,7 @@ def test_steps_match_numpy_reference(lambd):
     plain, _ = ref.unified_sam_sgd(p0, np_grad, steps, 0.0, 0.0, lr, momentum, wd)
 
     tx = optax.chain(
-        optax_usam.unified_sam(RHO, lambd), optax.add_decayed_weights(wd), optax.sgd(lr, momentum=momentum)
+      optax_usam.unified_sam(RHO, lambd), optax.add_decayed_weights(wd), optax.sgd(lr, momentum=momentum)
     )
     opt_state = tx.init(eqx.filter(model, eqx.is_array))
 
@@ -113,7 +113,7 @@ def test_grad_fn_sees_none_for_non_array_fields():
   assert ascent.activation is None and ascent.final_activation is None
   is_none = lambda v: v is None
   assert [v is None for v in jax.tree.leaves(ascent, is_leaf=is_none)] == [
-      v is None for v in jax.tree.leaves(params, is_leaf=is_none)
+    v is None for v in jax.tree.leaves(params, is_leaf=is_none)
   ]
   perturbed = eqx.combine(ascent, static)
   assert perturbed.activation is jnp.tanh and perturbed.final_activation is model.final_activation
@@ -214,8 +214,9 @@ def test_adaptive_mask_over_an_equinox_module():
     np.testing.assert_array_equal(a, b)
   # The adapted norm ||T g|| with T = |w| + 0.01 on the weights, 1 on the biases, in NumPy.
   flags = jax.tree.leaves(WEIGHTS(params))
-  scales = {i: np.abs(v) + 0.01 if f else None
-            for (i, v), f in zip(_np_leaves(params).items(), flags, strict=True)}
+  scales = {
+    i: np.abs(v) + 0.01 if f else None for (i, v), f in zip(_np_leaves(params).items(), flags, strict=True)
+  }
   _, norm = ref.perturbation(_np_leaves(grads), RHO, 1.0, scales=scales)
   np.testing.assert_allclose(optax_usam.get_diagnostics(state)["grad_norm"], norm, rtol=1e-5)
 

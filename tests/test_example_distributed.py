@@ -37,8 +37,13 @@ def example_env() -> dict[str, str]:
 def start(argv: list[str], log: pathlib.Path, env: dict[str, str] | None = None) -> subprocess.Popen:
   """Starts the example in a session of its own, so that :func:`stop` can kill all it started."""
   with open(log, "w") as out:
-    return subprocess.Popen([sys.executable, str(EXAMPLE), *argv], env=example_env() if env is None else env,
-                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+      [sys.executable, str(EXAMPLE), *argv],
+      env=example_env() if env is None else env,
+      stdout=out,
+      stderr=subprocess.STDOUT,
+      start_new_session=True,
+    )
 
 
 def stop(job: subprocess.Popen) -> None:
@@ -90,12 +95,24 @@ def test_one_process_fsdp_and_two_processes_train_the_same_model(tmp_path):
   common = ["--steps", "30", "--log-every", "30", "--lambd", "0.5"]
   address = free_address()
   local, first, _ = run_processes(
-      [
-          ["--cpu-devices", "4", "--num-model", "2", *common],
-          *[["--cpu-devices", "2", "--coordinator", address, "--num-processes", "2",
-             "--process-id", str(i), *common] for i in range(2)],
+    [
+      ["--cpu-devices", "4", "--num-model", "2", *common],
+      *[
+        [
+          "--cpu-devices",
+          "2",
+          "--coordinator",
+          address,
+          "--num-processes",
+          "2",
+          "--process-id",
+          str(i),
+          *common,
+        ]
+        for i in range(2)
       ],
-      tmp_path,
+    ],
+    tmp_path,
   )
   assert "processes=1 devices=4 mesh=data:2 x model:2" in local
   assert "processes=2 devices=4 mesh=data:4 x model:1" in first
@@ -107,27 +124,32 @@ def test_one_process_fsdp_and_two_processes_train_the_same_model(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("argv", "match"),
-    [
-        (["--steps", "0"], "argument --steps: must be a positive integer"),
-        # Values the library refuses: its own message, led by the flag.
-        (["--rho", "-1"], "argument --rho: rho must be a finite float in [0.0, inf)"),
-        (["--lambd", "2"], "argument --lambd: lambd_schedule must be a finite float in [0.0, 1.0]"),
-        (["--lambd", "sam"], "argument --lambd: lambd_schedule must be a float in [0, 1], one of"),
-        (["--coordinator", "127.0.0.1:1"], "go together"),
-        (["--coordinator", "h:1", "--num-processes", "2", "--process-id", "2"], "0 <= --process-id"),
-        (["--auto-cluster", "--coordinator", "h:1", "--num-processes", "1", "--process-id", "0"],
-         "not both"),
-        (["--coordinator", "nonsense", "--num-processes", "2", "--process-id", "0"],
-         "--coordinator must be HOST:PORT"),
-        (["--coordinator", "h:99999", "--num-processes", "2", "--process-id", "0"],
-         "--coordinator must be HOST:PORT"),
-        (["--num-model", "3"], "argument --num-model: num_model=3 must divide the number of devices"),
-        (["--batch-size", "12", "--num-model", "1"],
-         "argument --batch-size: batch leaves need a leading dimension divisible over 8 devices"),
-        (["--auto_cluster"], "unrecognized arguments: --auto_cluster"),
-        (["--bogus"], "unrecognized arguments"),
-    ],
+  ("argv", "match"),
+  [
+    (["--steps", "0"], "argument --steps: must be a positive integer"),
+    # Values the library refuses: its own message, led by the flag.
+    (["--rho", "-1"], "argument --rho: rho must be a finite float in [0.0, inf)"),
+    (["--lambd", "2"], "argument --lambd: lambd_schedule must be a finite float in [0.0, 1.0]"),
+    (["--lambd", "sam"], "argument --lambd: lambd_schedule must be a float in [0, 1], one of"),
+    (["--coordinator", "127.0.0.1:1"], "go together"),
+    (["--coordinator", "h:1", "--num-processes", "2", "--process-id", "2"], "0 <= --process-id"),
+    (["--auto-cluster", "--coordinator", "h:1", "--num-processes", "1", "--process-id", "0"], "not both"),
+    (
+      ["--coordinator", "nonsense", "--num-processes", "2", "--process-id", "0"],
+      "--coordinator must be HOST:PORT",
+    ),
+    (
+      ["--coordinator", "h:99999", "--num-processes", "2", "--process-id", "0"],
+      "--coordinator must be HOST:PORT",
+    ),
+    (["--num-model", "3"], "argument --num-model: num_model=3 must divide the number of devices"),
+    (
+      ["--batch-size", "12", "--num-model", "1"],
+      "argument --batch-size: batch leaves need a leading dimension divisible over 8 devices",
+    ),
+    (["--auto_cluster"], "unrecognized arguments: --auto_cluster"),
+    (["--bogus"], "unrecognized arguments"),
+  ],
 )
 def test_bad_cli_input_is_one_line_and_exit_2(argv, match, capsys):
   with pytest.raises(SystemExit) as exit_info:

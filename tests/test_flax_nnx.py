@@ -163,7 +163,8 @@ def test_sam_update_one_pass_for_momentum_sam(has_aux):
   expected = jax.tree.map(lambda p, gi: p - LR * gi, params0, nnx.as_pure(g))
 
   out = nnx.jit(sam_update, static_argnums=(2,), static_argnames="has_aux")(
-    model, optimizer, loss_aux, x, y, has_aux=has_aux)
+    model, optimizer, loss_aux, x, y, has_aux=has_aux
+  )
   loss = out[0] if has_aux else out
   np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
   got = nnx.as_pure(nnx.state(model, nnx.Param))
@@ -173,7 +174,8 @@ def test_sam_update_one_pass_for_momentum_sam(has_aux):
 
   # Step 2 perturbs along the negative momentum: ||e|| = rho.
   nnx.jit(sam_update, static_argnums=(2,), static_argnames="has_aux")(
-    model, optimizer, loss_aux, x, y, has_aux=has_aux)
+    model, optimizer, loss_aux, x, y, has_aux=has_aux
+  )
   diag = optax_usam.get_diagnostics(optimizer.opt_state)
   np.testing.assert_allclose(diag["perturbation_norm"], RHO, rtol=1e-5)
   assert int(optimizer.step[...]) == 2 and int(model.dropout.rngs.count[...]) == 2

@@ -21,10 +21,10 @@ def _train(dtype: jnp.dtype, lambd: float | str, epochs: int = 25) -> tuple[floa
   train, test = order[:1300], order[1300:]
   keys = jax.random.split(jax.random.key(0), 2)
   params = {
-      "w1": jax.random.normal(keys[0], (64, 128)) / 8.0,
-      "b1": jnp.zeros(128),
-      "w2": jax.random.normal(keys[1], (128, 10)) / np.sqrt(128),
-      "b2": jnp.zeros(10),
+    "w1": jax.random.normal(keys[0], (64, 128)) / 8.0,
+    "b1": jnp.zeros(128),
+    "w2": jax.random.normal(keys[1], (128, 10)) / np.sqrt(128),
+    "b2": jnp.zeros(10),
   }
   params = jax.tree.map(lambda p: p.astype(dtype), params)
 

@@ -35,8 +35,13 @@ def launch(args: list[str], devices: int, log: pathlib.Path) -> subprocess.Popen
   env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
   with open(log, "w") as out:
     # A session of its own, so that a timeout can kill the process and all it started.
-    return subprocess.Popen([sys.executable, str(WORKER), *args], env=env, stdout=out,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+      [sys.executable, str(WORKER), *args],
+      env=env,
+      stdout=out,
+      stderr=subprocess.STDOUT,
+      start_new_session=True,
+    )
 
 
 def test_two_processes_match_one_process_with_four_devices(tmp_path):
@@ -47,8 +52,19 @@ def test_two_processes_match_one_process_with_four_devices(tmp_path):
     jobs["single"] = launch(["--out", str(single)], 4, tmp_path / "single.log")
     for i in range(2):
       jobs[f"process {i}"] = launch(
-          ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i),
-           "--out", str(multi)], 2, tmp_path / f"process{i}.log")
+        [
+          "--coordinator",
+          f"127.0.0.1:{port}",
+          "--num-processes",
+          "2",
+          "--process-id",
+          str(i),
+          "--out",
+          str(multi),
+        ],
+        2,
+        tmp_path / f"process{i}.log",
+      )
     deadline = time.monotonic() + TIMEOUT_S
     for name, job in jobs.items():
       log = tmp_path / f"{name.replace(' ', '')}.log"

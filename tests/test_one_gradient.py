@@ -89,7 +89,8 @@ class _Net(nn.Module):
 
 def _linen_loss(params: Any, batch_stats: Any, batch: Any, rng: Any) -> Any:
   logits, updates = _Net().apply(
-      {"params": params, "batch_stats": batch_stats}, batch[0], train=True, mutable=["batch_stats"])
+    {"params": params, "batch_stats": batch_stats}, batch[0], train=True, mutable=["batch_stats"]
+  )
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean()
   return loss, (updates["batch_stats"], logits)
 
@@ -99,8 +100,11 @@ def test_linen_train_step_skips_the_first_pass(sam_tx, passes):
   batch = (jnp.ones((8, 5)), jnp.zeros(8, jnp.int32))
   variables = jax.jit(functools.partial(_Net().init, train=False))(jax.random.key(0), batch[0])
   state = SAMTrainState.create(
-      apply_fn=_Net().apply, params=variables["params"], batch_stats=variables["batch_stats"],
-      tx=optax.chain(sam_tx(), optax.sgd(0.1, momentum=0.9)))
+    apply_fn=_Net().apply,
+    params=variables["params"],
+    batch_stats=variables["batch_stats"],
+    tx=optax.chain(sam_tx(), optax.sgd(0.1, momentum=0.9)),
+  )
   text = _compiled_text(functools.partial(linen_train_step, loss_fn=_linen_loss), state, batch)
   assert hlo.products(text)[0] == 5 * passes
   _no_control_flow(text)

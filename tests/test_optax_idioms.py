@@ -84,7 +84,7 @@ def test_inject_hyperparams_under_jit_and_changed_mid_run(lambd):
 
 
 @pytest.mark.parametrize(
-    "factory,lambd", [(optax_usam.sam, 1.0), (optax_usam.usam, 0.0), (optax_usam.unified_sam, 0.25)]
+  "factory,lambd", [(optax_usam.sam, 1.0), (optax_usam.usam, 0.0), (optax_usam.unified_sam, 0.25)]
 )
 def test_inject_hyperparams_wrappers_equal_plain_transformation(factory, lambd):
   p0, x, y = mlp_problem.problem()
@@ -193,14 +193,14 @@ def test_microbatch_grad_fn_holds_one_micro_batch_of_activations():
 
 
 @pytest.mark.parametrize(
-    "batch,k,error,match",
-    [
-        ((np.ones((12, 3)), np.ones(12)), 5, ValueError, "must divide the batch size 12"),
-        ((np.ones((12, 3)), np.ones(10)), 2, ValueError, "sharing their leading axis"),
-        ((np.ones((12, 3)),), 0, ValueError, "num_microbatches"),
-        ((np.ones((12, 3)),), 2.0, TypeError, "num_microbatches"),
-        ((np.float32(1.0),), 1, ValueError, "leading axis"),
-    ],
+  "batch,k,error,match",
+  [
+    ((np.ones((12, 3)), np.ones(12)), 5, ValueError, "must divide the batch size 12"),
+    ((np.ones((12, 3)), np.ones(10)), 2, ValueError, "sharing their leading axis"),
+    ((np.ones((12, 3)),), 0, ValueError, "num_microbatches"),
+    ((np.ones((12, 3)),), 2.0, TypeError, "num_microbatches"),
+    ((np.float32(1.0),), 1, ValueError, "leading axis"),
+  ],
 )
 def test_microbatch_grad_fn_bad_input(batch, k, error, match):
   with pytest.raises(error, match=match):
@@ -251,7 +251,7 @@ def test_multi_steps_around_sam_uses_only_the_last_micro_batch_at_the_ascent_poi
     p, trace = _sgd_momentum_step(p, trace, ref.mlp_grad({k: p[k] + e[k] for k in p}, last_x, last_y))
   # MultiSteps accumulates in float32 unless told otherwise.
   make_tx = lambda: optax.MultiSteps(
-      _sgd_chain(optax_usam.unified_sam(rho, lambd)), len(micro), accumulator_dtype=jnp.float64
+    _sgd_chain(optax_usam.unified_sam(rho, lambd)), len(micro), accumulator_dtype=jnp.float64
   )
   got = _multi_steps_run(make_tx, p0, micro, 3)
   _assert_close(got, p)
@@ -276,7 +276,7 @@ def test_sam_before_multi_steps_is_m_sharpness():
     p, trace = _sgd_momentum_step(p, trace, _mean(sam_grads))
   base = optax.chain(optax.add_decayed_weights(WD), optax.sgd(LR, momentum=MOMENTUM))
   make_tx = lambda: optax.chain(
-      optax_usam.unified_sam(rho, "1-1/t"), optax.MultiSteps(base, len(micro), accumulator_dtype=jnp.float64)
+    optax_usam.unified_sam(rho, "1-1/t"), optax.MultiSteps(base, len(micro), accumulator_dtype=jnp.float64)
   )
   _assert_close(_multi_steps_run(make_tx, p0, micro, 3), p)
 
@@ -287,13 +287,13 @@ WEIGHTS_ONLY = {"w1": True, "b1": False, "w2": True, "b2": False}
 
 
 @pytest.mark.parametrize(
-    "mask",
-    [
-        pytest.param(WEIGHTS_ONLY, id="tree"),
-        pytest.param(lambda p: jax.tree.map(lambda v: v.ndim > 1, p), id="callable"),
-        pytest.param({"w1": True, "b1": False, "w2": False, "b2": True}, id="other-tree"),
-        pytest.param(True, id="prefix-all"),
-    ],
+  "mask",
+  [
+    pytest.param(WEIGHTS_ONLY, id="tree"),
+    pytest.param(lambda p: jax.tree.map(lambda v: v.ndim > 1, p), id="callable"),
+    pytest.param({"w1": True, "b1": False, "w2": False, "b2": True}, id="other-tree"),
+    pytest.param(True, id="prefix-all"),
+  ],
 )
 @pytest.mark.parametrize("lambd", [0.0, 1.0, "1/t"])
 def test_perturb_mask_matches_numpy(mask, lambd):
@@ -301,7 +301,7 @@ def test_perturb_mask_matches_numpy(mask, lambd):
   flags = jax.tree.map(lambda v: v.ndim > 1, p0) if callable(mask) else mask
   flags = {k: flags for k in p0} if isinstance(flags, bool) else flags
   want, logs = ref.unified_sam_sgd(
-      p0, lambda p: ref.mlp_grad(p, x, y), 4, 0.2, lambd, LR, MOMENTUM, WD, mask=flags
+    p0, lambda p: ref.mlp_grad(p, x, y), 4, 0.2, lambd, LR, MOMENTUM, WD, mask=flags
   )
   with jax.enable_x64(True):
     tx = _sgd_chain(optax_usam.unified_sam(0.2, lambd, perturb_mask=mask))
@@ -329,15 +329,15 @@ def test_perturb_mask_prefix_over_nested_params():
 
 
 @pytest.mark.parametrize(
-    "mask,error,match",
-    [
-        ({"w1": "yes"}, TypeError, "perturb_mask must be"),
-        ({"w1": True, "b1": False}, ValueError, "perturb_mask must have the tree structure"),
-        (lambda p: {"w1": 1}, TypeError, "perturb_mask must hold bools"),
-        (False, ValueError, "perturb_mask selects no floating parameter"),
-        ({"w1": False, "b1": False, "w2": False, "b2": False}, ValueError, "selects no floating parameter"),
-        (lambda p: jax.tree.map(lambda v: v.ndim > 2, p), ValueError, "use rho=0 for plain gradients"),
-    ],
+  "mask,error,match",
+  [
+    ({"w1": "yes"}, TypeError, "perturb_mask must be"),
+    ({"w1": True, "b1": False}, ValueError, "perturb_mask must have the tree structure"),
+    (lambda p: {"w1": 1}, TypeError, "perturb_mask must hold bools"),
+    (False, ValueError, "perturb_mask selects no floating parameter"),
+    ({"w1": False, "b1": False, "w2": False, "b2": False}, ValueError, "selects no floating parameter"),
+    (lambda p: jax.tree.map(lambda v: v.ndim > 2, p), ValueError, "use rho=0 for plain gradients"),
+  ],
 )
 def test_bad_perturb_mask(mask, error, match):
   p0, x, y = mlp_problem.problem()
@@ -348,13 +348,13 @@ def test_bad_perturb_mask(mask, error, match):
 
 
 MASK_WRAPPERS = {
-    "masked": lambda sam: optax.masked(sam, WEIGHTS_ONLY),
-    "partition": lambda sam: optax.partition(
-        {"sam": sam, "plain": optax.identity()}, {k: "sam" if v else "plain" for k, v in WEIGHTS_ONLY.items()}
-    ),
-    "multi_transform": lambda sam: optax.multi_transform(
-        {"sam": sam, "plain": optax.identity()}, {k: "sam" if v else "plain" for k, v in WEIGHTS_ONLY.items()}
-    ),
+  "masked": lambda sam: optax.masked(sam, WEIGHTS_ONLY),
+  "partition": lambda sam: optax.partition(
+    {"sam": sam, "plain": optax.identity()}, {k: "sam" if v else "plain" for k, v in WEIGHTS_ONLY.items()}
+  ),
+  "multi_transform": lambda sam: optax.multi_transform(
+    {"sam": sam, "plain": optax.identity()}, {k: "sam" if v else "plain" for k, v in WEIGHTS_ONLY.items()}
+  ),
 }
 
 

@@ -35,8 +35,8 @@ def _mlp() -> tuple[Loss, Any, tuple[jax.Array, jax.Array]]:
   keys = jax.random.split(jax.random.key(0), 4)
   sizes = (16, 32, 32, 32)
   params = [
-      {"w": jax.random.normal(k, (a, b)) / a**0.5, "b": jnp.zeros((b,))}
-      for k, (a, b) in zip(keys, itertools.pairwise(sizes), strict=False)
+    {"w": jax.random.normal(k, (a, b)) / a**0.5, "b": jnp.zeros((b,))}
+    for k, (a, b) in zip(keys, itertools.pairwise(sizes), strict=False)
   ]
 
   def loss(p: Any, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -52,9 +52,9 @@ def _mlp() -> tuple[Loss, Any, tuple[jax.Array, jax.Array]]:
 def _convnet() -> tuple[Loss, Any, tuple[jax.Array, jax.Array]]:
   keys = jax.random.split(jax.random.key(1), 4)
   params = {
-      "conv1": jax.random.normal(keys[0], (3, 3, 4, 8)) / 6.0,
-      "conv2": jax.random.normal(keys[1], (3, 3, 8, 8)) / 8.5,
-      "head": jax.random.normal(keys[2], (8, 32)) / 3.0,
+    "conv1": jax.random.normal(keys[0], (3, 3, 4, 8)) / 6.0,
+    "conv2": jax.random.normal(keys[1], (3, 3, 8, 8)) / 8.5,
+    "head": jax.random.normal(keys[2], (8, 32)) / 3.0,
   }
 
   def conv(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -72,7 +72,7 @@ def _convnet() -> tuple[Loss, Any, tuple[jax.Array, jax.Array]]:
 def _three_gradients_step(loss: Loss, lambd: float | str) -> steps.Variant:
   """``steps.usam`` whose ``grad_fn`` wastefully evaluates a third gradient: what the checks must catch."""
   tx = optax.chain(
-      optax_usam.unified_sam(steps.RHO, lambd, eps=steps.EPS), optax.sgd(steps.LR, momentum=steps.MOMENTUM)
+    optax_usam.unified_sam(steps.RHO, lambd, eps=steps.EPS), optax.sgd(steps.LR, momentum=steps.MOMENTUM)
   )
 
   def step(params: Any, state: Any, x: jax.Array, y: jax.Array) -> tuple[Any, Any, jax.Array]:
@@ -123,10 +123,10 @@ def _compiled(model: str, step: str, lambd: float | str = 1.0) -> tuple[Any, int
   """The compiled step and the size in bytes of the model's smallest parameter leaf."""
   loss, params, batch = MODELS[model]()
   variant = {
-      "sgd": lambda: steps.sgd(loss),
-      "limit": lambda: steps.limit(loss),
-      "usam": lambda: steps.usam(loss, lambd),
-      "three_gradients": lambda: _three_gradients_step(loss, lambd),
+    "sgd": lambda: steps.sgd(loss),
+    "limit": lambda: steps.limit(loss),
+    "usam": lambda: steps.usam(loss, lambd),
+    "three_gradients": lambda: _three_gradients_step(loss, lambd),
   }[step]()
   return _compile(variant, params, batch), min(x.nbytes for x in jax.tree.leaves(params))
 

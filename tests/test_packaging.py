@@ -48,15 +48,19 @@ print("ok")
 
 def source_version() -> str:
   tree = ast.parse((ROOT / "optax_usam" / "__init__.py").read_text())
-  return next(node.value.value for node in tree.body if isinstance(node, ast.Assign)
-              and any(getattr(t, "id", None) == "__version__" for t in node.targets))
+  return next(
+    node.value.value
+    for node in tree.body
+    if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__version__" for t in node.targets)
+  )
 
 
 def run(*args: str | Path, cwd: Path | None = None, timeout: float = 240) -> str:
   # Without PYTHONPATH: the installed package must be the one imported, not the working tree.
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-  result = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+  result = subprocess.run(
+    [str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+  )
   assert result.returncode == 0, f"{args}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
   return result.stdout
 

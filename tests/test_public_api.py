@@ -20,8 +20,9 @@ def test_all_is_sorted_and_is_what_dir_lists():
 def test_every_imported_name_and_every_lazy_name_is_in_all():
   """A function or class imported into the package, or lazily served by it, is public."""
   imported = {
-      name for name, value in vars(optax_usam).items()
-      if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    name
+    for name, value in vars(optax_usam).items()
+    if not name.startswith("_") and not isinstance(value, types.ModuleType)
   }
   assert imported | set(optax_usam._LAZY) <= set(optax_usam.__all__)
 

@@ -129,10 +129,13 @@ def test_zero_gradient_with_traced_eps_that_underflows_gives_no_nan():
 
 
 @pytest.mark.parametrize(
-    "rho,lambd",
-    [(0.1, lambda c: jnp.where(c >= 2, 1.5, 0.5)), (lambda c: jnp.where(c >= 2, -0.1, 0.1), 1.0),
-     (lambda c: jnp.where(c >= 2, jnp.nan, 0.1), 0.5)],
-    ids=["lambda-1.5", "rho-negative", "rho-nan"],
+  "rho,lambd",
+  [
+    (0.1, lambda c: jnp.where(c >= 2, 1.5, 0.5)),
+    (lambda c: jnp.where(c >= 2, -0.1, 0.1), 1.0),
+    (lambda c: jnp.where(c >= 2, jnp.nan, 0.1), 0.5),
+  ],
+  ids=["lambda-1.5", "rho-negative", "rho-nan"],
 )
 def test_out_of_range_schedule_values_are_caught_by_checkify(rho, lambd):
   tx = optax_usam.unified_sam(rho, lambd, check_values=True)

@@ -72,8 +72,12 @@ def _rsam_normals(p0: dict[str, np.ndarray], steps: int) -> list[dict[str, np.nd
     key = jax.random.key(SEED)
     for _ in range(steps):
       key, draw = jax.random.split(key)
-      normals.append({k: np.asarray(jax.random.normal(jax.random.fold_in(draw, i), p0[k].shape, jnp.float64))
-                      for i, k in enumerate(names)})
+      normals.append(
+        {
+          k: np.asarray(jax.random.normal(jax.random.fold_in(draw, i), p0[k].shape, jnp.float64))
+          for i, k in enumerate(names)
+        }
+      )
   return normals
 
 
@@ -81,26 +85,26 @@ def _methods(p0: dict[str, np.ndarray], grad: Callable, lambd: Any) -> dict[str,
   """name -> (the library's transformation, the reference's (params, logs)) for one lambda."""
   run = lambda f, **kw: f(p0, grad, STEPS, RHO, lambd, LR, MOMENTUM, WD, **kw)
   return {
-      "vasso": (
-          lambda: optax_usam.vasso(RHO, theta=THETA, lambd_schedule=lambd),
-          lambda: run(ref.vasso_sgd, theta=THETA),
-      ),
-      "friendly_sam": (
-          lambda: optax_usam.friendly_sam(RHO, sigma=SIGMA, momentum=EMA_DECAY, lambd_schedule=lambd),
-          lambda: run(ref.friendly_sam_sgd, sigma=SIGMA, ema_decay=EMA_DECAY),
-      ),
-      "momentum_sam": (
-          lambda: optax_usam.momentum_sam(RHO, momentum=SAM_MOMENTUM, lambd_schedule=lambd),
-          lambda: run(ref.momentum_sam_sgd, sam_momentum=SAM_MOMENTUM),
-      ),
-      "random_smoothing_sam": (
-          lambda: optax_usam.random_smoothing_sam(RHO, noise_std=NOISE_STD, seed=SEED, lambd_schedule=lambd),
-          lambda: run(ref.random_smoothing_sam_sgd, normals=_rsam_normals(p0, STEPS), noise_std=NOISE_STD),
-      ),
-      "gsam": (
-          lambda: optax_usam.gsam(RHO, alpha=ALPHA, lambd_schedule=lambd),
-          lambda: run(ref.gsam_sgd, alpha=ALPHA),
-      ),
+    "vasso": (
+      lambda: optax_usam.vasso(RHO, theta=THETA, lambd_schedule=lambd),
+      lambda: run(ref.vasso_sgd, theta=THETA),
+    ),
+    "friendly_sam": (
+      lambda: optax_usam.friendly_sam(RHO, sigma=SIGMA, momentum=EMA_DECAY, lambd_schedule=lambd),
+      lambda: run(ref.friendly_sam_sgd, sigma=SIGMA, ema_decay=EMA_DECAY),
+    ),
+    "momentum_sam": (
+      lambda: optax_usam.momentum_sam(RHO, momentum=SAM_MOMENTUM, lambd_schedule=lambd),
+      lambda: run(ref.momentum_sam_sgd, sam_momentum=SAM_MOMENTUM),
+    ),
+    "random_smoothing_sam": (
+      lambda: optax_usam.random_smoothing_sam(RHO, noise_std=NOISE_STD, seed=SEED, lambd_schedule=lambd),
+      lambda: run(ref.random_smoothing_sam_sgd, normals=_rsam_normals(p0, STEPS), noise_std=NOISE_STD),
+    ),
+    "gsam": (
+      lambda: optax_usam.gsam(RHO, alpha=ALPHA, lambd_schedule=lambd),
+      lambda: run(ref.gsam_sgd, alpha=ALPHA),
+    ),
   }
 
 
@@ -108,8 +112,9 @@ METHODS = ["vasso", "friendly_sam", "momentum_sam", "random_smoothing_sam", "gsa
 ONE_PASS = {"momentum_sam", "random_smoothing_sam"}  # directions that do not use the fresh gradient
 
 
-def _run(method: optax.GradientTransformation, p0, x, y, steps: int, fresh: bool, lr=LR, momentum=MOMENTUM,
-         wd=WD):
+def _run(
+  method: optax.GradientTransformation, p0, x, y, steps: int, fresh: bool, lr=LR, momentum=MOMENTUM, wd=WD
+):
   """``steps`` jitted steps of chain(method, add_decayed_weights, sgd(momentum)); params and diagnostics.
 
   ``fresh=False`` passes ``updates=None``: the caller computes no gradient at x_t.
@@ -186,19 +191,20 @@ def test_momentum_sam_is_the_papers_algorithm():
   rho, lr, mu = 0.3, 0.1, 0.9
   want = ref.momentum_sam_paper(p0, lambda p: ref.mlp_grad(p, x, y), STEPS, rho, lr, mu)
   with jax.enable_x64(True):
-    got, _ = _run(optax_usam.momentum_sam(rho, momentum=mu), p0, x, y, STEPS, fresh=False, lr=lr,
-                  momentum=mu, wd=0.0)
+    got, _ = _run(
+      optax_usam.momentum_sam(rho, momentum=mu), p0, x, y, STEPS, fresh=False, lr=lr, momentum=mu, wd=0.0
+    )
   for k in want:
     np.testing.assert_allclose(got[k], want[k], rtol=1e-10, atol=1e-13, err_msg=k)
 
 
 SPECIAL_CASES = {
-    "vasso theta=1": lambda lambd: optax_usam.vasso(RHO, theta=1.0, lambd_schedule=lambd),
-    "friendly_sam sigma=0": lambda lambd: optax_usam.friendly_sam(RHO, sigma=0.0, lambd_schedule=lambd),
-    "random_smoothing_sam noise_std=0": (
-        lambda lambd: optax_usam.random_smoothing_sam(RHO, noise_std=0.0, lambd_schedule=lambd)
-    ),
-    "gsam alpha=0": lambda lambd: optax_usam.gsam(RHO, alpha=0.0, lambd_schedule=lambd),
+  "vasso theta=1": lambda lambd: optax_usam.vasso(RHO, theta=1.0, lambd_schedule=lambd),
+  "friendly_sam sigma=0": lambda lambd: optax_usam.friendly_sam(RHO, sigma=0.0, lambd_schedule=lambd),
+  "random_smoothing_sam noise_std=0": (
+    lambda lambd: optax_usam.random_smoothing_sam(RHO, noise_std=0.0, lambd_schedule=lambd)
+  ),
+  "gsam alpha=0": lambda lambd: optax_usam.gsam(RHO, alpha=0.0, lambd_schedule=lambd),
 }
 
 

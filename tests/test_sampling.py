@@ -17,22 +17,22 @@ DELTA_INF = 0.5
 
 
 @pytest.mark.parametrize(
-    ("make", "a", "b"),
-    [
-        (lambda: sampling.uniform(SMOOTHNESS, delta_inf=DELTA_INF), 6.0, 0.0),
-        # (n - tau) / (tau (n - 1)) L_max = 2/6 * 6, n (tau - 1) / (tau (n - 1)) = 4/6.
-        (lambda: sampling.tau_nice(SMOOTHNESS, 2, delta_inf=DELTA_INF), 2.0, 2.0 / 3.0),
-        (lambda: sampling.tau_nice(SMOOTHNESS, 1, delta_inf=DELTA_INF), 6.0, 0.0),
-        (lambda: sampling.tau_nice(SMOOTHNESS, 4, delta_inf=DELTA_INF), 0.0, 1.0),
-        (lambda: sampling.importance(SMOOTHNESS, delta_inf=DELTA_INF), 3.0, 0.0),
-        # max_i n p_i L_i = 4 * (6/12) * 6 = L_max^2 / L_avg.
-        (lambda: sampling.importance(SMOOTHNESS, reweight=False, delta_inf=DELTA_INF), 12.0, 0.0),
-        # With replacement, b = 3: L_max / b = 6/3 and L_avg / b = 3/3, B = 1 - 1/3.
-        (lambda: sampling.with_replacement(SMOOTHNESS, 3, delta_inf=DELTA_INF), 2.0, 2.0 / 3.0),
-        (lambda: sampling.with_replacement(SMOOTHNESS, 3, importance=True, delta_inf=DELTA_INF), 1.0, 2 / 3),
-        # b = 8 > n = 4 is allowed: L_max / 8, 1 - 1/8.
-        (lambda: sampling.with_replacement(SMOOTHNESS, 8, delta_inf=DELTA_INF), 0.75, 0.875),
-    ],
+  ("make", "a", "b"),
+  [
+    (lambda: sampling.uniform(SMOOTHNESS, delta_inf=DELTA_INF), 6.0, 0.0),
+    # (n - tau) / (tau (n - 1)) L_max = 2/6 * 6, n (tau - 1) / (tau (n - 1)) = 4/6.
+    (lambda: sampling.tau_nice(SMOOTHNESS, 2, delta_inf=DELTA_INF), 2.0, 2.0 / 3.0),
+    (lambda: sampling.tau_nice(SMOOTHNESS, 1, delta_inf=DELTA_INF), 6.0, 0.0),
+    (lambda: sampling.tau_nice(SMOOTHNESS, 4, delta_inf=DELTA_INF), 0.0, 1.0),
+    (lambda: sampling.importance(SMOOTHNESS, delta_inf=DELTA_INF), 3.0, 0.0),
+    # max_i n p_i L_i = 4 * (6/12) * 6 = L_max^2 / L_avg.
+    (lambda: sampling.importance(SMOOTHNESS, reweight=False, delta_inf=DELTA_INF), 12.0, 0.0),
+    # With replacement, b = 3: L_max / b = 6/3 and L_avg / b = 3/3, B = 1 - 1/3.
+    (lambda: sampling.with_replacement(SMOOTHNESS, 3, delta_inf=DELTA_INF), 2.0, 2.0 / 3.0),
+    (lambda: sampling.with_replacement(SMOOTHNESS, 3, importance=True, delta_inf=DELTA_INF), 1.0, 2 / 3),
+    # b = 8 > n = 4 is allowed: L_max / 8, 1 - 1/8.
+    (lambda: sampling.with_replacement(SMOOTHNESS, 8, delta_inf=DELTA_INF), 0.75, 0.875),
+  ],
 )
 def test_er_constants_match_hand_computed_values(make, a, b):
   sampler = make()
@@ -71,14 +71,14 @@ def _exact_second_moment(kind: str, grads: np.ndarray, smoothness: np.ndarray, t
 
 
 @pytest.mark.parametrize(
-    ("kind", "tau"), [("uniform", 1), ("importance", 1), ("tau_nice", 2), ("tau_nice", 4)]
+  ("kind", "tau"), [("uniform", 1), ("importance", 1), ("tau_nice", 2), ("tau_nice", 4)]
 )
 def test_expected_residual_inequality_holds(kind, tau):
   a, b, reg, smoothness, f_inf, delta_inf = _ridge_terms(seed=tau)
   sampler = {
-      "uniform": lambda: sampling.uniform(smoothness, delta_inf=delta_inf),
-      "importance": lambda: sampling.importance(smoothness, delta_inf=delta_inf),
-      "tau_nice": lambda: sampling.tau_nice(smoothness, tau, delta_inf=delta_inf),
+    "uniform": lambda: sampling.uniform(smoothness, delta_inf=delta_inf),
+    "importance": lambda: sampling.importance(smoothness, delta_inf=delta_inf),
+    "tau_nice": lambda: sampling.tau_nice(smoothness, tau, delta_inf=delta_inf),
   }[kind]()
   rng = np.random.default_rng(10 + tau)
   slack = []
@@ -101,13 +101,13 @@ def _mean_sampled_gradient(sampler: sampling.Sampler, data, loss, x, draws: int,
 
 
 @pytest.mark.parametrize(
-    "make",
-    [
-        lambda s: sampling.uniform(s),
-        lambda s: sampling.tau_nice(s, 3),
-        lambda s: sampling.importance(s),
-    ],
-    ids=["uniform", "tau_nice", "importance"],
+  "make",
+  [
+    lambda s: sampling.uniform(s),
+    lambda s: sampling.tau_nice(s, 3),
+    lambda s: sampling.importance(s),
+  ],
+  ids=["uniform", "tau_nice", "importance"],
 )
 def test_sampled_gradient_is_unbiased(make):
   with jax.enable_x64(True):
@@ -151,7 +151,7 @@ def test_unweighted_importance_is_biased_towards_large_l():
 
 
 @pytest.mark.parametrize(
-    "make", [lambda: sampling.importance(SMOOTHNESS), lambda: sampling.uniform(SMOOTHNESS)]
+  "make", [lambda: sampling.importance(SMOOTHNESS), lambda: sampling.uniform(SMOOTHNESS)]
 )
 def test_index_frequencies_match_probabilities(make):
   sampler = make()
@@ -184,27 +184,27 @@ def test_batch_loss_uses_the_same_examples_at_every_point():
 
 
 @pytest.mark.parametrize(
-    ("call", "error", "match"),
-    [
-        (lambda: sampling.uniform([]), ValueError, "smoothness"),
-        (lambda: sampling.uniform([[1.0, 2.0]]), ValueError, "smoothness"),
-        (lambda: sampling.uniform([1.0, -2.0]), ValueError, "positive"),
-        (lambda: sampling.uniform(["a"]), TypeError, "smoothness"),
-        (lambda: sampling.tau_nice(SMOOTHNESS, 0), ValueError, "tau"),
-        (lambda: sampling.tau_nice(SMOOTHNESS, 5), ValueError, "tau"),
-        (lambda: sampling.tau_nice(SMOOTHNESS, 2.0), TypeError, "tau"),
-        (lambda: sampling.importance(SMOOTHNESS, reweight=1), TypeError, "reweight"),
-        (lambda: sampling.uniform(SMOOTHNESS, delta_inf=-1.0), ValueError, "delta_inf"),
-        (lambda: sampling.uniform(SMOOTHNESS, delta_inf="1"), TypeError, "delta_inf"),
-        (lambda: sampling.with_replacement(SMOOTHNESS, 0), ValueError, "batch_size must be an int >= 1"),
-        (lambda: sampling.with_replacement(SMOOTHNESS, -3), ValueError, "batch_size"),
-        (lambda: sampling.with_replacement(SMOOTHNESS, 2.0), TypeError, "batch_size"),
-        (lambda: sampling.with_replacement(SMOOTHNESS, True), TypeError, "batch_size"),
-        (lambda: sampling.with_replacement(SMOOTHNESS, 2, importance=1), TypeError, "importance"),
-        (lambda: sampling.with_replacement(SMOOTHNESS, 2, delta_inf=-0.1), ValueError, "delta_inf"),
-        (lambda: sampling.with_replacement([0.0, 1.0], 2), ValueError, "positive"),
-        (lambda: sampling.with_replacement([[1.0]], 2), ValueError, "smoothness"),
-    ],
+  ("call", "error", "match"),
+  [
+    (lambda: sampling.uniform([]), ValueError, "smoothness"),
+    (lambda: sampling.uniform([[1.0, 2.0]]), ValueError, "smoothness"),
+    (lambda: sampling.uniform([1.0, -2.0]), ValueError, "positive"),
+    (lambda: sampling.uniform(["a"]), TypeError, "smoothness"),
+    (lambda: sampling.tau_nice(SMOOTHNESS, 0), ValueError, "tau"),
+    (lambda: sampling.tau_nice(SMOOTHNESS, 5), ValueError, "tau"),
+    (lambda: sampling.tau_nice(SMOOTHNESS, 2.0), TypeError, "tau"),
+    (lambda: sampling.importance(SMOOTHNESS, reweight=1), TypeError, "reweight"),
+    (lambda: sampling.uniform(SMOOTHNESS, delta_inf=-1.0), ValueError, "delta_inf"),
+    (lambda: sampling.uniform(SMOOTHNESS, delta_inf="1"), TypeError, "delta_inf"),
+    (lambda: sampling.with_replacement(SMOOTHNESS, 0), ValueError, "batch_size must be an int >= 1"),
+    (lambda: sampling.with_replacement(SMOOTHNESS, -3), ValueError, "batch_size"),
+    (lambda: sampling.with_replacement(SMOOTHNESS, 2.0), TypeError, "batch_size"),
+    (lambda: sampling.with_replacement(SMOOTHNESS, True), TypeError, "batch_size"),
+    (lambda: sampling.with_replacement(SMOOTHNESS, 2, importance=1), TypeError, "importance"),
+    (lambda: sampling.with_replacement(SMOOTHNESS, 2, delta_inf=-0.1), ValueError, "delta_inf"),
+    (lambda: sampling.with_replacement([0.0, 1.0], 2), ValueError, "positive"),
+    (lambda: sampling.with_replacement([[1.0]], 2), ValueError, "smoothness"),
+  ],
 )
 def test_bad_arguments_are_rejected_at_construction(call, error, match):
   with pytest.raises(error, match=match):

@@ -15,21 +15,21 @@ from optax_usam import sampling, theory
 
 
 @pytest.mark.parametrize(
-    ("mu", "L", "A", "B", "lambd", "rho", "gamma"),
-    [
-        # B mu + A = 4: rho = min(1, 1/(2*4)) / 16, gamma = min(2, 1/32) / 4.
-        (1.0, 4.0, 4.0, 0.0, 0.0, 1 / 128, 1 / 128),
-        # (1 - lambda)^2 = 1/4: rho = min(1, 1/2) / 16.
-        (1.0, 4.0, 4.0, 0.0, 0.5, 1 / 32, 1 / 128),
-        # lambda = 1: rho = 1/(4L).
-        (1.0, 4.0, 4.0, 0.0, 1.0, 1 / 16, 1 / 128),
-        # Full batch (A = 0, B = 1): rho = min(1, 1/2) / 16, gamma = min(2, 1/8) / 4.
-        (1.0, 4.0, 0.0, 1.0, 0.0, 1 / 32, 1 / 32),
-        # Little noise: both minima hit their caps, rho = 1/8, gamma = 2/2.
-        (0.5, 2.0, 0.01, 0.0, 0.0, 0.125, 1.0),
-        # No noise at all: zero denominators count as +inf.
-        (1.0, 1.0, 0.0, 0.0, 0.3, 0.25, 2.0),
-    ],
+  ("mu", "L", "A", "B", "lambd", "rho", "gamma"),
+  [
+    # B mu + A = 4: rho = min(1, 1/(2*4)) / 16, gamma = min(2, 1/32) / 4.
+    (1.0, 4.0, 4.0, 0.0, 0.0, 1 / 128, 1 / 128),
+    # (1 - lambda)^2 = 1/4: rho = min(1, 1/2) / 16.
+    (1.0, 4.0, 4.0, 0.0, 0.5, 1 / 32, 1 / 128),
+    # lambda = 1: rho = 1/(4L).
+    (1.0, 4.0, 4.0, 0.0, 1.0, 1 / 16, 1 / 128),
+    # Full batch (A = 0, B = 1): rho = min(1, 1/2) / 16, gamma = min(2, 1/8) / 4.
+    (1.0, 4.0, 0.0, 1.0, 0.0, 1 / 32, 1 / 32),
+    # Little noise: both minima hit their caps, rho = 1/8, gamma = 2/2.
+    (0.5, 2.0, 0.01, 0.0, 0.0, 0.125, 1.0),
+    # No noise at all: zero denominators count as +inf.
+    (1.0, 1.0, 0.0, 0.0, 0.3, 0.25, 2.0),
+  ],
 )
 def test_constant_steps_match_hand_computed_values(mu, L, A, B, lambd, rho, gamma):
   steps = theory.pl_constant_steps(mu, L, A, B, lambd)
@@ -38,17 +38,17 @@ def test_constant_steps_match_hand_computed_values(mu, L, A, B, lambd, rho, gamm
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "error", "match"),
-    [
-        ({"mu": 0.0}, ValueError, "mu"),
-        ({"mu": 2.0, "L": 1.0}, ValueError, "L must be >= mu"),
-        ({"A": -1.0}, ValueError, "A"),
-        ({"B": float("nan")}, ValueError, "B"),
-        ({"lambd": 1.5}, ValueError, "lambd"),
-        ({"lambd": True}, TypeError, "lambd"),
-        ({"mu": "1"}, TypeError, "mu"),
-        ({"L": [4.0]}, TypeError, "L"),
-    ],
+  ("kwargs", "error", "match"),
+  [
+    ({"mu": 0.0}, ValueError, "mu"),
+    ({"mu": 2.0, "L": 1.0}, ValueError, "L must be >= mu"),
+    ({"A": -1.0}, ValueError, "A"),
+    ({"B": float("nan")}, ValueError, "B"),
+    ({"lambd": 1.5}, ValueError, "lambd"),
+    ({"lambd": True}, TypeError, "lambd"),
+    ({"mu": "1"}, TypeError, "mu"),
+    ({"L": [4.0]}, TypeError, "L"),
+  ],
 )
 def test_constant_steps_reject_bad_arguments(kwargs, error, match):
   args = {"mu": 1.0, "L": 4.0, "A": 4.0, "B": 0.0, "lambd": 0.5} | kwargs
@@ -68,8 +68,8 @@ def test_decreasing_schedules_match_the_formula():
 
 
 @pytest.mark.parametrize(
-    ("args", "error"),
-    [((-0.1, 0.05, 1.0), ValueError), ((0.1, 0.0, 1.0), ValueError), ((0.1, 0.05, "x"), TypeError)],
+  ("args", "error"),
+  [((-0.1, 0.05, 1.0), ValueError), ((0.1, 0.0, 1.0), ValueError), ((0.1, 0.05, "x"), TypeError)],
 )
 def test_decreasing_schedules_reject_bad_arguments(args, error):
   with pytest.raises(error):
@@ -95,7 +95,7 @@ def test_schedules_drive_unified_sam_and_sgd():
 def test_lambda_and_rho_can_be_vmapped_through_unified_sam():
   def run(lam, rho):
     tx = optax.chain(
-        optax_usam.unified_sam(rho=lambda count: rho, lambd_schedule=lambda count: lam), optax.sgd(0.1)
+      optax_usam.unified_sam(rho=lambda count: rho, lambd_schedule=lambda count: lam), optax.sgd(0.1)
     )
     x = jnp.array([1.0, -0.5])
     state = tx.init(x)
@@ -265,7 +265,7 @@ def test_diminishing_step_size_is_gamma_over_k_plus_one_to_the_power(init_value,
 
 
 @pytest.mark.parametrize(
-    ("step_power", "radius_power"), [(1.0, 1e-3), (1.0, 1e-12), (0.5, 0.51), (0.25, 2.0)]
+  ("step_power", "radius_power"), [(1.0, 1e-3), (1.0, 1e-12), (0.5, 0.51), (0.25, 2.0)]
 )
 def test_almost_constant_schedules_combine_both_power_laws(step_power, radius_power):
   with jax.enable_x64(True):
@@ -300,31 +300,37 @@ def test_schedules_take_traced_values_under_jit_and_vmap():
 
 
 @pytest.mark.parametrize(
-    ("call", "error", "match"),
-    [
-        (lambda: theory.almost_constant_radius(-0.1, 0.5), ValueError, "C must be a non-negative finite"),
-        (lambda: theory.almost_constant_radius(float("inf"), 0.5), ValueError, "C must"),
-        (lambda: theory.almost_constant_radius(0.1, -1.0), ValueError, "p must be a non-negative finite"),
-        (lambda: theory.almost_constant_radius(0.1, float("nan")), ValueError, "p must"),
-        (lambda: theory.almost_constant_radius("0.1", 0.5), TypeError, "C must"),
-        (lambda: theory.almost_constant_radius(0.1, True), TypeError, "p must"),
-        (lambda: theory.almost_constant_radius(jnp.ones(2), 0.5), TypeError, "C must be a scalar"),
-        (lambda: theory.diminishing_step_size(0.0), ValueError, "init_value must be a positive finite"),
-        (lambda: theory.diminishing_step_size(-0.1), ValueError, "init_value"),
-        (lambda: theory.diminishing_step_size(float("inf")), ValueError, "init_value"),
-        (lambda: theory.diminishing_step_size(0.1, 0.0), ValueError, r"power must be a float in \(0.0, 1.0]"),
-        (lambda: theory.diminishing_step_size(0.1, 1.5), ValueError, r"power must be a float in \(0.0, 1.0]"),
-        (lambda: theory.diminishing_step_size(0.1, -0.5), ValueError, "power"),
-        (lambda: theory.diminishing_step_size(0.1, "1"), TypeError, "power"),
-        (lambda: theory.almost_constant_schedules(0.0, 0.05), ValueError, "gamma must be a positive"),
-        (lambda: theory.almost_constant_schedules(0.1, -0.05), ValueError, "rho must be a non-negative"),
-        (lambda: theory.almost_constant_schedules(0.1, 0.05, step_power=0.0), ValueError,
-         r"step_power must be a float in \(0.0, 1.0\]"),
-        (lambda: theory.almost_constant_schedules(0.1, 0.05, step_power=1.2), ValueError, "step_power"),
-        (lambda: theory.almost_constant_schedules(0.1, 0.05, radius_power=-0.1), ValueError,
-         "radius_power must be a non-negative"),
-        (lambda: theory.almost_constant_schedules(0.1, 0.05, radius_power=None), TypeError, "radius_power"),
-    ],
+  ("call", "error", "match"),
+  [
+    (lambda: theory.almost_constant_radius(-0.1, 0.5), ValueError, "C must be a non-negative finite"),
+    (lambda: theory.almost_constant_radius(float("inf"), 0.5), ValueError, "C must"),
+    (lambda: theory.almost_constant_radius(0.1, -1.0), ValueError, "p must be a non-negative finite"),
+    (lambda: theory.almost_constant_radius(0.1, float("nan")), ValueError, "p must"),
+    (lambda: theory.almost_constant_radius("0.1", 0.5), TypeError, "C must"),
+    (lambda: theory.almost_constant_radius(0.1, True), TypeError, "p must"),
+    (lambda: theory.almost_constant_radius(jnp.ones(2), 0.5), TypeError, "C must be a scalar"),
+    (lambda: theory.diminishing_step_size(0.0), ValueError, "init_value must be a positive finite"),
+    (lambda: theory.diminishing_step_size(-0.1), ValueError, "init_value"),
+    (lambda: theory.diminishing_step_size(float("inf")), ValueError, "init_value"),
+    (lambda: theory.diminishing_step_size(0.1, 0.0), ValueError, r"power must be a float in \(0.0, 1.0]"),
+    (lambda: theory.diminishing_step_size(0.1, 1.5), ValueError, r"power must be a float in \(0.0, 1.0]"),
+    (lambda: theory.diminishing_step_size(0.1, -0.5), ValueError, "power"),
+    (lambda: theory.diminishing_step_size(0.1, "1"), TypeError, "power"),
+    (lambda: theory.almost_constant_schedules(0.0, 0.05), ValueError, "gamma must be a positive"),
+    (lambda: theory.almost_constant_schedules(0.1, -0.05), ValueError, "rho must be a non-negative"),
+    (
+      lambda: theory.almost_constant_schedules(0.1, 0.05, step_power=0.0),
+      ValueError,
+      r"step_power must be a float in \(0.0, 1.0\]",
+    ),
+    (lambda: theory.almost_constant_schedules(0.1, 0.05, step_power=1.2), ValueError, "step_power"),
+    (
+      lambda: theory.almost_constant_schedules(0.1, 0.05, radius_power=-0.1),
+      ValueError,
+      "radius_power must be a non-negative",
+    ),
+    (lambda: theory.almost_constant_schedules(0.1, 0.05, radius_power=None), TypeError, "radius_power"),
+  ],
 )
 def test_power_law_schedules_reject_bad_values(call, error, match):
   with pytest.raises(error, match=match):
@@ -332,9 +338,9 @@ def test_power_law_schedules_reject_bad_values(call, error, match):
 
 
 @pytest.mark.parametrize(
-    ("step_power", "radius_power"),
-    # A constant radius never qualifies; a + p = 1 exactly is the boundary, refused.
-    [(1.0, 0.0), (0.5, 0.5), (0.75, 0.25), (0.6, 0.2), (0.1, 0.0)],
+  ("step_power", "radius_power"),
+  # A constant radius never qualifies; a + p = 1 exactly is the boundary, refused.
+  [(1.0, 0.0), (0.5, 0.5), (0.75, 0.25), (0.6, 0.2), (0.1, 0.0)],
 )
 def test_pairs_breaking_the_summability_rule_are_refused(step_power, radius_power):
   with pytest.raises(ValueError, match=r"step_power \+ radius_power must be > 1") as info:
@@ -450,8 +456,12 @@ def test_diminish_schedule_follows_the_authors_loop_step_by_step(rule, steps_per
   assert np.all(per_epoch == per_epoch[:, :1])
   e = np.arange(1, epochs)
   s = 3 + (e - 1) // 5
-  later = {"constant": np.full(e.shape, base), "diminish1": base / (e + 1), "diminish2": base / e**0.5001,
-           "diminish3": base / (s * np.log(s))}[rule]
+  later = {
+    "constant": np.full(e.shape, base),
+    "diminish1": base / (e + 1),
+    "diminish2": base / e**0.5001,
+    "diminish3": base / (s * np.log(s)),
+  }[rule]
   assert per_epoch[0, 0] == base
   np.testing.assert_allclose(per_epoch[1:, 0], later, rtol=1e-14)
 
@@ -469,6 +479,7 @@ def test_diminish_schedule_first_epochs_are_the_codes():
 
 def test_diminish_schedule_under_jit_vmap_and_large_counts():
   with jax.enable_x64(True):
+
     @jax.jit
     def rates(base, count):
       return jnp.stack([theory.diminish_schedule(rule, base, 4)(count) for rule in RULES])
@@ -499,20 +510,20 @@ def test_diminish_schedule_drives_sgd_epoch_by_epoch():
 
 
 @pytest.mark.parametrize(
-    ("args", "error", "match"),
-    [
-        (("diminish4", 0.1, 10), ValueError, r"rule must be one of \('constant', 'diminish1'"),
-        (("Diminish1", 0.1, 10), ValueError, "rule must be one of"),
-        ((1, 0.1, 10), TypeError, "rule must be one of .* got 1 of type int"),
-        (("diminish1", 0.0, 10), ValueError, "init_value must be a positive finite"),
-        (("diminish1", -0.1, 10), ValueError, "init_value"),
-        (("diminish1", float("inf"), 10), ValueError, "init_value"),
-        (("diminish1", "0.1", 10), TypeError, "init_value"),
-        (("diminish1", 0.1, 0), ValueError, r"steps_per_epoch must be an int in \[1, 2\*\*31 - 1\]"),
-        (("diminish1", 0.1, 2**31), ValueError, "steps_per_epoch must be an int in"),
-        (("diminish1", 0.1, 2.0), TypeError, "steps_per_epoch must be an int in"),
-        (("diminish1", 0.1, True), TypeError, "steps_per_epoch"),
-    ],
+  ("args", "error", "match"),
+  [
+    (("diminish4", 0.1, 10), ValueError, r"rule must be one of \('constant', 'diminish1'"),
+    (("Diminish1", 0.1, 10), ValueError, "rule must be one of"),
+    ((1, 0.1, 10), TypeError, "rule must be one of .* got 1 of type int"),
+    (("diminish1", 0.0, 10), ValueError, "init_value must be a positive finite"),
+    (("diminish1", -0.1, 10), ValueError, "init_value"),
+    (("diminish1", float("inf"), 10), ValueError, "init_value"),
+    (("diminish1", "0.1", 10), TypeError, "init_value"),
+    (("diminish1", 0.1, 0), ValueError, r"steps_per_epoch must be an int in \[1, 2\*\*31 - 1\]"),
+    (("diminish1", 0.1, 2**31), ValueError, "steps_per_epoch must be an int in"),
+    (("diminish1", 0.1, 2.0), TypeError, "steps_per_epoch must be an int in"),
+    (("diminish1", 0.1, True), TypeError, "steps_per_epoch"),
+  ],
 )
 def test_diminish_schedule_rejects_bad_arguments(args, error, match):
   with pytest.raises(error, match=match):

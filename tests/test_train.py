@@ -198,10 +198,29 @@ def test_sam_family_reduces_to_sam_and_differs_from_it(tmp_path, capsys):
   family = "vasso,friendly-sam,momentum-sam,random-smoothing-sam,gsam"
   short = ["--epochs", "1", "--seeds", "1", "--no-progress"]
   # theta = 1, sigma = 0, zero noise and alpha = 0 are SAM; momentum SAM has no such setting.
-  as_sam = ["--vasso-theta", "1", "--friendly-sam-sigma", "0", "--random-smoothing-sam-noise-std", "0",
-            "--gsam-alpha", "0"]
-  assert train.main(["--methods", f"sam,{family.replace('momentum-sam,', '')}", *short, *as_sam,
-                     "--out", str(tmp_path / "a")]) == 0
+  as_sam = [
+    "--vasso-theta",
+    "1",
+    "--friendly-sam-sigma",
+    "0",
+    "--random-smoothing-sam-noise-std",
+    "0",
+    "--gsam-alpha",
+    "0",
+  ]
+  assert (
+    train.main(
+      [
+        "--methods",
+        f"sam,{family.replace('momentum-sam,', '')}",
+        *short,
+        *as_sam,
+        "--out",
+        str(tmp_path / "a"),
+      ]
+    )
+    == 0
+  )
   assert "vasso theta = 1, friendly-sam sigma = 0 and momentum = 0.9" in capsys.readouterr().out
   results = json.loads((tmp_path / "a" / "digits_results.json").read_text())["results"]
   sam = results["SAM"]
@@ -309,7 +328,10 @@ def test_max_pool_2x2_is_nn_max_pool_to_the_last_bit(dtype):
   x = np.maximum(rng.normal(size=(4, 8, 8, 3)), 0).astype(np.float32)
   u = rng.random(x.shape)
   x[u < 0.05], x[(u > 0.05) & (u < 0.1)], x[(u > 0.1) & (u < 0.13)], x[(u > 0.13) & (u < 0.16)] = (
-    np.nan, -0.0, np.inf, -np.inf
+    np.nan,
+    -0.0,
+    np.inf,
+    -np.inf,
   )
   x, g = jnp.asarray(x, dtype), jnp.asarray(rng.normal(size=(4, 4, 4, 3)), dtype)
   bits = np.uint16 if dtype == jnp.bfloat16 else np.uint32

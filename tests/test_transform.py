@@ -41,15 +41,15 @@ def test_matches_numpy_reference_in_a_chain(lambd, scheduled_rho):
   lam_jax, lam_np = _lambda_args(lambd)
   _, rho_np = _rho_args(scheduled_rho)
   want, logs = ref.unified_sam_sgd(
-      p0, lambda p: ref.mlp_grad(p, x, y), steps, rho_np, lam_np, lr, momentum, wd
+    p0, lambda p: ref.mlp_grad(p, x, y), steps, rho_np, lam_np, lr, momentum, wd
   )
 
   with jax.enable_x64(True):
     rho_jax, _ = _rho_args(scheduled_rho)
     tx = optax.chain(
-        optax_usam.unified_sam(rho_jax, lam_jax),
-        optax.add_decayed_weights(wd),
-        optax.sgd(lr, momentum=momentum),
+      optax_usam.unified_sam(rho_jax, lam_jax),
+      optax.add_decayed_weights(wd),
+      optax.sgd(lr, momentum=momentum),
     )
     params = jax.tree.map(jnp.asarray, p0)
     state = tx.init(params)
@@ -57,9 +57,7 @@ def test_matches_numpy_reference_in_a_chain(lambd, scheduled_rho):
 
     @jax.jit
     def step(params, state):
-      updates, state = tx.update(
-          grad(params, x, y), state, params, grad_fn=lambda q: grad(q, x, y)
-      )
+      updates, state = tx.update(grad(params, x, y), state, params, grad_fn=lambda q: grad(q, x, y))
       return optax.apply_updates(params, updates), state
 
     for t in range(steps):
@@ -89,11 +87,14 @@ def test_adaptive_in_a_chain_matches_numpy():
     p = {k: p[k] - lr * g_sam[k] for k in p}
   with jax.enable_x64(True):
     tx = optax.chain(
-        optax_usam.unified_sam(
-            rho, lambd, adaptive=True, adaptive_eta=eta,
-            adaptive_mask=lambda q: jax.tree.map(lambda v: v.ndim > 1, q),
-        ),
-        optax.sgd(lr),
+      optax_usam.unified_sam(
+        rho,
+        lambd,
+        adaptive=True,
+        adaptive_eta=eta,
+        adaptive_mask=lambda q: jax.tree.map(lambda v: v.ndim > 1, q),
+      ),
+      optax.sgd(lr),
     )
     params = jax.tree.map(jnp.asarray, p0)
     state = tx.init(params)
@@ -114,9 +115,9 @@ def test_sam_equals_optax_contrib_sam():
     grad = jax.grad(mlp_problem.jax_loss)
     ours = optax.chain(optax_usam.unified_sam(rho, 1.0), optax.sgd(lr))
     theirs = optax.contrib.sam(
-        optax.sgd(lr),
-        optax.chain(optax.contrib.normalize(), optax.sgd(rho)),
-        opaque_mode=True,
+      optax.sgd(lr),
+      optax.chain(optax.contrib.normalize(), optax.sgd(rho)),
+      opaque_mode=True,
     )
     a, b = params, params
     sa, sb = ours.init(a), theirs.init(b)
@@ -245,7 +246,7 @@ def test_pmap_matches_hand_computed_reference(sync):
 
   replicate = lambda t: jax.tree.map(lambda v: jnp.stack([v] * 4), t)
   out, state = jax.pmap(step, axis_name="batch", devices=jax.devices()[:4])(
-      replicate(params), replicate(tx.init(params)), xs.astype(np.float32), ys.astype(np.float32)
+    replicate(params), replicate(tx.init(params)), xs.astype(np.float32), ys.astype(np.float32)
   )
   for k in p0:
     for d in range(4):
@@ -256,41 +257,41 @@ def test_pmap_matches_hand_computed_reference(sync):
 
 
 @pytest.mark.parametrize(
-    "kwargs,error,match",
-    [
-        ({"rho": -0.1, "lambd_schedule": 1.0}, ValueError, "rho"),
-        ({"rho": float("nan"), "lambd_schedule": 1.0}, ValueError, "rho"),
-        ({"rho": float("inf"), "lambd_schedule": 1.0}, ValueError, "rho"),
-        ({"rho": "0.1", "lambd_schedule": 1.0}, TypeError, "rho"),
-        ({"rho": None, "lambd_schedule": 1.0}, TypeError, "rho"),
-        ({"rho": True, "lambd_schedule": 1.0}, TypeError, "rho"),
-        ({"rho": lambda c: -1.0 + 0 * c, "lambd_schedule": 1.0}, ValueError, "rho"),
-        ({"rho": 0.1, "lambd_schedule": 1.5}, ValueError, "lambd_schedule"),
-        ({"rho": 0.1, "lambd_schedule": -0.1}, ValueError, "lambd_schedule"),
-        ({"rho": 0.1, "lambd_schedule": float("nan")}, ValueError, "lambd_schedule"),
-        ({"rho": 0.1, "lambd_schedule": "1/t^2"}, ValueError, "unknown string '1/t\\^2'"),
-        ({"rho": 0.1, "lambd_schedule": None}, TypeError, "lambd_schedule"),
-        ({"rho": 0.1, "lambd_schedule": lambda c: 2.0 + 0 * c}, ValueError, "lambd_schedule"),
-        ({"rho": 0.1, "lambd_schedule": 1.0, "eps": 0.0}, ValueError, "eps"),
-        ({"rho": 0.1, "lambd_schedule": 1.0, "eps": -1e-12}, ValueError, "eps"),
-        ({"rho": 0.1, "lambd_schedule": 1.0, "eps": "small"}, TypeError, "eps"),
-        ({"rho": 0.1, "lambd_schedule": 1.0, "sync_perturbation": "yes"}, TypeError, "sync_perturbation"),
-        ({"rho": 0.1, "lambd_schedule": 1.0, "axis_name": ["batch"]}, TypeError, "axis_name"),
-        ({"rho": 0.1, "lambd_schedule": 1.0, "adaptive": 1}, TypeError, "adaptive"),
-        ({"rho": 0.1, "lambd_schedule": 1.0, "check_values": "yes"}, TypeError, "check_values"),
-        (
-            {"rho": 0.1, "lambd_schedule": 1.0, "adaptive": True, "adaptive_eta": -0.1},
-            ValueError,
-            "adaptive_eta",
-        ),
-        ({"rho": 0.1, "lambd_schedule": 1.0, "adaptive_mask": {"w": True}}, ValueError, "adaptive_mask"),
-        (
-            {"rho": 0.1, "lambd_schedule": 1.0, "adaptive": True, "adaptive_mask": {"w": "yes"}},
-            TypeError,
-            "adaptive_mask",
-        ),
-        ({"rho": lambda c: jnp.full((1,), 0.1), "lambd_schedule": 1.0}, ValueError, "must return a scalar"),
-    ],
+  "kwargs,error,match",
+  [
+    ({"rho": -0.1, "lambd_schedule": 1.0}, ValueError, "rho"),
+    ({"rho": float("nan"), "lambd_schedule": 1.0}, ValueError, "rho"),
+    ({"rho": float("inf"), "lambd_schedule": 1.0}, ValueError, "rho"),
+    ({"rho": "0.1", "lambd_schedule": 1.0}, TypeError, "rho"),
+    ({"rho": None, "lambd_schedule": 1.0}, TypeError, "rho"),
+    ({"rho": True, "lambd_schedule": 1.0}, TypeError, "rho"),
+    ({"rho": lambda c: -1.0 + 0 * c, "lambd_schedule": 1.0}, ValueError, "rho"),
+    ({"rho": 0.1, "lambd_schedule": 1.5}, ValueError, "lambd_schedule"),
+    ({"rho": 0.1, "lambd_schedule": -0.1}, ValueError, "lambd_schedule"),
+    ({"rho": 0.1, "lambd_schedule": float("nan")}, ValueError, "lambd_schedule"),
+    ({"rho": 0.1, "lambd_schedule": "1/t^2"}, ValueError, "unknown string '1/t\\^2'"),
+    ({"rho": 0.1, "lambd_schedule": None}, TypeError, "lambd_schedule"),
+    ({"rho": 0.1, "lambd_schedule": lambda c: 2.0 + 0 * c}, ValueError, "lambd_schedule"),
+    ({"rho": 0.1, "lambd_schedule": 1.0, "eps": 0.0}, ValueError, "eps"),
+    ({"rho": 0.1, "lambd_schedule": 1.0, "eps": -1e-12}, ValueError, "eps"),
+    ({"rho": 0.1, "lambd_schedule": 1.0, "eps": "small"}, TypeError, "eps"),
+    ({"rho": 0.1, "lambd_schedule": 1.0, "sync_perturbation": "yes"}, TypeError, "sync_perturbation"),
+    ({"rho": 0.1, "lambd_schedule": 1.0, "axis_name": ["batch"]}, TypeError, "axis_name"),
+    ({"rho": 0.1, "lambd_schedule": 1.0, "adaptive": 1}, TypeError, "adaptive"),
+    ({"rho": 0.1, "lambd_schedule": 1.0, "check_values": "yes"}, TypeError, "check_values"),
+    (
+      {"rho": 0.1, "lambd_schedule": 1.0, "adaptive": True, "adaptive_eta": -0.1},
+      ValueError,
+      "adaptive_eta",
+    ),
+    ({"rho": 0.1, "lambd_schedule": 1.0, "adaptive_mask": {"w": True}}, ValueError, "adaptive_mask"),
+    (
+      {"rho": 0.1, "lambd_schedule": 1.0, "adaptive": True, "adaptive_mask": {"w": "yes"}},
+      TypeError,
+      "adaptive_mask",
+    ),
+    ({"rho": lambda c: jnp.full((1,), 0.1), "lambd_schedule": 1.0}, ValueError, "must return a scalar"),
+  ],
 )
 def test_bad_construction_arguments(kwargs, error, match):
   with pytest.raises(error, match=match):
@@ -304,14 +305,14 @@ def _update_args():
 
 
 @pytest.mark.parametrize(
-    "grad_fn,error,match",
-    [
-        (None, ValueError, "grad_fn"),
-        ("not callable", TypeError, "grad_fn"),
-        (lambda q: {"w": q["w"]}, ValueError, "tree structure"),
-        (lambda q: {"w": q["w"][0], "b": q["b"]}, ValueError, r"\['w'\] has shape \(3,\)"),
-        (lambda q: {"w": q["w"].astype(jnp.bfloat16), "b": q["b"]}, TypeError, r"\['w'\] has dtype bfloat16"),
-    ],
+  "grad_fn,error,match",
+  [
+    (None, ValueError, "grad_fn"),
+    ("not callable", TypeError, "grad_fn"),
+    (lambda q: {"w": q["w"]}, ValueError, "tree structure"),
+    (lambda q: {"w": q["w"][0], "b": q["b"]}, ValueError, r"\['w'\] has shape \(3,\)"),
+    (lambda q: {"w": q["w"].astype(jnp.bfloat16), "b": q["b"]}, TypeError, r"\['w'\] has dtype bfloat16"),
+  ],
 )
 @pytest.mark.parametrize("jit", [False, True])
 def test_bad_grad_fn(grad_fn, error, match, jit):
@@ -343,12 +344,12 @@ def test_axis_name_outside_mapped_context():
 
 
 @pytest.mark.parametrize(
-    "wrap",
-    [
-        lambda t: t,
-        lambda t: optax_usam.reuse_sam(t, 2),
-        lambda t: optax_usam.randomized_sam(t, 0.5),
-    ],
+  "wrap",
+  [
+    lambda t: t,
+    lambda t: optax_usam.reuse_sam(t, 2),
+    lambda t: optax_usam.randomized_sam(t, 0.5),
+  ],
 )
 def test_state_can_be_donated(wrap):
   """Every state leaf is its own buffer, so jit(..., donate_argnums) accepts it from init on."""

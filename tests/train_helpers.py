@@ -30,8 +30,17 @@ import progress  # noqa: E402
 import train  # noqa: E402
 
 # Re-exported: importing them from here puts examples/ on sys.path first.
-__all__ = ["EXAMPLES", "cifar", "cifar_subprocess", "data_lib", "final_checkpoint", "models", "progress",
-           "run_dir", "train"]
+__all__ = [
+  "EXAMPLES",
+  "cifar",
+  "cifar_subprocess",
+  "data_lib",
+  "final_checkpoint",
+  "models",
+  "progress",
+  "run_dir",
+  "train",
+]
 
 # 48 mock images at batch 16: 3 steps per epoch, 2 epochs, checkpoints at steps 3 and 6.
 CIFAR_ARGS = [

@@ -31,27 +31,47 @@ def parser() -> cli.Parser:
   p = cli.Parser(prog="overhead", description=overhead.__doc__.split("\n\n")[0])
   p.add_argument("--quick", action="store_true", help="MLPs and ResNet-8 only, fewer rounds")
   p.add_argument("--models", default=None, help=f"comma-separated, from {sorted(models.zoo())}")
-  p.add_argument("--rounds", type=cli.positive_int, default=None,
-                 help="rounds per model (at most; see --budget-s)")
+  p.add_argument(
+    "--rounds", type=cli.positive_int, default=None, help="rounds per model (at most; see --budget-s)"
+  )
   p.add_argument("--min-rounds", type=cli.positive_int, default=3)
   p.add_argument("--budget-s", type=cli.positive_float, default=None, help="timing seconds per model")
   p.add_argument("--target-s", type=cli.positive_float, default=None, help="seconds per measurement")
-  p.add_argument("--threads", type=cli.positive_int, default=None,
-                 help="CPU threads for XLA and torch (default: all)")
+  p.add_argument(
+    "--threads", type=cli.positive_int, default=None, help="CPU threads for XLA and torch (default: all)"
+  )
   p.add_argument("--wrn-batch", type=cli.positive_int, default=32, help="batch size of WRN-16-4 (default 32)")
   p.add_argument("--no-torch", dest="torch", action="store_false", help="skip the PyTorch rows (e)")
-  p.add_argument("--rows", default=",".join(steps.ROW_GROUPS),
-                 help=f"comma-separated groups of JAX rows timed beside sgd and limit, from "
-                      f"{', '.join(steps.ROW_GROUPS)} (default: all)")
-  p.add_argument("--reuse-every", type=cli.positive_int, default=4,
-                 help="k of the reuse_sam row, a cheaper variant (default 4)")
-  p.add_argument("--sam-probability", type=_rate, default=0.25,
-                 help="p of the randomized_sam row, a cheaper variant (default 0.25)")
-  p.add_argument("--ascent-fraction", type=_rate, default=0.25,
-                 help="f of the sub-batch ascent row, a cheaper variant (default 0.25)")
+  p.add_argument(
+    "--rows",
+    default=",".join(steps.ROW_GROUPS),
+    help=f"comma-separated groups of JAX rows timed beside sgd and limit, from "
+    f"{', '.join(steps.ROW_GROUPS)} (default: all)",
+  )
+  p.add_argument(
+    "--reuse-every",
+    type=cli.positive_int,
+    default=4,
+    help="k of the reuse_sam row, a cheaper variant (default 4)",
+  )
+  p.add_argument(
+    "--sam-probability",
+    type=_rate,
+    default=0.25,
+    help="p of the randomized_sam row, a cheaper variant (default 0.25)",
+  )
+  p.add_argument(
+    "--ascent-fraction",
+    type=_rate,
+    default=0.25,
+    help="f of the sub-batch ascent row, a cheaper variant (default 0.25)",
+  )
   p.add_argument("--out", type=Path, default=RESULTS, help="folder for overhead.json and overhead.png")
-  p.add_argument("--replot", action="store_true",
-                 help="time nothing: print the table and draw overhead.png again from --out's overhead.json")
+  p.add_argument(
+    "--replot",
+    action="store_true",
+    help="time nothing: print the table and draw overhead.png again from --out's overhead.json",
+  )
   return p
 
 
@@ -95,15 +115,23 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     per_model[spec.name] = measure.measure_model(spec, args, log)
   info["loadavg_end"] = os.getloadavg()
   return {
-      "machine": info,
-      "date_utc": report.utc_now(),
-      "command": command,
-      "wall_s": time.perf_counter() - start,
-      "settings": {"lr": steps.LR, "momentum": steps.MOMENTUM, "rho": steps.RHO, "eps": steps.EPS,
-                   "rsam_noise_std": steps.RSAM_NOISE_STD, "gsam_alpha": steps.GSAM_ALPHA,
-                   "rounds_max": args.rounds, "budget_s": args.budget_s, "target_s": args.target_s},
-      "models": per_model,
-      "targets": results.targets(per_model),
+    "machine": info,
+    "date_utc": report.utc_now(),
+    "command": command,
+    "wall_s": time.perf_counter() - start,
+    "settings": {
+      "lr": steps.LR,
+      "momentum": steps.MOMENTUM,
+      "rho": steps.RHO,
+      "eps": steps.EPS,
+      "rsam_noise_std": steps.RSAM_NOISE_STD,
+      "gsam_alpha": steps.GSAM_ALPHA,
+      "rounds_max": args.rounds,
+      "budget_s": args.budget_s,
+      "target_s": args.target_s,
+    },
+    "models": per_model,
+    "targets": results.targets(per_model),
   }
 
 

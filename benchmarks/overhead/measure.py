@@ -81,8 +81,12 @@ def torch_runners(spec: models.ModelSpec, threads: int) -> tuple[list[Runner], s
   sam_net = models.build_torch(spec)
   sam_net.load_state_dict(base.state_dict())
   sam_opt = unifiedSAM(
-      sam_net.parameters(), base_optimizer=torch.optim.SGD, rho=steps.RHO, lambd=1.0, lr=steps.LR,
-      momentum=steps.MOMENTUM,
+    sam_net.parameters(),
+    base_optimizer=torch.optim.SGD,
+    rho=steps.RHO,
+    lambd=1.0,
+    lr=steps.LR,
+    momentum=steps.MOMENTUM,
   )
 
   def run_sam(k: int) -> None:
@@ -125,10 +129,10 @@ def compile_step(variant: steps.Variant, params: Any, batch: tuple[jax.Array, ..
   compiled = lowered.compile()
   done = time.perf_counter()
   return compiled, {
-      "temp_bytes": int(compiled.memory_analysis().temp_size_in_bytes),
-      "trace_lower_s": traced - start,
-      "compile_s": done - traced,
-      "hlo": hlo.summary(compiled.as_text()),
+    "temp_bytes": int(compiled.memory_analysis().temp_size_in_bytes),
+    "trace_lower_s": traced - start,
+    "compile_s": done - traced,
+    "hlo": hlo.summary(compiled.as_text()),
   }
 
 
@@ -138,11 +142,11 @@ def measure_model(spec: models.ModelSpec, args: argparse.Namespace, log: Callabl
   params = models.init_jax(spec, jax.random.key(0))
   batch = models.batch_jax(spec, jax.random.key(1))
   result: dict[str, Any] = {
-      "batch": spec.batch,
-      "params": models.count_params(params),
-      "compiled": {},
-      "time": {},
-      "skipped": [],
+    "batch": spec.batch,
+    "params": models.count_params(params),
+    "compiled": {},
+    "time": {},
+    "skipped": [],
   }
   runners: list[Runner] = []
   cheaper = (args.reuse_every, args.sam_probability, args.ascent_fraction)
@@ -163,14 +167,14 @@ def measure_model(spec: models.ModelSpec, args: argparse.Namespace, log: Callabl
   log(f"  limit step ~{per_step['limit'] * 1e3:.3g} ms; {rounds} rounds of ~{round_s:.1f} s")
   for i in range(rounds):
     # Rotating the start spreads any cost of running right after a given variant.
-    for r in runners[i % len(runners):] + runners[: i % len(runners)]:
+    for r in runners[i % len(runners) :] + runners[: i % len(runners)]:
       r.times.append(r.measure())
   for r in runners:
     result["time"][r.name] = {**summary(r.times), "repeats": r.k, "rounds": len(r.times)}
   times = {r.name: np.array(r.times) for r in runners}
   result["time_ratio_to_limit"] = {
-      name: {**summary(list(t / times["limit"])), "of_minima": float(t.min() / times["limit"].min())}
-      for name, t in times.items()
+    name: {**summary(list(t / times["limit"])), "of_minima": float(t.min() / times["limit"].min())}
+    for name, t in times.items()
   }
   result["time_ratio_to_sgd"] = {name: summary(list(t / times["sgd"])) for name, t in times.items()}
   for peer in ("optax_sam", "torch_usam"):

@@ -39,19 +39,34 @@ def targets(results: dict[str, dict]) -> list[dict[str, Any]]:
     limit = compiled["limit"]
     for name in [n for n in r["time_ratio_to_sgd"] if n.startswith(CHEAPER_PREFIXES)]:
       q = r["time_ratio_to_sgd"][name]
-      check(model, f"{name} / sgd, time <= {CHEAPER_TARGET}", q["median"], q["median"] <= CHEAPER_TARGET,
-            f"IQR {q['q25']:.3f}-{q['q75']:.3f}")
+      check(
+        model,
+        f"{name} / sgd, time <= {CHEAPER_TARGET}",
+        q["median"],
+        q["median"] <= CHEAPER_TARGET,
+        f"IQR {q['q25']:.3f}-{q['q75']:.3f}",
+      )
     for name in [n for n in LAMBDAS if n in ratio]:
       q = ratio[name]
-      check(model, f"{name} / limit, time <= {TIME_TARGET}", q["median"], q["median"] <= TIME_TARGET,
-            f"IQR {q['q25']:.3f}-{q['q75']:.3f}, ratio of minima {q['of_minima']:.3f}")
+      check(
+        model,
+        f"{name} / limit, time <= {TIME_TARGET}",
+        q["median"],
+        q["median"] <= TIME_TARGET,
+        f"IQR {q['q25']:.3f}-{q['q75']:.3f}, ratio of minima {q['of_minima']:.3f}",
+      )
       extra = compiled[name]["temp_bytes"] - limit["temp_bytes"]
       mem = compiled[name]["temp_bytes"] / limit["temp_bytes"]
       # The target has two decimals; the bytes say what a scalar schedule adds.
       check(model, f"{name} / limit, temp memory <= 1.00", mem, round(mem, 2) <= 1.0, f"{extra:+d} bytes")
       same = compiled[name]["hlo"]["array_ops"] == limit["hlo"]["array_ops"]
-      check(model, f"{name}: same array-valued HLO ops as limit", float(same), same,
-            f"scalar ops {compiled[name]['hlo']['scalar_ops']} vs {limit['hlo']['scalar_ops']}")
+      check(
+        model,
+        f"{name}: same array-valued HLO ops as limit",
+        float(same),
+        same,
+        f"scalar ops {compiled[name]['hlo']['scalar_ops']} vs {limit['hlo']['scalar_ops']}",
+      )
     for name in [n for n in FAMILY if n in ratio]:
       for target, value, met, note in _family_checks(r, name):
         check(model, target, value, met, note)
@@ -67,18 +82,27 @@ def targets(results: dict[str, dict]) -> list[dict[str, Any]]:
 def _family_checks(r: dict[str, Any], name: str) -> list[tuple[str, float, bool, str]]:
   """A SAM-family row's checks: the gradients it takes (its products: one pass, SGD's; two passes, the
   limit's) and, for a one-gradient member, its step time against SGD's; ``(target, value, met, note)``."""
-  products = {n: (r["compiled"][n]["hlo"]["dot"], r["compiled"][n]["hlo"]["convolution"])
-              for n in ("sgd", "limit", name)}
+  products = {
+    n: (r["compiled"][n]["hlo"]["dot"], r["compiled"][n]["hlo"]["convolution"])
+    for n in ("sgd", "limit", name)
+  }
   reference = "sgd" if name in ONE_GRADIENT else "limit"
   same = products[name] == products[reference]
   gradients = "one gradient" if reference == "sgd" else "two gradients"
-  checks = [(f"{name}: {reference}'s dots and convolutions ({gradients})", float(same), same,
-             f"(dot, convolution) {products[name]} vs {products[reference]}")]
+  checks = [
+    (
+      f"{name}: {reference}'s dots and convolutions ({gradients})",
+      float(same),
+      same,
+      f"(dot, convolution) {products[name]} vs {products[reference]}",
+    )
+  ]
   if name in ONE_GRADIENT:
     q, of_limit = r["time_ratio_to_sgd"][name], r["time_ratio_to_limit"][name]["median"]
     note = f"IQR {q['q25']:.3f}-{q['q75']:.3f}, {of_limit:.3f} x limit"
-    checks.append((f"{name} / sgd, time <= {ONE_GRADIENT_TARGET}", q["median"],
-                   q["median"] <= ONE_GRADIENT_TARGET, note))
+    checks.append(
+      (f"{name} / sgd, time <= {ONE_GRADIENT_TARGET}", q["median"], q["median"] <= ONE_GRADIENT_TARGET, note)
+    )
   return checks
 
 
@@ -92,8 +116,19 @@ def verdicts(checks: list[dict[str, Any]]) -> str:
 
 
 def table(results: dict[str, dict]) -> str:
-  header = ["model", "step", "median ms", "IQR %", "time / limit", "min / min", "time / sgd", "temp MiB",
-            "temp - limit (B)", "array ops", "compile s"]
+  header = [
+    "model",
+    "step",
+    "median ms",
+    "IQR %",
+    "time / limit",
+    "min / min",
+    "time / sgd",
+    "temp MiB",
+    "temp - limit (B)",
+    "array ops",
+    "compile s",
+  ]
   rows = []
   for model, r in results.items():
     limit = r["compiled"]["limit"]
@@ -103,16 +138,23 @@ def table(results: dict[str, dict]) -> str:
       compiled = ["-"] * 4
       if c:
         compiled = [
-            f"{c['temp_bytes'] / 2**20:.2f}",
-            f"{c['temp_bytes'] - limit['temp_bytes']:+d}",
-            str(sum(c["hlo"]["array_ops"].values())),
-            f"{c['trace_lower_s'] + c['compile_s']:.1f}",
+          f"{c['temp_bytes'] / 2**20:.2f}",
+          f"{c['temp_bytes'] - limit['temp_bytes']:+d}",
+          str(sum(c["hlo"]["array_ops"].values())),
+          f"{c['trace_lower_s'] + c['compile_s']:.1f}",
         ]
-      rows.append([
-          model, name, f"{t['median'] * 1e3:.2f}", f"{100 * (t['q75'] - t['q25']) / t['median']:.0f}",
-          f"{ratio['median']:.3f}", f"{ratio['of_minima']:.3f}",
-          f"{r['time_ratio_to_sgd'][name]['median']:.3f}", *compiled,
-      ])
+      rows.append(
+        [
+          model,
+          name,
+          f"{t['median'] * 1e3:.2f}",
+          f"{100 * (t['q75'] - t['q25']) / t['median']:.0f}",
+          f"{ratio['median']:.3f}",
+          f"{ratio['of_minima']:.3f}",
+          f"{r['time_ratio_to_sgd'][name]['median']:.3f}",
+          *compiled,
+        ]
+      )
   return report.markdown_table(header, rows, align="ll" + "r" * 9)
 
 
@@ -122,8 +164,12 @@ def _color(name: str, names: list[str]) -> Any:
   import matplotlib
 
   families = (
-      (("sgd", "limit"), "Greys"), (("usam[",), "Blues"), (("optax_sam",), "Oranges"),
-      (CHEAPER_PREFIXES, "Greens"), (("torch_",), "Purples"), (tuple(FAMILY), "Reds"),
+    (("sgd", "limit"), "Greys"),
+    (("usam[",), "Blues"),
+    (("optax_sam",), "Oranges"),
+    (CHEAPER_PREFIXES, "Greens"),
+    (("torch_",), "Purples"),
+    (tuple(FAMILY), "Reds"),
   )
   for prefixes, cmap in families:
     members = [n for n in names if n.startswith(prefixes)]
@@ -140,8 +186,11 @@ def chart(results: dict[str, dict], path: Path) -> Path:
   width = 0.8 / len(names)
   xs = np.arange(len(results))
   ax_time.set_ylim(*TIME_AXIS)
-  lowest = min(c["temp_bytes"] / max(r["compiled"]["limit"]["temp_bytes"], 1)
-               for r in results.values() for c in r["compiled"].values())
+  lowest = min(
+    c["temp_bytes"] / max(r["compiled"]["limit"]["temp_bytes"], 1)
+    for r in results.values()
+    for c in r["compiled"].values()
+  )
   memory_from = min(MEMORY_AXIS[0], np.floor(10 * lowest - 0.5) / 10)
   ax_mem.set_ylim(memory_from, MEMORY_AXIS[1])
   handles = []
@@ -156,8 +205,11 @@ def chart(results: dict[str, dict], path: Path) -> Path:
       mem.append(c["temp_bytes"] / max(r["compiled"]["limit"]["temp_bytes"], 1) if c else np.nan)
     at = xs + i * width
     color = _color(name, names)
-    handles.append(ax_time.bar(at, time_ratio, width, yerr=[lo, hi], color=color,
-                               error_kw={"capsize": 1.5, "elinewidth": 0.7}))
+    handles.append(
+      ax_time.bar(
+        at, time_ratio, width, yerr=[lo, hi], color=color, error_kw={"capsize": 1.5, "elinewidth": 0.7}
+      )
+    )
     ax_mem.bar(at, mem, width, color=color)
     report.mark_cut_bars(ax_time, at, time_ratio)
     report.mark_cut_bars(ax_mem, at, mem)

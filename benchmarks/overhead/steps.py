@@ -30,11 +30,11 @@ CHEAPER_PREFIXES = ("reuse[", "random[", "subbatch[")
 RSAM_NOISE_STD = 1e-3
 GSAM_ALPHA = 0.1
 FAMILY: dict[str, Callable[[], optax.GradientTransformationExtraArgs]] = {
-    "vasso": lambda: optax_usam.vasso(RHO, eps=EPS),
-    "friendly_sam": lambda: optax_usam.friendly_sam(RHO, eps=EPS),
-    "momentum_sam": lambda: optax_usam.momentum_sam(RHO, eps=EPS),
-    "random_smoothing_sam": lambda: optax_usam.random_smoothing_sam(RHO, RSAM_NOISE_STD, eps=EPS),
-    "gsam": lambda: optax_usam.gsam(RHO, GSAM_ALPHA, eps=EPS),
+  "vasso": lambda: optax_usam.vasso(RHO, eps=EPS),
+  "friendly_sam": lambda: optax_usam.friendly_sam(RHO, eps=EPS),
+  "momentum_sam": lambda: optax_usam.momentum_sam(RHO, eps=EPS),
+  "random_smoothing_sam": lambda: optax_usam.random_smoothing_sam(RHO, RSAM_NOISE_STD, eps=EPS),
+  "gsam": lambda: optax_usam.gsam(RHO, GSAM_ALPHA, eps=EPS),
 }
 # The rows that take one gradient per step, as SGD: their target is SGD's step time.
 ONE_GRADIENT = ("momentum_sam",)
@@ -79,8 +79,10 @@ def limit(loss: Loss) -> Variant:
 
 
 def with_optax(
-    loss: Loss, tx: optax.GradientTransformationExtraArgs, grad_fn_takes_state: bool = False,
-    ascent_fraction: float | None = None,
+  loss: Loss,
+  tx: optax.GradientTransformationExtraArgs,
+  grad_fn_takes_state: bool = False,
+  ascent_fraction: float | None = None,
 ) -> Variant:
   """A step of an Optax SAM transformation: the gradient of the batch (of its first ``ascent_fraction``
   when given) as the update, and ``grad_fn`` evaluating the gradient of the whole batch.
@@ -108,7 +110,7 @@ def usam(loss: Loss, lambd: float | str) -> Variant:
 def optax_sam(loss: Loss) -> Variant:
   """(d) ``optax.contrib.sam`` with a normalized-SGD adversary: SAM, Optax's way."""
   tx = optax.contrib.sam(
-      _base(), optax.chain(optax.contrib.normalize(), optax.sgd(RHO)), sync_period=2, opaque_mode=True
+    _base(), optax.chain(optax.contrib.normalize(), optax.sgd(RHO)), sync_period=2, opaque_mode=True
   )
   return with_optax(loss, tx, grad_fn_takes_state=True)
 
@@ -139,15 +141,18 @@ def cheaper_variants(loss: Loss, every_k: int, probability: float, fraction: flo
   sam = lambda: optax_usam.unified_sam(RHO, 1.0, eps=EPS)
   reuse, random, subbatch = cheaper_variant_names(every_k, probability, fraction)
   return {
-      reuse: with_optax(loss, optax.chain(optax_usam.reuse_sam(sam(), every_k), _base())),
-      random: with_optax(loss, optax.chain(optax_usam.randomized_sam(sam(), probability), _base())),
-      subbatch: with_optax(loss, optax.chain(sam(), _base()), ascent_fraction=fraction),
+    reuse: with_optax(loss, optax.chain(optax_usam.reuse_sam(sam(), every_k), _base())),
+    random: with_optax(loss, optax.chain(optax_usam.randomized_sam(sam(), probability), _base())),
+    subbatch: with_optax(loss, optax.chain(sam(), _base()), ascent_fraction=fraction),
   }
 
 
 def jax_steps(
-    loss: Loss, every_k: int = 4, probability: float = 0.25, fraction: float = 0.25,
-    groups: tuple[str, ...] = ROW_GROUPS,
+  loss: Loss,
+  every_k: int = 4,
+  probability: float = 0.25,
+  fraction: float = 0.25,
+  groups: tuple[str, ...] = ROW_GROUPS,
 ) -> dict[str, Variant]:
   """The JAX rows of the benchmark in ``groups`` (of :data:`ROW_GROUPS`), in table order."""
   steps = {"sgd": sgd(loss), "limit": limit(loss)}

@@ -28,8 +28,10 @@ from optax_usam import theory
 NAME = "almost_constant"
 CLAIM = "An almost constant radius C/k^p behaves like a constant one (Remark 3.6)"
 SOURCE = "Khanh et al., NeurIPS 2024, Remark 3.6 and figure of p. 25 (caption in the seed summary)"
-STATEMENT = ("On f(x) = sum_i log(1 + (Ax - b)_i^2), n = 2, 20, 50, 100, SAM with the almost constant radius "
-             "rho_k = C/k^p performs like SAM with the constant radius rho = C (GD for comparison).")
+STATEMENT = (
+  "On f(x) = sum_i log(1 + (Ax - b)_i^2), n = 2, 20, 50, 100, SAM with the almost constant radius "
+  "rho_k = C/k^p performs like SAM with the constant radius rho = C (GD for comparison)."
+)
 SETTINGS = {"full": {"iterations": 10_000, "instances": 5}, "quick": {"iterations": 2_000, "instances": 3}}
 SIZES = (2, 20, 50, 100)
 C = 0.2
@@ -53,8 +55,10 @@ def simulate(a: np.ndarray, b: np.ndarray, gamma0: np.ndarray, iterations: int) 
 
     grad = jax.grad(loss)
     rho = lambda count: jnp.where(method == 0, 0.0, jnp.where(method == 2, schedules.rho(count), C))
-    tx = optax.chain(optax_usam.unified_sam(rho=rho, lambd_schedule=1.0),
-                     optax.sgd(lambda count: gamma0_ * schedules.gamma(count)))
+    tx = optax.chain(
+      optax_usam.unified_sam(rho=rho, lambd_schedule=1.0),
+      optax.sgd(lambda count: gamma0_ * schedules.gamma(count)),
+    )
 
     def body(carry: tuple[jax.Array, Any], _: None) -> tuple[tuple[jax.Array, Any], jax.Array]:
       x, state = carry
@@ -93,30 +97,65 @@ def run(quick: bool, seed: int) -> common.ClaimResult:
     ratio = almost / constant
     ratios.append(float(ratio.mean()))
     measured[f"n={n}"] = {
-        "tail_mean_f": {m: v.tolist() for m, v in zip(METHODS, (gd, constant, almost), strict=True)},
-        "almost_over_constant": ratio.tolist(), "constant_over_gd": (constant / gd).tolist(),
-        "almost_over_gd": (almost / gd).tolist(),
+      "tail_mean_f": {m: v.tolist() for m, v in zip(METHODS, (gd, constant, almost), strict=True)},
+      "almost_over_constant": ratio.tolist(),
+      "constant_over_gd": (constant / gd).tolist(),
+      "almost_over_gd": (almost / gd).tolist(),
     }
     worst = float(np.max(np.abs(ratio - 1)))
-    checks.append(Check(f"n = {n}: |f_almost / f_constant - 1| <= {TOLERANCE} (mean f over the last "
-                        f"{TAIL:.0%} of iterations, worst instance)", worst, worst <= TOLERANCE))
+    checks.append(
+      Check(
+        f"n = {n}: |f_almost / f_constant - 1| <= {TOLERANCE} (mean f over the last "
+        f"{TAIL:.0%} of iterations, worst instance)",
+        worst,
+        worst <= TOLERANCE,
+      )
+    )
   versus_gd = [float(np.mean(measured[f"n={n}"]["constant_over_gd"])) for n in SIZES]
-  summary = (f"f over the last {TAIL:.0%} of {iterations} iterations, almost constant / constant: "
-             + ", ".join(f"{r:.4f}" for r in ratios) + f" (n = {', '.join(map(str, SIZES))}); "
-             "constant / GD: " + ", ".join(f"{r:.3f}" for r in versus_gd))
+  summary = (
+    f"f over the last {TAIL:.0%} of {iterations} iterations, almost constant / constant: "
+    + ", ".join(f"{r:.4f}" for r in ratios)
+    + f" (n = {', '.join(map(str, SIZES))}); "
+    "constant / GD: " + ", ".join(f"{r:.3f}" for r in versus_gd)
+  )
   idx = common.log_indices(iterations)
-  curves = {"iterations": idx.tolist(),
-            **{f"n={n}": {m: {"median": common.rounded(np.median(v[:, idx], axis=0)),
-                              "min": common.rounded(v[:, idx].min(axis=0)),
-                              "max": common.rounded(v[:, idx].max(axis=0))}
-                          for m, v in zip(METHODS, values[n], strict=True)}
-               for n in SIZES}}
+  curves = {
+    "iterations": idx.tolist(),
+    **{
+      f"n={n}": {
+        m: {
+          "median": common.rounded(np.median(v[:, idx], axis=0)),
+          "min": common.rounded(v[:, idx].min(axis=0)),
+          "max": common.rounded(v[:, idx].max(axis=0)),
+        }
+        for m, v in zip(METHODS, values[n], strict=True)
+      }
+      for n in SIZES
+    },
+  }
   rec = common.record(
-      claim=CLAIM, source=SOURCE, statement=STATEMENT, construction=__doc__.split("\n\n")[1],
-      settings={"sizes": list(SIZES), "C": C, "p": P, "step_power": STEP_POWER,
-                "gamma_0": "2 / L, L = 2 ||A||_2^2", "gamma_0_per_instance": gammas, "lambd": 1.0,
-                "x0": 0.0, "iterations": iterations, "instances": instances, "tail_fraction": TAIL},
-      measured=measured, summary=summary, checks=checks, curves=curves, seconds=time.perf_counter() - start_s,
+    claim=CLAIM,
+    source=SOURCE,
+    statement=STATEMENT,
+    construction=__doc__.split("\n\n")[1],
+    settings={
+      "sizes": list(SIZES),
+      "C": C,
+      "p": P,
+      "step_power": STEP_POWER,
+      "gamma_0": "2 / L, L = 2 ||A||_2^2",
+      "gamma_0_per_instance": gammas,
+      "lambd": 1.0,
+      "x0": 0.0,
+      "iterations": iterations,
+      "instances": instances,
+      "tail_fraction": TAIL,
+    },
+    measured=measured,
+    summary=summary,
+    checks=checks,
+    curves=curves,
+    seconds=time.perf_counter() - start_s,
   )
   return common.ClaimResult(NAME, rec, {"values": values})
 
@@ -139,6 +178,6 @@ def plot(result: common.ClaimResult, path: Any) -> None:
   report.band_legend(axes.flat[0], f"min-max over {values[SIZES[0]].shape[1]} instances (lines: median)")
   fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="lower center", ncol=4, fontsize=7)
   fig.suptitle(
-      f"Claim 2 ({SOURCE}):\n{CLAIM}. C = {C}, p = {P}, gamma_k = (2/L)/(k+1) for all methods",
-      fontsize=8)
+    f"Claim 2 ({SOURCE}):\n{CLAIM}. C = {C}, p = {P}, gamma_k = (2/L)/(k+1) for all methods", fontsize=8
+  )
   report.save(fig, path, dpi=90, rect=(0, 0.05, 1, 1))

@@ -24,11 +24,21 @@ FULL_RUN = {"seed": 0, "claims": list(CLAIMS)}
 def parser() -> cli.Parser:
   p = cli.Parser(prog="seed_claims", description=seed_claims.__doc__.split("\n\n")[0])
   p.add_argument("--quick", action="store_true", help="short runs of every claim (about 20 s in all)")
-  p.add_argument("--claims", nargs="+", choices=list(CLAIMS), default=list(CLAIMS), metavar="CLAIM",
-                 help=f"the claims to run, from {', '.join(CLAIMS)} (default: all four)")
+  p.add_argument(
+    "--claims",
+    nargs="+",
+    choices=list(CLAIMS),
+    default=list(CLAIMS),
+    metavar="CLAIM",
+    help=f"the claims to run, from {', '.join(CLAIMS)} (default: all four)",
+  )
   p.add_argument("--seed", type=int, default=0, help="seed of the problems and the sampled batches (>= 0)")
-  p.add_argument("--out", type=Path, default=None,
-                 help="default: benchmarks/results for the full run, benchmarks/results/quick otherwise")
+  p.add_argument(
+    "--out",
+    type=Path,
+    default=None,
+    help="default: benchmarks/results for the full run, benchmarks/results/quick otherwise",
+  )
   p.add_argument("--no-plots", action="store_true")
   return p
 
@@ -46,13 +56,15 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[common.ClaimResu
     results.append(result)
   records = [r.record for r in results]
   data = {
-      "config": {"quick": args.quick, "seed": args.seed, "claims": args.claims},
-      "date_utc": report.utc_now(),
-      "machine": report.machine(),
-      "timing": {**{r.name: r.record["wall_time_s"] for r in results},
-                 "claims_s": round(time.perf_counter() - start, 2)},
-      "claims": {r.name: r.record for r in results},
-      "verdict_table": common.table(records),
+    "config": {"quick": args.quick, "seed": args.seed, "claims": args.claims},
+    "date_utc": report.utc_now(),
+    "machine": report.machine(),
+    "timing": {
+      **{r.name: r.record["wall_time_s"] for r in results},
+      "claims_s": round(time.perf_counter() - start, 2),
+    },
+    "claims": {r.name: r.record for r in results},
+    "verdict_table": common.table(records),
   }
   return data, results
 

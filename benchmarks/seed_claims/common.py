@@ -48,15 +48,31 @@ def verdict(checks: Sequence[Check]) -> str:
 
 
 def record(
-    *, claim: str, source: str, statement: str, construction: str, settings: dict[str, Any],
-    measured: dict[str, Any], summary: str, checks: Sequence[Check], curves: dict[str, Any], seconds: float,
+  *,
+  claim: str,
+  source: str,
+  statement: str,
+  construction: str,
+  settings: dict[str, Any],
+  measured: dict[str, Any],
+  summary: str,
+  checks: Sequence[Check],
+  curves: dict[str, Any],
+  seconds: float,
 ) -> dict[str, Any]:
   """The JSON record of one claim; ``summary`` is the "measured" cell of the verdict table."""
   return {
-      "claim": claim, "source": source, "statement": statement, "construction": construction,
-      "settings": settings, "measured": measured, "summary": summary,
-      "checks": [c.as_json() for c in checks], "verdict": verdict(checks),
-      "curves": curves, "wall_time_s": round(seconds, 2),
+    "claim": claim,
+    "source": source,
+    "statement": statement,
+    "construction": construction,
+    "settings": settings,
+    "measured": measured,
+    "summary": summary,
+    "checks": [c.as_json() for c in checks],
+    "verdict": verdict(checks),
+    "curves": curves,
+    "wall_time_s": round(seconds, 2),
   }
 
 

@@ -33,12 +33,14 @@ from optax_usam import sampling, theory
 NAME = "neighbourhood"
 CLAIM = "Stochastic SAM with a constant radius reaches only an O(rho^2) neighbourhood"
 SOURCE = "Si & Yun, NeurIPS 2023, abstract"
-STATEMENT = ("On smooth strongly convex functions, deterministic SAM (constant rho, normalized) converges, "
-             "while the bound of stochastic SAM keeps an additive O(rho^2) term: convergence only to a "
-             "neighbourhood of the optimum.")
+STATEMENT = (
+  "On smooth strongly convex functions, deterministic SAM (constant rho, normalized) converges, "
+  "while the bound of stochastic SAM keeps an additive O(rho^2) term: convergence only to a "
+  "neighbourhood of the optimum."
+)
 SETTINGS = {
-    "full": {"iterations": 1_000_000, "trials": 8, "rhos": (0.01, 0.02, 0.04, 0.08, 0.16)},
-    "quick": {"iterations": 100_000, "trials": 4, "rhos": (0.04, 0.08, 0.16)},
+  "full": {"iterations": 1_000_000, "trials": 8, "rhos": (0.01, 0.02, 0.04, 0.08, 0.16)},
+  "quick": {"iterations": 100_000, "trials": 4, "rhos": (0.04, 0.08, 0.16)},
 }
 N, D, REG, NOISE = 64, 8, 0.1, 0.5
 RECORDS = 100  # suboptimality points kept per run
@@ -60,8 +62,9 @@ class Ridge:
     self.smoothness = np.sum(self.a**2, axis=1) + REG
     self.x_star = np.linalg.solve(self.hessian, self.a.T @ self.b / N)
     self.sampler = sampling.uniform(self.smoothness)
-    self.gamma = theory.pl_constant_steps(self.mu, float(self.smoothness.max()), self.sampler.A,
-                                          self.sampler.B, lambd=1.0).gamma
+    self.gamma = theory.pl_constant_steps(
+      self.mu, float(self.smoothness.max()), self.sampler.A, self.sampler.B, lambd=1.0
+    ).gamma
     # Only its steps are used: the radius stays constant.
     self.steps = theory.pl_decreasing_schedules(0.0, self.gamma, self.mu).gamma
 
@@ -102,15 +105,17 @@ class Ridge:
 
 
 def simulate(
-    problem: Ridge, lambdas: np.ndarray, rhos: np.ndarray, keys: jax.Array, iterations: int, stochastic: bool
+  problem: Ridge, lambdas: np.ndarray, rhos: np.ndarray, keys: jax.Array, iterations: int, stochastic: bool
 ) -> np.ndarray:
   """``f(x_t) - f*`` at RECORDS evenly spaced t (the last is T), shape (runs, trials, RECORDS)."""
   inner = iterations // RECORDS
   full_grad = jax.grad(problem.full_loss)
 
   def one_run(lam: jax.Array, rho: jax.Array, key: jax.Array) -> jax.Array:
-    tx = optax.chain(optax_usam.unified_sam(rho=lambda count: rho, lambd_schedule=lambda count: lam),
-                     optax.sgd(problem.steps))
+    tx = optax.chain(
+      optax_usam.unified_sam(rho=lambda count: rho, lambd_schedule=lambda count: lam),
+      optax.sgd(problem.steps),
+    )
 
     def step(carry: tuple[jax.Array, Any], step_key: jax.Array) -> tuple[tuple[jax.Array, Any], None]:
       x, state = carry
@@ -149,11 +154,13 @@ def run(quick: bool, seed: int) -> common.ClaimResult:
   lambdas = np.concatenate([[1.0], np.ones(k), np.zeros(k)])
   all_rhos = np.concatenate([[0.0], rhos, rhos])
   key = jax.random.key(seed)
-  stochastic = simulate(problem, lambdas, all_rhos, jax.random.split(key, (lambdas.size, trials)),
-                        iterations, stochastic=True)
-  deterministic = simulate(problem, np.ones(k), rhos, jax.random.split(key, (k, 1)), iterations,
-                           stochastic=False)[:, 0]
-  sgd, sam, usam = stochastic[0], stochastic[1:k + 1], stochastic[k + 1:]
+  stochastic = simulate(
+    problem, lambdas, all_rhos, jax.random.split(key, (lambdas.size, trials)), iterations, stochastic=True
+  )
+  deterministic = simulate(
+    problem, np.ones(k), rhos, jax.random.split(key, (k, 1)), iterations, stochastic=False
+  )[:, 0]
+  sgd, sam, usam = stochastic[0], stochastic[1 : k + 1], stochastic[k + 1 :]
   floor = float(sgd[:, -1].mean())
   sam_final, usam_final = sam[:, :, -1].mean(axis=1), usam[:, :, -1].mean(axis=1)
   det_final = deterministic[:, -1]
@@ -163,56 +170,106 @@ def run(quick: bool, seed: int) -> common.ClaimResult:
   usam_pred = np.array([p for p, _ in predicted[0.0]])
   halfway = sam[-1, :, RECORDS // 2 - 1].mean()
   checks = [
-      Check(f"stochastic SAM, every rho: f(x_T) - f* >= {FLOOR_FACTOR:g} x SGD's (rho = 0, same steps; "
-            "smallest ratio)", float(np.min(sam_final) / floor),
-            bool(np.all(sam_final >= FLOOR_FACTOR * floor))),
-      Check(f"stochastic SAM: log-log slope of f(x_T) - f* against rho within {SLOPE_TOLERANCE} of 2",
-            sam_slope, abs(sam_slope - 2) <= SLOPE_TOLERANCE),
-      Check("stochastic SAM, largest rho: f(x_T) - f* >= 0.8 x its value at T/2 (it has stopped falling)",
-            float(sam_final[-1] / halfway), bool(sam_final[-1] >= 0.8 * halfway)),
-      Check(f"deterministic SAM, every rho: f(x_T) - f* <= {DETERMINISTIC_FACTOR:g} x stochastic SAM's "
-            "(largest ratio)", float(np.max(det_final / sam_final)),
-            bool(np.all(det_final <= DETERMINISTIC_FACTOR * sam_final))),
+    Check(
+      f"stochastic SAM, every rho: f(x_T) - f* >= {FLOOR_FACTOR:g} x SGD's (rho = 0, same steps; "
+      "smallest ratio)",
+      float(np.min(sam_final) / floor),
+      bool(np.all(sam_final >= FLOOR_FACTOR * floor)),
+    ),
+    Check(
+      f"stochastic SAM: log-log slope of f(x_T) - f* against rho within {SLOPE_TOLERANCE} of 2",
+      sam_slope,
+      abs(sam_slope - 2) <= SLOPE_TOLERANCE,
+    ),
+    Check(
+      "stochastic SAM, largest rho: f(x_T) - f* >= 0.8 x its value at T/2 (it has stopped falling)",
+      float(sam_final[-1] / halfway),
+      bool(sam_final[-1] >= 0.8 * halfway),
+    ),
+    Check(
+      f"deterministic SAM, every rho: f(x_T) - f* <= {DETERMINISTIC_FACTOR:g} x stochastic SAM's "
+      "(largest ratio)",
+      float(np.max(det_final / sam_final)),
+      bool(np.all(det_final <= DETERMINISTIC_FACTOR * sam_final)),
+    ),
   ]
   measured = {
-      "rhos": rhos.tolist(), "sgd_floor": floor,
-      "stochastic_sam_final": sam_final.tolist(),
-      "stochastic_sam_final_std": sam[:, :, -1].std(axis=1).tolist(),
-      "stochastic_sam_slope": sam_slope,
-      "stochastic_usam_final": usam_final.tolist(),
-      "stochastic_usam_final_std": usam[:, :, -1].std(axis=1).tolist(), "stochastic_usam_slope": usam_slope,
-      "stochastic_sam_slope_above_floor": common.slope(rhos, np.maximum(sam_final - floor, 1e-300)),
-      "deterministic_sam_final": det_final.tolist(),
-      "predicted_sam": sam_pred.tolist(), "predicted_usam": usam_pred.tolist(),
-      "predicted_sam_slope": common.slope(rhos, sam_pred),
-      "predicted_usam_slope": common.slope(rhos, usam_pred),
-      "predicted_update_norm_max": max(norm for lam in predicted.values() for _, norm in lam),
-      "stochastic_sam_over_floor_plus_predicted": (sam_final / (floor + sam_pred)).tolist(),
-      "stochastic_usam_over_floor_plus_predicted": (usam_final / (floor + usam_pred)).tolist(),
+    "rhos": rhos.tolist(),
+    "sgd_floor": floor,
+    "stochastic_sam_final": sam_final.tolist(),
+    "stochastic_sam_final_std": sam[:, :, -1].std(axis=1).tolist(),
+    "stochastic_sam_slope": sam_slope,
+    "stochastic_usam_final": usam_final.tolist(),
+    "stochastic_usam_final_std": usam[:, :, -1].std(axis=1).tolist(),
+    "stochastic_usam_slope": usam_slope,
+    "stochastic_sam_slope_above_floor": common.slope(rhos, np.maximum(sam_final - floor, 1e-300)),
+    "deterministic_sam_final": det_final.tolist(),
+    "predicted_sam": sam_pred.tolist(),
+    "predicted_usam": usam_pred.tolist(),
+    "predicted_sam_slope": common.slope(rhos, sam_pred),
+    "predicted_usam_slope": common.slope(rhos, usam_pred),
+    "predicted_update_norm_max": max(norm for lam in predicted.values() for _, norm in lam),
+    "stochastic_sam_over_floor_plus_predicted": (sam_final / (floor + sam_pred)).tolist(),
+    "stochastic_usam_over_floor_plus_predicted": (usam_final / (floor + usam_pred)).tolist(),
   }
-  summary = (f"rho = {common.fmt(rhos[0])}..{common.fmt(rhos[-1])}, T = {iterations}: stochastic SAM "
-             f"f(x_T) - f* = {common.fmt(sam_final[0])}..{common.fmt(sam_final[-1])}, slope {sam_slope:.2f} "
-             f"(NumPy prediction {measured['predicted_sam_slope']:.2f}; SGD floor {common.fmt(floor)}); "
-             f"deterministic SAM {common.fmt(det_final[0])}..{common.fmt(det_final[-1])}; stochastic USAM "
-             f"slope {usam_slope:.2f}")
+  summary = (
+    f"rho = {common.fmt(rhos[0])}..{common.fmt(rhos[-1])}, T = {iterations}: stochastic SAM "
+    f"f(x_T) - f* = {common.fmt(sam_final[0])}..{common.fmt(sam_final[-1])}, slope {sam_slope:.2f} "
+    f"(NumPy prediction {measured['predicted_sam_slope']:.2f}; SGD floor {common.fmt(floor)}); "
+    f"deterministic SAM {common.fmt(det_final[0])}..{common.fmt(det_final[-1])}; stochastic USAM "
+    f"slope {usam_slope:.2f}"
+  )
   t = (np.arange(RECORDS) + 1) * (iterations // RECORDS)
   idx = common.log_indices(RECORDS) - 1
-  curves = {"iterations": t[idx].tolist(), "sgd": trial_stats(sgd[:, idx]),
-            **{f"stochastic_sam_rho={r:g}": trial_stats(sam[i][:, idx]) for i, r in enumerate(rhos)},
-            **{f"stochastic_usam_rho={r:g}": trial_stats(usam[i][:, idx]) for i, r in enumerate(rhos)},
-            **{f"deterministic_sam_rho={r:g}": common.rounded(deterministic[i][idx])
-               for i, r in enumerate(rhos)}}
+  curves = {
+    "iterations": t[idx].tolist(),
+    "sgd": trial_stats(sgd[:, idx]),
+    **{f"stochastic_sam_rho={r:g}": trial_stats(sam[i][:, idx]) for i, r in enumerate(rhos)},
+    **{f"stochastic_usam_rho={r:g}": trial_stats(usam[i][:, idx]) for i, r in enumerate(rhos)},
+    **{f"deterministic_sam_rho={r:g}": common.rounded(deterministic[i][idx]) for i, r in enumerate(rhos)},
+  }
   rec = common.record(
-      claim=CLAIM, source=SOURCE, statement=STATEMENT, construction=__doc__.split("\n\n")[1],
-      settings={"n": N, "d": D, "reg": REG, "label_noise": NOISE, "mu": problem.mu, "L": problem.L,
-                "L_max": float(problem.smoothness.max()), "gamma_cap": problem.gamma,
-                "steps": "min(gamma, (2k+1)/((k+1)^2 mu))", "batch_size": 1, "sampler": "uniform",
-                "iterations": iterations, "trials": trials, "rhos": rhos.tolist(), "records": RECORDS},
-      measured=measured, summary=summary, checks=checks, curves=curves, seconds=time.perf_counter() - start_s,
+    claim=CLAIM,
+    source=SOURCE,
+    statement=STATEMENT,
+    construction=__doc__.split("\n\n")[1],
+    settings={
+      "n": N,
+      "d": D,
+      "reg": REG,
+      "label_noise": NOISE,
+      "mu": problem.mu,
+      "L": problem.L,
+      "L_max": float(problem.smoothness.max()),
+      "gamma_cap": problem.gamma,
+      "steps": "min(gamma, (2k+1)/((k+1)^2 mu))",
+      "batch_size": 1,
+      "sampler": "uniform",
+      "iterations": iterations,
+      "trials": trials,
+      "rhos": rhos.tolist(),
+      "records": RECORDS,
+    },
+    measured=measured,
+    summary=summary,
+    checks=checks,
+    curves=curves,
+    seconds=time.perf_counter() - start_s,
   )
-  figure = {"t": t, "rhos": rhos, "sgd": sgd, "sam": sam, "usam": usam, "deterministic": deterministic,
-            "sam_pred": sam_pred, "usam_pred": usam_pred, "floor": floor, "sam_slope": sam_slope,
-            "usam_slope": usam_slope, "trials": trials}
+  figure = {
+    "t": t,
+    "rhos": rhos,
+    "sgd": sgd,
+    "sam": sam,
+    "usam": usam,
+    "deterministic": deterministic,
+    "sam_pred": sam_pred,
+    "usam_pred": usam_pred,
+    "floor": floor,
+    "sam_slope": sam_slope,
+    "usam_slope": usam_slope,
+    "trials": trials,
+  }
   return common.ClaimResult(NAME, rec, figure)
 
 
@@ -226,15 +283,31 @@ def plot(result: common.ClaimResult, path: Any) -> None:
   colors = matplotlib.colormaps["viridis"](np.linspace(0.0, 0.85, rhos.size))
   fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.8))
   mean, std = fig_data["sgd"].mean(axis=0), fig_data["sgd"].std(axis=0)
-  report.line_with_band(left, t, mean, np.maximum(mean - std, mean / 10), mean + std, "SGD (rho = 0)", 0, "k",
-                        ":")
+  report.line_with_band(
+    left, t, mean, np.maximum(mean - std, mean / 10), mean + std, "SGD (rho = 0)", 0, "k", ":"
+  )
   for i, rho in enumerate(rhos):
     runs = fig_data["sam"][i]
     mean, std = runs.mean(axis=0), runs.std(axis=0)
-    report.line_with_band(left, t, mean, np.maximum(mean - std, mean / 10), mean + std,
-                          f"stochastic SAM, rho = {rho:g}", i, colors[i], "-")
-    left.plot(t, fig_data["deterministic"][i], color=colors[i], ls="--", lw=1.2,
-              label=f"deterministic SAM, rho = {rho:g}")
+    report.line_with_band(
+      left,
+      t,
+      mean,
+      np.maximum(mean - std, mean / 10),
+      mean + std,
+      f"stochastic SAM, rho = {rho:g}",
+      i,
+      colors[i],
+      "-",
+    )
+    left.plot(
+      t,
+      fig_data["deterministic"][i],
+      color=colors[i],
+      ls="--",
+      lw=1.2,
+      label=f"deterministic SAM, rho = {rho:g}",
+    )
   report.band_legend(left, f"+-1 std over {fig_data['trials']} trials")
   left.set_xscale("log")
   left.set_yscale("log")
@@ -246,12 +319,27 @@ def plot(result: common.ClaimResult, path: Any) -> None:
   markers = (("sam", "stochastic SAM", "o", "C0", "C0", 5), ("usam", "stochastic USAM", "s", "C1", "none", 8))
   for key, label, marker, color, face, size in markers:
     finals = fig_data[key][:, :, -1]
-    right.errorbar(rhos, finals.mean(axis=1), yerr=finals.std(axis=1), fmt=marker, color=color, mfc=face,
-                   ms=size, capsize=3, label=f"{label}: slope {fig_data[f'{key}_slope']:.2f}")
+    right.errorbar(
+      rhos,
+      finals.mean(axis=1),
+      yerr=finals.std(axis=1),
+      fmt=marker,
+      color=color,
+      mfc=face,
+      ms=size,
+      capsize=3,
+      label=f"{label}: slope {fig_data[f'{key}_slope']:.2f}",
+    )
     fit = np.polyfit(np.log(rhos), np.log(finals.mean(axis=1)), 1)
     right.plot(rhos, np.exp(np.polyval(fit, np.log(rhos))), color=color, lw=0.8, ls="-")
-    right.plot(rhos, fig_data[f"{key}_pred"], color=color, lw=1, ls=":",
-               label=f"{label}: NumPy zero of the averaged update")
+    right.plot(
+      rhos,
+      fig_data[f"{key}_pred"],
+      color=color,
+      lw=1,
+      ls=":",
+      label=f"{label}: NumPy zero of the averaged update",
+    )
   right.plot(rhos, fig_data["deterministic"][:, -1], "^--", color="C2", lw=1, label="deterministic SAM")
   report.reference_line(right, fig_data["floor"], "SGD (rho = 0): noise floor at T", color="k", style=":")
   report.error_bars_legend(right, f"+-1 std over {fig_data['trials']} trials (lines: least-squares fits)")
@@ -261,6 +349,8 @@ def plot(result: common.ClaimResult, path: Any) -> None:
   right.set_ylabel(r"$f(x_T) - f^*$, mean over trials")
   right.legend(fontsize=6)
   common.title(right, f"final suboptimality at T = {t[-1]} against rho", 60)
-  fig.suptitle(f"Claim 3 ({SOURCE}): {CLAIM}.\nRidge, n = {N}, d = {D}, batch 1, gamma_k ~ 2/(mu k), "
-               "constant rho", fontsize=8)
+  fig.suptitle(
+    f"Claim 3 ({SOURCE}): {CLAIM}.\nRidge, n = {N}, d = {D}, batch 1, gamma_k ~ 2/(mu k), constant rho",
+    fontsize=8,
+  )
   report.save(fig, path, dpi=90)

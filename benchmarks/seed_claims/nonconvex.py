@@ -31,15 +31,20 @@ from benchmarks.seed_claims.common import Check
 from optax_usam import sampling
 
 NAME = "nonconvex"
-CLAIM = ("Stand-in for Theorem 3.7 (non-convex): E||grad f(x_T)|| falls like T^(-1/4) or faster with "
-         "gamma, rho ~ 1/sqrt(T)")
-SOURCE = ("Oikonomou & Loizou, ICLR 2025, Theorem 3.7: a stand-in (not its constants, which could not be "
-          "verified)")
-STATEMENT = ("Unified SAM on a non-convex finite sum reaches E||grad f(x_T)|| < epsilon (Theorem 3.7, as the "
-             "project's reference summarizes it); stand-in rate: E||grad f|| = O(T^(-1/4)).")
+CLAIM = (
+  "Stand-in for Theorem 3.7 (non-convex): E||grad f(x_T)|| falls like T^(-1/4) or faster with "
+  "gamma, rho ~ 1/sqrt(T)"
+)
+SOURCE = (
+  "Oikonomou & Loizou, ICLR 2025, Theorem 3.7: a stand-in (not its constants, which could not be verified)"
+)
+STATEMENT = (
+  "Unified SAM on a non-convex finite sum reaches E||grad f(x_T)|| < epsilon (Theorem 3.7, as the "
+  "project's reference summarizes it); stand-in rate: E||grad f|| = O(T^(-1/4))."
+)
 SETTINGS = {
-    "full": {"log2_iterations": tuple(range(8, 17)), "trials": 16},
-    "quick": {"log2_iterations": tuple(range(8, 13)), "trials": 8},
+  "full": {"log2_iterations": tuple(range(8, 17)), "trials": 16},
+  "quick": {"log2_iterations": tuple(range(8, 13)), "trials": 8},
 }
 M, D, TARGET_SCALE, BATCH = 200, 20, 2.0, 4
 GAMMA_SCALE = 16.0  # gamma = GAMMA_SCALE / (L_max sqrt(T))
@@ -54,7 +59,7 @@ def per_example_loss(x: jax.Array, example: tuple[jax.Array, jax.Array]) -> jax.
 
 
 def simulate(
-    a: np.ndarray, b: np.ndarray, iterations: tuple[int, ...], keys: jax.Array, gamma_scale: float
+  a: np.ndarray, b: np.ndarray, iterations: tuple[int, ...], keys: jax.Array, gamma_scale: float
 ) -> tuple[np.ndarray, np.ndarray]:
   """``||grad f(x_T)||`` and ``f(x_T)``, shape (len(iterations), trials): one program, T a traced bound."""
   data = (jnp.asarray(a), jnp.asarray(b))
@@ -64,10 +69,11 @@ def simulate(
     return jnp.mean(jax.vmap(per_example_loss, in_axes=(None, 0))(x, data))
 
   def one_run(
-      steps: jax.Array, gamma: jax.Array, rho: jax.Array, key: jax.Array
+    steps: jax.Array, gamma: jax.Array, rho: jax.Array, key: jax.Array
   ) -> tuple[jax.Array, jax.Array]:
-    tx = optax.chain(optax_usam.unified_sam(rho=lambda count: rho, lambd_schedule=1.0),
-                     optax.sgd(lambda count: gamma))
+    tx = optax.chain(
+      optax_usam.unified_sam(rho=lambda count: rho, lambd_schedule=1.0), optax.sgd(lambda count: gamma)
+    )
 
     def body(k: jax.Array, carry: tuple[jax.Array, Any]) -> tuple[jax.Array, Any]:
       x, state = carry
@@ -97,27 +103,56 @@ def run(quick: bool, seed: int) -> common.ClaimResult:
   a = rng.standard_normal((M, D)) / np.sqrt(D)
   b = TARGET_SCALE * rng.standard_normal(M)
   l_max = float(np.max(2.0 * np.sum(a**2, axis=1)))
-  norms, values = simulate(a, b, iterations, jax.random.split(jax.random.key(seed + 3), trials),
-                           GAMMA_SCALE / l_max)
+  norms, values = simulate(
+    a, b, iterations, jax.random.split(jax.random.key(seed + 3), trials), GAMMA_SCALE / l_max
+  )
   mean_norm = norms.mean(axis=1)
   fitted = common.slope(iterations, mean_norm)
-  checks = [Check(f"log-log slope of E||grad f(x_T)|| against T <= {REFERENCE_SLOPE} + {SLOPE_TOLERANCE} "
-                  "(at least the stand-in rate T^(-1/4), up to the tolerance)", fitted,
-                  fitted <= REFERENCE_SLOPE + SLOPE_TOLERANCE)]
-  measured = {"iterations": list(iterations), "mean_grad_norm": mean_norm.tolist(),
-              "std_grad_norm": norms.std(axis=1).tolist(), "mean_f": values.mean(axis=1).tolist(),
-              "slope": fitted, "reference_slope": REFERENCE_SLOPE,
-              "quantity": "E||grad f(x_T)||, last iterate"}
-  summary = (f"E||grad f(x_T)|| (last iterate, {trials} trials) from {common.fmt(mean_norm[0])} at T = "
-             f"{iterations[0]} to {common.fmt(mean_norm[-1])} at T = {iterations[-1]}: slope {fitted:.3f} "
-             f"(stand-in rate {REFERENCE_SLOPE})")
+  checks = [
+    Check(
+      f"log-log slope of E||grad f(x_T)|| against T <= {REFERENCE_SLOPE} + {SLOPE_TOLERANCE} "
+      "(at least the stand-in rate T^(-1/4), up to the tolerance)",
+      fitted,
+      fitted <= REFERENCE_SLOPE + SLOPE_TOLERANCE,
+    )
+  ]
+  measured = {
+    "iterations": list(iterations),
+    "mean_grad_norm": mean_norm.tolist(),
+    "std_grad_norm": norms.std(axis=1).tolist(),
+    "mean_f": values.mean(axis=1).tolist(),
+    "slope": fitted,
+    "reference_slope": REFERENCE_SLOPE,
+    "quantity": "E||grad f(x_T)||, last iterate",
+  }
+  summary = (
+    f"E||grad f(x_T)|| (last iterate, {trials} trials) from {common.fmt(mean_norm[0])} at T = "
+    f"{iterations[0]} to {common.fmt(mean_norm[-1])} at T = {iterations[-1]}: slope {fitted:.3f} "
+    f"(stand-in rate {REFERENCE_SLOPE})"
+  )
   rec = common.record(
-      claim=CLAIM, source=SOURCE, statement=STATEMENT, construction=__doc__.split("\n\n")[1],
-      settings={"m": M, "d": D, "target_scale": TARGET_SCALE, "batch_size": BATCH,
-                "sampler": "with_replacement", "L_max": l_max, "gamma": f"{GAMMA_SCALE:g} / (L_max sqrt(T))",
-                "rho": f"{RHO_SCALE:g} / sqrt(T)", "lambd": 1.0, "iterations": list(iterations),
-                "trials": trials},
-      measured=measured, summary=summary, checks=checks, curves={}, seconds=time.perf_counter() - start_s,
+    claim=CLAIM,
+    source=SOURCE,
+    statement=STATEMENT,
+    construction=__doc__.split("\n\n")[1],
+    settings={
+      "m": M,
+      "d": D,
+      "target_scale": TARGET_SCALE,
+      "batch_size": BATCH,
+      "sampler": "with_replacement",
+      "L_max": l_max,
+      "gamma": f"{GAMMA_SCALE:g} / (L_max sqrt(T))",
+      "rho": f"{RHO_SCALE:g} / sqrt(T)",
+      "lambd": 1.0,
+      "iterations": list(iterations),
+      "trials": trials,
+    },
+    measured=measured,
+    summary=summary,
+    checks=checks,
+    curves={},
+    seconds=time.perf_counter() - start_s,
   )
   figure = {"iterations": np.asarray(iterations), "norms": norms, "slope": fitted}
   return common.ClaimResult(NAME, rec, figure)
@@ -129,19 +164,35 @@ def plot(result: common.ClaimResult, path: Any) -> None:
   t, norms = result.figure["iterations"], result.figure["norms"]
   mean = norms.mean(axis=1)
   fig, ax = plt.subplots(figsize=(6.4, 4.6))
-  ax.errorbar(t, mean, yerr=norms.std(axis=1), fmt="o", color="C0", capsize=3,
-              label=r"SAM: mean $\|\nabla f(x_T)\|$")
+  ax.errorbar(
+    t, mean, yerr=norms.std(axis=1), fmt="o", color="C0", capsize=3, label=r"SAM: mean $\|\nabla f(x_T)\|$"
+  )
   fit = np.polyfit(np.log(t), np.log(mean), 1)
-  ax.plot(t, np.exp(np.polyval(fit, np.log(t))), color="C0", lw=1,
-          label=f"least-squares fit: slope {result.figure['slope']:.3f}")
-  ax.plot(t, mean[0] * (t / t[0]) ** REFERENCE_SLOPE, color="k", ls=":", lw=1,
-          label=r"stand-in rate $T^{-1/4}$ (through the first point)")
+  ax.plot(
+    t,
+    np.exp(np.polyval(fit, np.log(t))),
+    color="C0",
+    lw=1,
+    label=f"least-squares fit: slope {result.figure['slope']:.3f}",
+  )
+  ax.plot(
+    t,
+    mean[0] * (t / t[0]) ** REFERENCE_SLOPE,
+    color="k",
+    ls=":",
+    lw=1,
+    label=r"stand-in rate $T^{-1/4}$ (through the first point)",
+  )
   report.error_bars_legend(ax, f"+-1 std over {norms.shape[1]} trials")
   ax.set_xscale("log", base=2)
   ax.set_yscale("log")
   ax.set_xlabel(r"iterations T  ($\gamma = 16/(L_{max}\sqrt{T})$, $\rho = 1/\sqrt{T}$)")
   ax.set_ylabel(r"$E\|\nabla f(x_T)\|$")
   ax.legend(fontsize=7)
-  common.title(ax, f"Claim 4: {CLAIM}.\nSource: {SOURCE}.\nf = mean of log(1 + (a_i.x - b_i)^2), m = {M}, "
-                   f"d = {D}, batch {BATCH}", 90)
+  common.title(
+    ax,
+    f"Claim 4: {CLAIM}.\nSource: {SOURCE}.\nf = mean of log(1 + (a_i.x - b_i)^2), m = {M}, "
+    f"d = {D}, batch {BATCH}",
+    90,
+  )
   report.save(fig, path, dpi=90)

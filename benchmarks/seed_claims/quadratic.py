@@ -33,8 +33,10 @@ from optax_usam import theory
 NAME = "quadratic"
 CLAIM = "SAM needs diminishing steps on a strongly convex quadratic"
 SOURCE = "Khanh et al., NeurIPS 2024, figure of p. 5 (caption in the seed summary)"
-STATEMENT = ("GD with a constant step size converges on a strongly convex quadratic; SAM with a constant "
-             "step size does not reach the minimizer; SAM with diminishing step sizes converges.")
+STATEMENT = (
+  "GD with a constant step size converges on a strongly convex quadratic; SAM with a constant "
+  "step size does not reach the minimizer; SAM with diminishing step sizes converges."
+)
 SETTINGS = {"full": {"iterations": 10_000}, "quick": {"iterations": 2_000}}
 EIGENVALUES = np.linspace(1.0, 4.0, 10)
 GAMMA = 1.0 / EIGENVALUES.max()
@@ -64,8 +66,8 @@ def simulate(x_star: np.ndarray, starts: np.ndarray, methods: np.ndarray, iterat
 
   def one_run(x0: jax.Array, method: jax.Array) -> jax.Array:
     tx = optax.chain(
-        optax_usam.unified_sam(rho=lambda count: jnp.where(method > 0, RHO, 0.0), lambd_schedule=1.0),
-        optax.sgd(lambda count: jnp.where(method == 2, diminishing(count), GAMMA)),
+      optax_usam.unified_sam(rho=lambda count: jnp.where(method > 0, RHO, 0.0), lambd_schedule=1.0),
+      optax.sgd(lambda count: jnp.where(method == 2, diminishing(count), GAMMA)),
     )
 
     def body(carry: tuple[jax.Array, Any], _: None) -> tuple[tuple[jax.Array, Any], jax.Array]:
@@ -99,7 +101,7 @@ def run(quick: bool, seed: int) -> common.ClaimResult:
   predicted = float(period_two_radius(EIGENVALUES.max(), GAMMA, RHO))
   plateau = constant[:, -WINDOW:].mean(axis=1)
   plateau_ratio = plateau / predicted
-  axis_plateau = dist[len(METHODS) * RANDOM_STARTS:, -WINDOW:].mean(axis=1)
+  axis_plateau = dist[len(METHODS) * RANDOM_STARTS :, -WINDOW:].mean(axis=1)
   axis_ratio = axis_plateau / period_two_radius(EIGENVALUES, GAMMA, RHO)
   mean_diminishing = diminishing.mean(axis=0)
   k = np.arange(iterations + 1)
@@ -108,42 +110,74 @@ def run(quick: bool, seed: int) -> common.ClaimResult:
   dim_final = float(mean_diminishing[-1])
   orbit_at_end = period_two_radius(EIGENVALUES.max(), GAMMA / iterations**STEP_POWER, RHO)  # at the last step
   checks = [
-      Check("GD: ||x_T - x*|| / ||x_0 - x*|| <= 1e-10 (max over starts)", gd_final, gd_final <= 1e-10),
-      Check("SAM, constant step: plateau / xbar(h_max) within 1e-6 (worst start)",
-            float(np.max(np.abs(plateau_ratio - 1))), bool(np.all(np.abs(plateau_ratio - 1) <= 1e-6))),
-      Check("SAM, constant step, starts on each eigen-direction j: plateau / xbar(h_j) within 1e-6 (worst j)",
-            float(np.max(np.abs(axis_ratio - 1))), bool(np.all(np.abs(axis_ratio - 1) <= 1e-6))),
-      Check("SAM, diminishing step: ||x_T - x*|| <= plateau of the constant step / 10", dim_final,
-            dim_final <= float(plateau.mean()) / 10),
-      Check(f"SAM, diminishing step: log-log slope over the last 90% within 0.1 of -{STEP_POWER}", decay,
-            abs(decay + STEP_POWER) <= 0.1),
+    Check("GD: ||x_T - x*|| / ||x_0 - x*|| <= 1e-10 (max over starts)", gd_final, gd_final <= 1e-10),
+    Check(
+      "SAM, constant step: plateau / xbar(h_max) within 1e-6 (worst start)",
+      float(np.max(np.abs(plateau_ratio - 1))),
+      bool(np.all(np.abs(plateau_ratio - 1) <= 1e-6)),
+    ),
+    Check(
+      "SAM, constant step, starts on each eigen-direction j: plateau / xbar(h_j) within 1e-6 (worst j)",
+      float(np.max(np.abs(axis_ratio - 1))),
+      bool(np.all(np.abs(axis_ratio - 1) <= 1e-6)),
+    ),
+    Check(
+      "SAM, diminishing step: ||x_T - x*|| <= plateau of the constant step / 10",
+      dim_final,
+      dim_final <= float(plateau.mean()) / 10,
+    ),
+    Check(
+      f"SAM, diminishing step: log-log slope over the last 90% within 0.1 of -{STEP_POWER}",
+      decay,
+      abs(decay + STEP_POWER) <= 0.1,
+    ),
   ]
   measured = {
-      "gd_final_relative_distance": gd_final,
-      "sam_constant_plateau": plateau.tolist(), "sam_constant_predicted": predicted,
-      "sam_constant_plateau_ratio": plateau_ratio.tolist(),
-      "eigen_direction_plateau_ratio": axis_ratio.tolist(),
-      "sam_diminishing_final_distance": dim_final,
-      "sam_diminishing_orbit_at_last_step": float(orbit_at_end),
-      "sam_diminishing_slope": decay,
-      "sam_diminishing_predicted_slope": -STEP_POWER,
+    "gd_final_relative_distance": gd_final,
+    "sam_constant_plateau": plateau.tolist(),
+    "sam_constant_predicted": predicted,
+    "sam_constant_plateau_ratio": plateau_ratio.tolist(),
+    "eigen_direction_plateau_ratio": axis_ratio.tolist(),
+    "sam_diminishing_final_distance": dim_final,
+    "sam_diminishing_orbit_at_last_step": float(orbit_at_end),
+    "sam_diminishing_slope": decay,
+    "sam_diminishing_predicted_slope": -STEP_POWER,
   }
-  summary = (f"GD: distance {common.fmt(gd_final * START_DISTANCE)} at T (from {START_DISTANCE:g}); SAM, "
-             f"constant step: plateau "
-             f"{common.fmt(plateau.mean())} = {plateau_ratio.mean():.4f} x the closed form "
-             f"{common.fmt(predicted)} (every eigen-direction within {np.max(np.abs(axis_ratio - 1)):.1e}); "
-             f"SAM, diminishing: {common.fmt(dim_final)} at T = {iterations}, slope {decay:.3f} "
-             f"(predicted -{STEP_POWER})")
+  summary = (
+    f"GD: distance {common.fmt(gd_final * START_DISTANCE)} at T (from {START_DISTANCE:g}); SAM, "
+    f"constant step: plateau "
+    f"{common.fmt(plateau.mean())} = {plateau_ratio.mean():.4f} x the closed form "
+    f"{common.fmt(predicted)} (every eigen-direction within {np.max(np.abs(axis_ratio - 1)):.1e}); "
+    f"SAM, diminishing: {common.fmt(dim_final)} at T = {iterations}, slope {decay:.3f} "
+    f"(predicted -{STEP_POWER})"
+  )
   idx = common.log_indices(iterations)
-  curves = {"iterations": idx.tolist(),
-            **{m: common.rounded(runs[:, idx]) for m, runs in zip(METHODS, by_method, strict=True)}}
-  settings = {"eigenvalues": EIGENVALUES.tolist(), "gamma": GAMMA, "rho": RHO, "lambd": 1.0,
-              "step_power": STEP_POWER, "iterations": iterations, "random_starts": RANDOM_STARTS,
-              "start_distance": START_DISTANCE, "plateau_window": WINDOW}
+  curves = {
+    "iterations": idx.tolist(),
+    **{m: common.rounded(runs[:, idx]) for m, runs in zip(METHODS, by_method, strict=True)},
+  }
+  settings = {
+    "eigenvalues": EIGENVALUES.tolist(),
+    "gamma": GAMMA,
+    "rho": RHO,
+    "lambd": 1.0,
+    "step_power": STEP_POWER,
+    "iterations": iterations,
+    "random_starts": RANDOM_STARTS,
+    "start_distance": START_DISTANCE,
+    "plateau_window": WINDOW,
+  }
   rec = common.record(
-      claim=CLAIM, source=SOURCE, statement=STATEMENT, construction=__doc__.split("\n\n")[1],
-      settings=settings, measured=measured, summary=summary, checks=checks, curves=curves,
-      seconds=time.perf_counter() - start_s,
+    claim=CLAIM,
+    source=SOURCE,
+    statement=STATEMENT,
+    construction=__doc__.split("\n\n")[1],
+    settings=settings,
+    measured=measured,
+    summary=summary,
+    checks=checks,
+    curves=curves,
+    seconds=time.perf_counter() - start_s,
   )
   return common.ClaimResult(NAME, rec, {"by_method": by_method, "predicted": predicted})
 
@@ -159,8 +193,14 @@ def plot(result: common.ClaimResult, path: Any) -> None:
     runs = np.maximum(runs[:, 1:], floor)
     report.line_with_band(ax, k[1:], runs.mean(axis=0), runs.min(axis=0), runs.max(axis=0), label, i)
   gammas = GAMMA / k[1:] ** STEP_POWER
-  ax.plot(k[1:], period_two_radius(EIGENVALUES.max(), gammas, RHO), color="k", ls=":", lw=1,
-          label=r"closed form $\bar{x}(h_{max})$ at $\gamma_k$ (diminishing)")
+  ax.plot(
+    k[1:],
+    period_two_radius(EIGENVALUES.max(), gammas, RHO),
+    color="k",
+    ls=":",
+    lw=1,
+    label=r"closed form $\bar{x}(h_{max})$ at $\gamma_k$ (diminishing)",
+  )
   predicted = result.figure["predicted"]
   label = rf"closed form $\bar{{x}}(h_{{max}})$ = {predicted:.3g} (constant step)"
   report.reference_line(ax, predicted, label, color="0.4", style="--")
@@ -170,7 +210,10 @@ def plot(result: common.ClaimResult, path: Any) -> None:
   ax.set_ylim(floor / 2, 10 * START_DISTANCE)
   ax.set_xlabel("iteration k")
   ax.set_ylabel(r"$\|x_k - x^*\|$ (below 1e-17 drawn at 1e-17)")
-  common.title(ax, f"Claim 1 ({SOURCE}):\n{STATEMENT}\nquadratic, h in [1, 4], gamma = 1/h_max, "
-                   f"rho = {RHO}; diminishing gamma_k = gamma/(k+1)^{STEP_POWER}")
+  common.title(
+    ax,
+    f"Claim 1 ({SOURCE}):\n{STATEMENT}\nquadratic, h in [1, 4], gamma = 1/h_max, "
+    f"rho = {RHO}; diminishing gamma_k = gamma/(k+1)^{STEP_POWER}",
+  )
   ax.legend(fontsize=6.5, loc="lower left")
   report.save(fig, path, dpi=90)

@@ -15,8 +15,8 @@ def check_direction(direction: Any) -> Any:
   transform, source = getattr(direction, "transform", None), getattr(direction, "source", None)
   if not (callable(getattr(transform, "init", None)) and callable(getattr(transform, "update", None))):
     raise TypeError(
-        "direction must be None or an optax_usam.AscentDirection(transform, source) whose transform is an "
-        f"optax GradientTransformation; got {direction!r}."
+      "direction must be None or an optax_usam.AscentDirection(transform, source) whose transform is an "
+      f"optax GradientTransformation; got {direction!r}."
     )
   if not isinstance(source, str) or source not in ASCENT_SOURCES:
     raise ValueError(f"direction.source must be one of {ASCENT_SOURCES}; got {source!r}.")

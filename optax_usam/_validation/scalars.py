@@ -19,6 +19,7 @@ import numpy as np
 
 Schedule = Callable[[chex.Numeric], chex.Numeric]
 
+
 def _as_number(value: Any, name: str, allowed: str, traced: bool) -> float | jax.Array:
   """A Python or 0-d array number as a float, or raises TypeError.
 
@@ -39,6 +40,7 @@ def _as_number(value: Any, name: str, allowed: str, traced: bool) -> float | jax
       raise TypeError(f"{name} must be a concrete number; got a traced value.")
   raise TypeError(f"{name} must be {allowed}; got {value!r} of type {type(value).__name__}.")
 
+
 def _concrete_at_zero(schedule: Schedule) -> float | None:
   """The schedule's value at count 0, or None when it closes over traced values (a vmapped sweep)."""
   value = schedule(jnp.zeros((), jnp.int32))
@@ -49,8 +51,10 @@ def _concrete_at_zero(schedule: Schedule) -> float | None:
   except (TypeError, jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
     return None
 
+
 def _in_range(value: float, low: float, high: float) -> bool:
   return math.isfinite(value) and low <= value <= high
+
 
 def bounded_schedule(value: float | Schedule, name: str, low: float, high: float) -> Schedule:
   """``count -> value`` for a number in [low, high] or a schedule whose value at count 0 is."""
@@ -70,6 +74,7 @@ def bounded_schedule(value: float | Schedule, name: str, low: float, high: float
 #: The strings ``lambd_schedule`` accepts besides numbers and callables: ``("1/t", "1-1/t")``.
 LAMBDA_STRINGS = ("1/t", "1-1/t")
 
+
 def lambda_schedule(lambd: float | str | Schedule) -> Schedule:
   """``count -> lambda_t`` for a float in [0, 1], one of ``LAMBDA_STRINGS`` or a callable.
 
@@ -81,10 +86,11 @@ def lambda_schedule(lambd: float | str | Schedule) -> Schedule:
     if lambd == "1-1/t":
       return lambda count: 1.0 - 1.0 / (count + 1.0)
     raise ValueError(
-        f"lambd_schedule must be a float in [0, 1], one of {LAMBDA_STRINGS}, or a callable "
-        f"count -> lambda; got the unknown string {lambd!r}."
+      f"lambd_schedule must be a float in [0, 1], one of {LAMBDA_STRINGS}, or a callable "
+      f"count -> lambda; got the unknown string {lambd!r}."
     )
   return bounded_schedule(lambd, "lambd_schedule", 0.0, 1.0)
+
 
 def check_nonnegative(value: Any, name: str, *, traced: bool = False) -> float | jax.Array:
   """``value`` as a float after checking it is finite and non-negative (traced: as is)."""
@@ -93,6 +99,7 @@ def check_nonnegative(value: Any, name: str, *, traced: bool = False) -> float |
     raise ValueError(f"{name} must be a non-negative finite float; got {number}.")
   return number
 
+
 def check_positive(value: Any, name: str, *, traced: bool = False) -> float | jax.Array:
   """``value`` as a float after checking it is finite and positive (traced: as is)."""
   number = _as_number(value, name, "a positive finite float", traced)
@@ -100,8 +107,9 @@ def check_positive(value: Any, name: str, *, traced: bool = False) -> float | ja
     raise ValueError(f"{name} must be a positive finite float; got {number}.")
   return number
 
+
 def check_interval(
-    value: Any, name: str, low: float, high: float, *, open_low: bool = False, open_high: bool = False
+  value: Any, name: str, low: float, high: float, *, open_low: bool = False, open_high: bool = False
 ) -> float | jax.Array:
   """``value`` as a float in [low, high], either end open on request; a traced scalar as is.
 
@@ -110,10 +118,11 @@ def check_interval(
   bounds = f"{'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
   number = _as_number(value, name, f"a float in {bounds}", traced=True)
   if isinstance(number, float) and (
-      not _in_range(number, low, high) or (open_low and number == low) or (open_high and number == high)
+    not _in_range(number, low, high) or (open_low and number == low) or (open_high and number == high)
   ):
     raise ValueError(f"{name} must be a float in {bounds}; got {number}.")
   return number
+
 
 def check_unit_interval(value: Any, name: str, *, open_at_zero: bool = False) -> float:
   """``value`` as a float in [0, 1], or in (0, 1] with ``open_at_zero``."""
@@ -121,6 +130,7 @@ def check_unit_interval(value: Any, name: str, *, open_at_zero: bool = False) ->
   if number > 1 or (open_at_zero and number == 0):
     raise ValueError(f"{name} must be in {'(0' if open_at_zero else '[0'}, 1]; got {number}.")
   return number
+
 
 def check_int(value: Any, name: str, low: float = -math.inf, high: float = math.inf, *, bounds: str) -> int:
   """``value`` as an int (a bool is not one) in [low, high]; ``bounds`` words that range."""
@@ -130,6 +140,7 @@ def check_int(value: Any, name: str, low: float = -math.inf, high: float = math.
     raise ValueError(f"{name} must be {bounds}; got {value!r}.")
   return int(value)
 
+
 def check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
   """``value`` if it is one of the strings ``choices``; TypeError for a non-string, ValueError otherwise."""
   if not isinstance(value, str):
@@ -138,6 +149,7 @@ def check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
     raise ValueError(f"{name} must be one of {choices}; got {value!r}.")
   return value
 
+
 def check_seed(seed: Any) -> int | jax.Array:
   """A PRNG seed: an int, or a scalar integer array (``optax.inject_hyperparams`` turns ints into those)."""
   is_array = isinstance(seed, (jax.Array, np.ndarray))
@@ -145,15 +157,18 @@ def check_seed(seed: Any) -> int | jax.Array:
     return seed
   return check_int(seed, "seed", bounds="an int")
 
+
 def check_bools(**flags: Any) -> None:
   """Raises TypeError naming the first of ``flags`` that is not a bool."""
   for name, flag in flags.items():
     if not isinstance(flag, bool):
       raise TypeError(f"{name} must be a bool; got {flag!r}.")
 
+
 def check_callable(fn: Any, name: str, signature: str) -> None:
   if not callable(fn):
     raise TypeError(f"{name} must be callable ({signature}); got {type(fn).__name__}.")
+
 
 def check_eps(eps: Any, dtype: Any = jnp.float64) -> float | jax.Array:
   """A positive ``eps`` (traced: as is), refused below ``dtype``'s smallest normal.
@@ -164,10 +179,11 @@ def check_eps(eps: Any, dtype: Any = jnp.float64) -> float | jax.Array:
   tiny = float(jnp.finfo(dtype).tiny)
   if isinstance(eps, float) and eps < tiny:
     raise ValueError(
-        f"eps={eps:g} is below the smallest normal {jnp.dtype(dtype).name} ({tiny:.3g}), the dtype the "
-        f"norm is accumulated in for these parameters: it would act as 0. Use eps >= {tiny:.3g}."
+      f"eps={eps:g} is below the smallest normal {jnp.dtype(dtype).name} ({tiny:.3g}), the dtype the "
+      f"norm is accumulated in for these parameters: it would act as 0. Use eps >= {tiny:.3g}."
     )
   return eps
+
 
 def check_scalars(**values: Any) -> None:
   """Raises ValueError naming the first of ``values`` that is not a scalar (traced scalars pass)."""
@@ -175,19 +191,21 @@ def check_scalars(**values: Any) -> None:
     if np.shape(value) != ():
       raise ValueError(f"{name} must be a scalar; got shape {np.shape(value)}.")
 
+
 def check_smoothness(smoothness: Any) -> np.ndarray:
   """The per-sample smoothness constants L_i as a non-empty 1-D float64 array of positive finite values."""
   try:
     values = np.asarray(smoothness, dtype=np.float64)
   except (TypeError, ValueError) as err:
     raise TypeError(
-        f"smoothness must be a 1-D array of per-sample smoothness constants L_i; got {smoothness!r}."
+      f"smoothness must be a 1-D array of per-sample smoothness constants L_i; got {smoothness!r}."
     ) from err
   if values.ndim != 1 or values.size < 1:
     raise ValueError(f"smoothness must be a non-empty 1-D array of L_i; got shape {values.shape}.")
   if not np.all(np.isfinite(values)) or np.any(values <= 0):
     raise ValueError("smoothness must hold positive finite L_i values.")
   return values
+
 
 def check_pl_constants(mu: Any, L: Any, A: Any, B: Any, lambd: Any) -> tuple[float, ...]:
   """``(mu, L, A, B, lambd)`` as floats, with mu, L > 0, A, B >= 0, L >= mu and lambd in [0, 1]."""
@@ -197,12 +215,14 @@ def check_pl_constants(mu: Any, L: Any, A: Any, B: Any, lambd: Any) -> tuple[flo
     raise ValueError(f"L must be >= mu (an L-smooth mu-PL function has mu <= L); got L={L}, mu={mu}.")
   return mu, L, A, B, lambd
 
+
 def check_pl_caps(rho: Any, gamma: Any, mu: Any) -> None:
   """Checks rho >= 0, gamma > 0 and mu > 0 where concrete; traced ones (a vmapped sweep) pass unread."""
   checks = ((rho, "rho", check_nonnegative), (gamma, "gamma", check_positive), (mu, "mu", check_positive))
   for value, name, check in checks:
     if not isinstance(value, jax.core.Tracer):
       check(value, name)
+
 
 def check_summable_powers(step_power: Any, radius_power: Any) -> None:
   """0 < step_power <= 1, radius_power >= 0 and step_power + radius_power > 1, where concrete.
@@ -215,7 +235,7 @@ def check_summable_powers(step_power: Any, radius_power: Any) -> None:
   radius_power = check_nonnegative(radius_power, "radius_power", traced=True)
   if isinstance(step_power, float) and isinstance(radius_power, float) and step_power + radius_power <= 1:
     raise ValueError(
-        "step_power + radius_power must be > 1 (with 0 < step_power <= 1 and radius_power >= 0), so that "
-        "sum_k gamma_k = inf while sum_k gamma_k rho_k < inf; got step_power + radius_power = "
-        f"{step_power} + {radius_power} = {step_power + radius_power}."
+      "step_power + radius_power must be > 1 (with 0 < step_power <= 1 and radius_power >= 0), so that "
+      "sum_k gamma_k = inf while sum_k gamma_k rho_k < inf; got step_power + radius_power = "
+      f"{step_power} + {radius_power} = {step_power + radius_power}."
     )

@@ -29,14 +29,14 @@ def leading_size(batch: Any) -> int:
 def check_divides(num_microbatches: int, size: int) -> None:
   if size % num_microbatches:
     raise ValueError(
-        f"num_microbatches={num_microbatches} must divide the batch size {size}: unequal micro-batches "
-        "would weight their examples unequally."
+      f"num_microbatches={num_microbatches} must divide the batch size {size}: unequal micro-batches "
+      "would weight their examples unequally."
     )
 
 
 _INJECT_HINT = (
-    "A callable mask given to optax.inject_hyperparams must be listed in its static_args, or "
-    "inject_hyperparams calls it with the step count, as a schedule."
+  "A callable mask given to optax.inject_hyperparams must be listed in its static_args, or "
+  "inject_hyperparams calls it with the step count, as a schedule."
 )
 
 
@@ -69,8 +69,8 @@ def check_mask(mask: Any, name: str) -> Any:
   leaves = jax.tree.leaves(mask)
   if not leaves or not all(isinstance(m, (bool, np.bool_)) for m in leaves):
     raise TypeError(
-        f"{name} must be None, a tree of bools like params (or a prefix of it), or a callable "
-        f"params -> such a tree; got {mask!r}. {_INJECT_HINT}"
+      f"{name} must be None, a tree of bools like params (or a prefix of it), or a callable "
+      f"params -> such a tree; got {mask!r}. {_INJECT_HINT}"
     )
   check_selects_some(leaves, name)
   return mask
@@ -79,8 +79,11 @@ def check_mask(mask: Any, name: str) -> Any:
 def check_selects_some(flags: list[bool], name: str) -> None:
   """Raises ValueError if a mask selects no leaf: always a mistake, and the one an unlisted mask makes."""
   if not any(flags):
-    what = ("nothing is adapted: use adaptive=False" if name == "adaptive_mask"
-            else "nothing is perturbed: use rho=0 for plain gradients")
+    what = (
+      "nothing is adapted: use adaptive=False"
+      if name == "adaptive_mask"
+      else "nothing is perturbed: use rho=0 for plain gradients"
+    )
     raise ValueError(f"{name} selects no floating parameter, so {what}. {_INJECT_HINT}")
 
 
@@ -112,8 +115,8 @@ def check_matches_params(tree: Any, params: Any, name: str, *, dtypes: bool) -> 
       raise ValueError(f"{name} leaf {where} {shapes}.")
     if dtypes and jnp.result_type(t) != jnp.result_type(p):
       raise TypeError(
-          f"{name} leaf {where} has dtype {jnp.result_type(t)}, but the parameter has dtype "
-          f"{jnp.result_type(p)}; grad_fn must return gradients in the parameters' dtypes."
+        f"{name} leaf {where} has dtype {jnp.result_type(t)}, but the parameter has dtype "
+        f"{jnp.result_type(p)}; grad_fn must return gradients in the parameters' dtypes."
       )
 
 
@@ -122,10 +125,10 @@ def check_real(params: Any) -> None:
   for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
     if is_float_leaf(x) and jnp.issubdtype(jnp.result_type(x), jnp.complexfloating):
       raise TypeError(
-          f"parameter {jax.tree_util.keystr(path) or '<root>'} is complex ({jnp.result_type(x)}): "
-          "Unified SAM supports real parameters only (jax.grad of a real loss returns the conjugate of the "
-          "ascent direction for complex ones, so the step would descend). Keep real and imaginary parts as "
-          "two real arrays, e.g. {'re': z.real, 'im': z.imag}."
+        f"parameter {jax.tree_util.keystr(path) or '<root>'} is complex ({jnp.result_type(x)}): "
+        "Unified SAM supports real parameters only (jax.grad of a real loss returns the conjugate of the "
+        "ascent direction for complex ones, so the step would descend). Keep real and imaginary parts as "
+        "two real arrays, e.g. {'re': z.real, 'im': z.imag}."
       )
 
 
@@ -152,25 +155,25 @@ def check_update_args(updates: Any, params: Any, grad_fn: Any, *, fresh_gradient
   check_params_given(params, "update")
   if grad_fn is None:
     raise ValueError(
-        "unified_sam.update needs grad_fn=, a function params -> gradients on the "
-        "current batch, to evaluate the gradient at the perturbed point."
+      "unified_sam.update needs grad_fn=, a function params -> gradients on the "
+      "current batch, to evaluate the gradient at the perturbed point."
     )
   check_callable(grad_fn, "grad_fn", "params -> gradients")
   is_masked = lambda x: isinstance(x, optax.MaskedNode)
   if any(is_masked(x) for x in jax.tree.leaves(params, is_leaf=is_masked)):
     raise ValueError(
-        "unified_sam received parameters with optax.MaskedNode leaves: it is inside optax.masked, "
-        "optax.partition or optax.multi_transform, which hide parameters from grad_fn. Put unified_sam "
-        "outside them, first in the chain, and choose the perturbed parameters with "
-        "unified_sam(..., perturb_mask=mask); the base optimizer may still be masked or partitioned."
+      "unified_sam received parameters with optax.MaskedNode leaves: it is inside optax.masked, "
+      "optax.partition or optax.multi_transform, which hide parameters from grad_fn. Put unified_sam "
+      "outside them, first in the chain, and choose the perturbed parameters with "
+      "unified_sam(..., perturb_mask=mask); the base optimizer may still be masked or partitioned."
     )
   if updates is None or (not fresh_gradient and not jax.tree.leaves(updates)):
     if fresh_gradient:
       raise ValueError(
-          "unified_sam.update got updates=None, but its ascent direction is built from the gradient at "
-          "the current parameters: pass that gradient as updates. Only directions that do not read it "
-          "(source 'previous_sam_gradient' or 'grad_fn': momentum_sam, random_smoothing_sam) take "
-          "updates=None; optax_usam.needs_fresh_gradient(opt_state) says which an optimizer state needs."
+        "unified_sam.update got updates=None, but its ascent direction is built from the gradient at "
+        "the current parameters: pass that gradient as updates. Only directions that do not read it "
+        "(source 'previous_sam_gradient' or 'grad_fn': momentum_sam, random_smoothing_sam) take "
+        "updates=None; optax_usam.needs_fresh_gradient(opt_state) says which an optimizer state needs."
       )
     return None
   check_matches_params(updates, params, "updates", dtypes=False)

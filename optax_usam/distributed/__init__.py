@@ -52,14 +52,14 @@ from optax_usam.distributed.sharding_checks import check_shardings
 from optax_usam.distributed.trainer import CPU_MAX_STEPS_AHEAD, ShardedTrainer, make_sharded_trainer
 
 __all__ = [
-    "CPU_MAX_STEPS_AHEAD",
-    "DEFAULT_MIN_SHARD_SIZE",
-    "ShardedTrainer",
-    "batch_sharding",
-    "check_shardings",
-    "fsdp_shardings",
-    "make_mesh",
-    "make_sharded_trainer",
-    "shard_batch",
-    "to_host",
+  "CPU_MAX_STEPS_AHEAD",
+  "DEFAULT_MIN_SHARD_SIZE",
+  "ShardedTrainer",
+  "batch_sharding",
+  "check_shardings",
+  "fsdp_shardings",
+  "make_mesh",
+  "make_sharded_trainer",
+  "shard_batch",
+  "to_host",
 ]

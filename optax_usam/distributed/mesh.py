@@ -16,11 +16,11 @@ DEFAULT_MIN_SHARD_SIZE = 1024
 
 
 def make_mesh(
-    num_model: int = 1,
-    devices: Sequence[jax.Device] | None = None,
-    *,
-    data_axis: str = "data",
-    model_axis: str = "model",
+  num_model: int = 1,
+  devices: Sequence[jax.Device] | None = None,
+  *,
+  data_axis: str = "data",
+  model_axis: str = "model",
 ) -> Mesh:
   """A 2-D ``(data, model)`` mesh over ``devices`` (default: every device of every process).
 
@@ -52,9 +52,7 @@ def make_mesh(
   if isinstance(num_model, bool) or not isinstance(num_model, int) or num_model < 1:
     raise ValueError(f"num_model must be a positive int; got {num_model!r}.")
   if not devices or len(devices) % num_model:
-    raise ValueError(
-        f"num_model={num_model} must divide the number of devices ({len(devices)})."
-    )
+    raise ValueError(f"num_model={num_model} must divide the number of devices ({len(devices)}).")
   if data_axis == model_axis:
     raise ValueError(f"data_axis and model_axis must differ; both are {data_axis!r}.")
   grid = np.asarray(devices, dtype=object).reshape(-1, num_model)
@@ -62,11 +60,11 @@ def make_mesh(
 
 
 def fsdp_shardings(
-    params: optax.Params,
-    mesh: Mesh | AbstractMesh,
-    *,
-    axis: str = "model",
-    min_size: int = DEFAULT_MIN_SHARD_SIZE,
+  params: optax.Params,
+  mesh: Mesh | AbstractMesh,
+  *,
+  axis: str = "model",
+  min_size: int = DEFAULT_MIN_SHARD_SIZE,
 ) -> Any:
   """FSDP-style shardings for ``params``: each leaf split along one dimension over ``axis``.
 
@@ -126,9 +124,7 @@ def batch_sharding(mesh: Mesh | AbstractMesh, *, data_axis: str = "data") -> Nam
     P('data',)
   """
   if data_axis not in mesh.axis_names:
-    raise ValueError(
-        f"data_axis={data_axis!r} is not an axis of the mesh; its axes are {mesh.axis_names}."
-    )
+    raise ValueError(f"data_axis={data_axis!r} is not an axis of the mesh; its axes are {mesh.axis_names}.")
   return NamedSharding(mesh, PartitionSpec(data_axis))
 
 
@@ -167,9 +163,9 @@ def shard_batch(local_batch: Any, mesh: Mesh, *, data_axis: str = "data") -> Any
     owners.setdefault(index[data_dim], set()).add(device.process_index)
   if any(len(procs) > 1 for procs in owners.values()):
     raise ValueError(
-        f"each slice of {data_axis!r} must live on one process, so that processes hold "
-        "disjoint parts of the batch; make the other mesh axes fit within a process "
-        "(e.g. make_mesh(num_model=k) with k dividing jax.local_device_count())."
+      f"each slice of {data_axis!r} must live on one process, so that processes hold "
+      "disjoint parts of the batch; make the other mesh axes fit within a process "
+      "(e.g. make_mesh(num_model=k) with k dividing jax.local_device_count())."
     )
 
   def put(x: Any) -> jax.Array:
@@ -177,8 +173,8 @@ def shard_batch(local_batch: Any, mesh: Mesh, *, data_axis: str = "data") -> Any
     global_rows = x.shape[0] * jax.process_count() if x.ndim else 0
     if x.ndim == 0 or global_rows % num_shards:
       raise ValueError(
-          f"batch leaves need a leading dimension divisible over {num_shards} devices of "
-          f"{data_axis!r}; got a leaf of shape {x.shape} (global rows {global_rows})."
+        f"batch leaves need a leading dimension divisible over {num_shards} devices of "
+        f"{data_axis!r}; got a leaf of shape {x.shape} (global rows {global_rows})."
       )
     return jax.make_array_from_process_local_data(sharding, x)
 
@@ -199,6 +195,7 @@ def to_host(tree: Any) -> Any:
     >>> type(host["x"]).__name__, float(host["x"].sum())
     ('ndarray', 120.0)
   """
+
   def fetch(x: Any) -> np.ndarray:
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
       return np.asarray(multihost_utils.process_allgather(x, tiled=True))

@@ -62,9 +62,9 @@ def check_shardings(grads: optax.Updates, params: optax.Params, *, name: str = "
 def placed_like(params: optax.Params, shardings: Any) -> Any:
   """:class:`jax.ShapeDtypeStruct` of ``params`` on ``shardings``: the layout :func:`check_placed` wants."""
   return jax.tree.map(
-      lambda p, s: jax.ShapeDtypeStruct(np.shape(p), jax.numpy.result_type(p), sharding=s),
-      params,
-      shardings,
+    lambda p, s: jax.ShapeDtypeStruct(np.shape(p), jax.numpy.result_type(p), sharding=s),
+    params,
+    shardings,
   )
 
 
@@ -76,7 +76,7 @@ def check_placed(params: optax.Params, wanted: Any) -> None:
   got, expected = jax.tree.structure(params), jax.tree.structure(wanted)
   if got != expected:
     raise ValueError(
-        f"params must have the tree structure the step was built for; got {got}, expected {expected}."
+      f"params must have the tree structure the step was built for; got {got}, expected {expected}."
     )
   check_layout(params, wanted, "params", "param_shardings")
 
@@ -94,9 +94,9 @@ def check_layout(tree: Any, reference: Any, name: str, reference_name: str) -> N
     if not _same_sharding(g_sharding, p_sharding, np.ndim(p)):
       where = jax.tree_util.keystr(path) or "<root>"
       raise ValueError(
-          f"{name} leaf {where} has sharding {g_sharding}, but {reference_name} has sharding "
-          f"{p_sharding}; place it with jax.device_put(x, sharding) or produce it under "
-          "jax.jit(..., out_shardings=...)."
+        f"{name} leaf {where} has sharding {g_sharding}, but {reference_name} has sharding "
+        f"{p_sharding}; place it with jax.device_put(x, sharding) or produce it under "
+        "jax.jit(..., out_shardings=...)."
       )
 
 

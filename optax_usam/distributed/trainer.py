@@ -80,15 +80,15 @@ class ShardedTrainer(NamedTuple):
 
 
 def make_sharded_trainer(
-    loss_fn: LossFn,
-    base_optimizer: optax.GradientTransformation,
-    params: optax.Params,
-    *,
-    mesh: Mesh,
-    data_axis: str = "data",
-    per_device_perturbation: bool = False,
-    param_shardings: Any = None,
-    **sam_kwargs: Any,
+  loss_fn: LossFn,
+  base_optimizer: optax.GradientTransformation,
+  params: optax.Params,
+  *,
+  mesh: Mesh,
+  data_axis: str = "data",
+  per_device_perturbation: bool = False,
+  param_shardings: Any = None,
+  **sam_kwargs: Any,
 ) -> ShardedTrainer:
   r"""A jitted data-parallel (and optionally FSDP) Unified SAM step over ``mesh``.
 
@@ -160,9 +160,7 @@ def make_sharded_trainer(
     0.1283
   """
   if data_axis not in mesh.axis_names:
-    raise ValueError(
-        f"data_axis={data_axis!r} is not an axis of the mesh; its axes are {mesh.axis_names}."
-    )
+    raise ValueError(f"data_axis={data_axis!r} is not an axis of the mesh; its axes are {mesh.axis_names}.")
   if not isinstance(per_device_perturbation, bool):
     raise TypeError(f"per_device_perturbation must be a bool; got {per_device_perturbation!r}.")
   if not callable(loss_fn):
@@ -170,8 +168,8 @@ def make_sharded_trainer(
   for name in _TRAINER_OWNED:
     if name in sam_kwargs:
       raise ValueError(
-          f"make_sharded_trainer sets unified_sam's {name} itself (from per_device_perturbation "
-          f"and data_axis); remove {name}={sam_kwargs[name]!r}."
+        f"make_sharded_trainer sets unified_sam's {name} itself (from per_device_perturbation "
+        f"and data_axis); remove {name}={sam_kwargs[name]!r}."
       )
   # With a single data shard both forms coincide; a manual axis of size 1 also
   # trips an XLA partitioner check, so that case takes the jit path.
@@ -183,11 +181,11 @@ def make_sharded_trainer(
     # Only the data axis is manual: a parameter axis stays under the compiler's
     # control, so FSDP-sharded parameters keep working inside.
     body = jax.shard_map(
-        _per_device(one_step, data_axis),
-        mesh=mesh,
-        in_specs=(PartitionSpec(), PartitionSpec(), PartitionSpec(data_axis)),
-        out_specs=(PartitionSpec(), PartitionSpec(), PartitionSpec()),
-        axis_names={data_axis},
+      _per_device(one_step, data_axis),
+      mesh=mesh,
+      in_specs=(PartitionSpec(), PartitionSpec(), PartitionSpec(data_axis)),
+      out_specs=(PartitionSpec(), PartitionSpec(), PartitionSpec()),
+      axis_names={data_axis},
     )
   else:
     body = lambda params, opt_state, batch: one_step(params, opt_state, batch, params)
@@ -195,14 +193,14 @@ def make_sharded_trainer(
   replicated = NamedSharding(mesh, PartitionSpec())
   p_sh = jax.tree.map(lambda _: replicated, params) if param_shardings is None else param_shardings
   s_sh = optax.tree_map_params(
-      tx, lambda _, s: s, jax.eval_shape(tx.init, params), p_sh, transform_non_params=lambda _: replicated
+    tx, lambda _, s: s, jax.eval_shape(tx.init, params), p_sh, transform_non_params=lambda _: replicated
   )
   jitted_init = jax.jit(tx.init, in_shardings=(p_sh,), out_shardings=s_sh)
   jitted_step = jax.jit(
-      body,
-      in_shardings=(p_sh, s_sh, batch_sharding(mesh, data_axis=data_axis)),
-      out_shardings=(p_sh, s_sh, replicated),
-      donate_argnums=(0, 1),
+    body,
+    in_shardings=(p_sh, s_sh, batch_sharding(mesh, data_axis=data_axis)),
+    out_shardings=(p_sh, s_sh, replicated),
+    donate_argnums=(0, 1),
   )
 
   wanted = placed_like(params, p_sh)
@@ -218,11 +216,14 @@ def make_sharded_trainer(
 def _bound_loss(loss_fn: LossFn, per_device: bool, data_axis: str) -> LossFn:
   """``loss_fn``, with JAX's NameError for an axis the step does not bind turned into a ValueError."""
   if per_device:
-    bound = (f"with per_device_perturbation=True the step binds only data_axis={data_axis!r} "
-             "(jax.shard_map); the other mesh axes stay with the compiler")
+    bound = (
+      f"with per_device_perturbation=True the step binds only data_axis={data_axis!r} "
+      "(jax.shard_map); the other mesh axes stay with the compiler"
+    )
   else:
-    bound = ("with per_device_perturbation=False the step runs under jax.jit on the global batch and "
-             "binds no axis")
+    bound = (
+      "with per_device_perturbation=False the step runs under jax.jit on the global batch and binds no axis"
+    )
 
   def checked_loss(p: optax.Params, batch: Any) -> chex.Array:
     try:
@@ -232,22 +233,22 @@ def _bound_loss(loss_fn: LossFn, per_device: bool, data_axis: str) -> LossFn:
       if match is None:
         raise
       raise ValueError(
-          f"loss_fn uses axis {match.group(1)!r}, which is not bound here: {bound}. Make loss_fn a plain "
-          "mean over its batch, with no collective: the step averages it over devices itself."
+        f"loss_fn uses axis {match.group(1)!r}, which is not bound here: {bound}. Make loss_fn a plain "
+        "mean over its batch, with no collective: the step averages it over devices itself."
       ) from err
 
   return checked_loss
 
 
 def _one_step(
-    loss_fn: LossFn,
-    sam_tx: optax.GradientTransformationExtraArgs,
-    base_optimizer: optax.GradientTransformation,
+  loss_fn: LossFn,
+  sam_tx: optax.GradientTransformationExtraArgs,
+  base_optimizer: optax.GradientTransformation,
 ) -> Callable[..., StepResult]:
   """The step, with the gradients taken at ``local`` (``params`` up to the sharding type)."""
 
   def one_step(
-      params: optax.Params, opt_state: optax.OptState, batch: Any, local: optax.Params
+    params: optax.Params, opt_state: optax.OptState, batch: Any, local: optax.Params
   ) -> StepResult:
     sam_state, base_state = opt_state
     if needs_fresh_gradient(sam_state):

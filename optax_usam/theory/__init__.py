@@ -61,12 +61,12 @@ from optax_usam.theory.epoch_schedules import diminish_schedule
 from optax_usam.theory.pl import StepSchedules, StepSizes, pl_constant_steps, pl_decreasing_schedules
 
 __all__ = [
-    "StepSchedules",
-    "StepSizes",
-    "almost_constant_radius",
-    "almost_constant_schedules",
-    "diminish_schedule",
-    "diminishing_step_size",
-    "pl_constant_steps",
-    "pl_decreasing_schedules",
+  "StepSchedules",
+  "StepSizes",
+  "almost_constant_radius",
+  "almost_constant_schedules",
+  "diminish_schedule",
+  "diminishing_step_size",
+  "pl_constant_steps",
+  "pl_decreasing_schedules",
 ]

@@ -93,11 +93,11 @@ def diminishing_step_size(init_value: chex.Numeric, power: chex.Numeric = 1.0) -
 
 
 def almost_constant_schedules(
-    gamma: chex.Numeric,
-    rho: chex.Numeric,
-    *,
-    step_power: chex.Numeric = 1.0,
-    radius_power: chex.Numeric = 1e-3,
+  gamma: chex.Numeric,
+  rho: chex.Numeric,
+  *,
+  step_power: chex.Numeric = 1.0,
+  radius_power: chex.Numeric = 1e-3,
 ) -> StepSchedules:
   r"""Diminishing steps with an almost constant radius, for SAM without the PL condition.
 
