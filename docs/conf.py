@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-# The docs document the working tree, not whatever optax_usam happens to be installed.
-sys.path.insert(0, str(ROOT))
-
-import optax_usam  # noqa: E402
+# The package is installed in editable mode (make venv), so the docs document the working tree.
+import optax_usam
 
 project = "optax_usam"
 author = "optax_usam authors"

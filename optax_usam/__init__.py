@@ -1,36 +1,25 @@
 """optax_usam: Unified SAM (Oikonomou & Loizou, ICLR 2025) for JAX and Optax."""
 
-from optax_usam import distributed, sampling, theory
-from optax_usam._validation import ASCENT_SOURCES, LAMBDA_STRINGS
+from optax_usam import distributed, sampling, schedules, theory
 from optax_usam.accumulation import microbatch_grad_fn
 from optax_usam.ascent import AscentDirection
-from optax_usam.cheaper import RandomizedState, ReuseState, randomized_sam, reuse_sam, sub_batch
-from optax_usam.diagnostics import find_state, get_diagnostics, needs_fresh_gradient
+from optax_usam.cheaper import randomized_sam, reuse_sam
+from optax_usam.diagnostics import get_diagnostics, needs_fresh_gradient
 from optax_usam.directions import friendly_sam, momentum_sam, vasso
 from optax_usam.gsam import gsam
-from optax_usam.perturbation import Perturbed, adaptive_scales, global_norm, perturb
+from optax_usam.perturbation import perturb
 from optax_usam.random_smoothing import random_smoothing_sam
 from optax_usam.transform import UnifiedSAMState, sam, unified_sam, usam
 
 __version__ = "0.1.0"
 
 __all__ = [
-  "ASCENT_SOURCES",
-  "LAMBDA_STRINGS",
   "AscentDirection",
-  "Perturbed",
-  "RandomizedState",
-  "ReuseState",
   "SAMTrainState",
   "UnifiedSAMState",
-  "adaptive_scales",
   "distributed",
-  "find_state",
-  "flax_linen",
-  "flax_nnx",
   "friendly_sam",
   "get_diagnostics",
-  "global_norm",
   "gsam",
   "linen_train_step",
   "microbatch_grad_fn",
@@ -43,7 +32,7 @@ __all__ = [
   "sam",
   "sam_update",
   "sampling",
-  "sub_batch",
+  "schedules",
   "theory",
   "unified_sam",
   "usam",

@@ -6,6 +6,7 @@ draw helpers serve the samplers there.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -13,6 +14,8 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from optax_usam import _validation
 
 
 class Batch(NamedTuple):
@@ -109,3 +112,14 @@ def batch_grad_fn(
   rule). See :func:`batch_loss_fn` for the arguments.
   """
   return jax.grad(batch_loss_fn(per_example_loss, data, batch))
+
+
+def first_fraction(batch: Any, fraction: float) -> Any:
+  """The first ``ceil(fraction * n)`` examples of every leaf of ``batch`` (leading axis n), at least one.
+
+  The batch of sub-batch ascent (``linen_train_step(ascent_fraction=)``); shapes are static, so it compiles
+  once.
+  """
+  fraction = _validation.check_unit_interval(fraction, "ascent_fraction", open_at_zero=True)
+  keep = max(1, math.ceil(fraction * _validation.leading_size(batch)))
+  return jax.tree.map(lambda x: x[:keep], batch)

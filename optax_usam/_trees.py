@@ -1,9 +1,10 @@
-"""Predicates on pytrees, shared by the algorithm and its checks; they raise nothing."""
+"""Predicates and the global norm on pytrees, shared by the algorithm and its checks; they raise nothing."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -33,3 +34,30 @@ def is_mask_function(mask: Any) -> bool:
   """
   leaves = jax.tree.leaves(mask)
   return bool(leaves) and all(callable(leaf) for leaf in leaves)
+
+
+def global_norm(tree: Any, dtype: jnp.dtype | None = None) -> chex.Array:
+  r"""Global L2 norm over the floating leaves of ``tree``, exact up to the largest representable norm.
+
+  Each leaf is squared and summed in ``dtype`` (default: float32, or float64
+  if a leaf is), so bfloat16 and float16 gradients neither
+  overflow at float16's 65504 nor lose the sum to rounding. The same pass
+  also sums the squares of the leaves scaled by :math:`2^{-e}` (:math:`e`
+  half the exponent range, 64 in float32: an exact scaling), and the norm is
+  read from it when the plain sum of squares overflows (in float32: norms
+  above about 1.8e19), so a norm of 1e30 is exact, not ``inf``. An infinite
+  entry gives ``inf``, a NaN gives NaN. Norms below about 1e-19 (float32)
+  read 0: their squares underflow, and there ``eps`` = 1e-12 dominates the
+  denominator of :func:`optax_usam.perturb` anyway. Non-floating leaves are ignored.
+
+  """
+  dtype = accumulation_dtype(tree) if dtype is None else dtype
+  finfo = jnp.finfo(dtype)
+  shift = 2.0 ** (int(finfo.maxexp) // 2)
+  plain = scaled = jnp.zeros((), dtype)
+  for x in jax.tree.leaves(tree):
+    if is_float_leaf(x):
+      x = jnp.abs(x).astype(dtype)
+      plain = plain + jnp.sum(jnp.square(x))
+      scaled = scaled + jnp.sum(jnp.square(x * (1 / shift)))
+  return jnp.where(plain < jnp.inf, jnp.sqrt(plain), shift * jnp.sqrt(scaled))

@@ -51,10 +51,6 @@ def microbatch_grad_fn(
     first gradient of the step.
 
   Examples:
-    >>> import jax
-    >>> import jax.numpy as jnp
-    >>> import optax
-    >>> import optax_usam
     >>> def loss_fn(params, batch):
     ...   return jnp.mean((batch["x"] @ params["w"] - batch["y"]) ** 2)
     >>> batch = {"x": jnp.ones((8, 2)), "y": jnp.arange(8.0)}

@@ -24,6 +24,9 @@ from optax_usam._collectives import pmean
 
 GradFn = Callable[[optax.Params], optax.Updates]
 
+#: Where an ascent direction's transform takes its input from (see :class:`AscentDirection`).
+ASCENT_SOURCES = ("gradient", "previous_sam_gradient", "grad_fn")
+
 
 class AscentDirection(NamedTuple):
   """The direction :math:`d_t` that :func:`optax_usam.unified_sam` normalizes, instead of :math:`g_t`.
@@ -34,7 +37,7 @@ class AscentDirection(NamedTuple):
       ``grad_fn=`` (the same as ``unified_sam.update``'s). Its state lives in
       ``UnifiedSAMState.direction``. ASAM's scales and ``perturb_mask`` apply
       to :math:`d_t` as they would to :math:`g_t`.
-    source: where its input comes from, one of ``optax_usam.ASCENT_SOURCES``:
+    source: where its input comes from, one of ``optax_usam.ascent.ASCENT_SOURCES``:
 
       * ``"gradient"``: the fresh gradient :math:`g_t`, the ``updates`` given
         to ``update`` (two gradients per step, as SAM: VaSSO, F-SAM);
@@ -74,20 +77,20 @@ class GradFnDirectionState(NamedTuple):
   inner: optax.OptState
 
 
-_STATES = dict(
-  zip(
-    _validation.ASCENT_SOURCES,
-    (GradientDirectionState, PreviousDirectionState, GradFnDirectionState),
-    strict=True,
-  )
-)
+_STATES = {
+  "gradient": GradientDirectionState,
+  "previous_sam_gradient": PreviousDirectionState,
+  "grad_fn": GradFnDirectionState,
+}
 
 
-def reads_fresh_gradient(direction_state: Any) -> bool:
-  """Whether a ``UnifiedSAMState.direction`` belongs to a direction built from ``updates``.
+def reads_gradient(direction: AscentDirection | None) -> bool:
+  """Whether ``unified_sam(..., direction=direction)`` reads the fresh gradient :math:`g_t` (``updates``)."""
+  return direction is None or direction.source == "gradient"
 
-  Read from the state's type, so it is known when a step is traced.
-  """
+
+def state_reads_gradient(direction_state: Any) -> bool:
+  """:func:`reads_gradient` from a ``UnifiedSAMState.direction``: its type tells, so it is known under jit."""
   return not isinstance(direction_state, (PreviousDirectionState, GradFnDirectionState))
 
 
@@ -107,10 +110,12 @@ def direction_of_step(
   state: Any,
   params: optax.Params,
   grad_fn: GradFn,
-  axis_name: Hashable | None,
-  sync_perturbation: bool,
+  synchronized_over: Hashable | None,
 ) -> tuple[optax.Updates, Any]:
-  """:math:`d_t` and the direction's state after it; without a direction, :math:`d_t = g_t` = ``updates``."""
+  """:math:`d_t` and the direction's state after it; without a direction, :math:`d_t = g_t` = ``updates``.
+
+  ``synchronized_over``: the axis over which every device must perturb alike, or None.
+  """
   if direction is None:
     return updates, state
   if direction.source == "previous_sam_gradient":
@@ -118,9 +123,9 @@ def direction_of_step(
   transform = optax.with_extra_args_support(direction.transform)
   d, inner = transform.update(updates, state.inner, params, grad_fn=grad_fn)
   _validation.check_matches_params(d, params, "the direction's output d_t", dtypes=False)
-  if direction.source == "grad_fn" and axis_name is not None and sync_perturbation:
+  if direction.source == "grad_fn" and synchronized_over is not None:
     # The transform took its gradients on this device's batch; "gradient" sources read averaged updates.
-    d = pmean(d, axis_name)
+    d = pmean(d, synchronized_over)
   return d, type(state)(inner)
 
 
@@ -139,22 +144,3 @@ def after_step(
   # The stored d keeps its dtypes: a traced hyperparameter (inject_hyperparams) must not promote it.
   d = jax.tree.map(lambda new, old: jnp.asarray(new).astype(jnp.result_type(old)), d, state.direction)
   return PreviousDirectionState(d, inner)
-
-
-class LastPass:
-  """``grad_fn`` for a step that takes no first pass, keeping what its last call computed.
-
-  Built from ``value_and_grad: params -> (value, grads)``; ``value`` (the loss, and whatever else the pass
-  returns) of the last call is in :attr:`value` once ``update`` returns. ``unified_sam`` calls ``grad_fn``
-  in the step's own trace (the wrappers that would call it inside ``lax.cond`` make
-  :func:`optax_usam.needs_fresh_gradient` True), so that value belongs to the same computation: with a
-  one-gradient direction it is the step's only pass, at the ascent point.
-  """
-
-  def __init__(self, value_and_grad: Callable[[optax.Params], tuple[Any, optax.Updates]]) -> None:
-    self._value_and_grad = value_and_grad
-    self.value: Any = None
-
-  def __call__(self, params: optax.Params) -> optax.Updates:
-    self.value, grads = self._value_and_grad(params)
-    return grads

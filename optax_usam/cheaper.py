@@ -13,7 +13,6 @@ count, or the same random key, for every vmapped member).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Hashable
 from typing import Any, NamedTuple
 
@@ -24,8 +23,7 @@ import optax
 
 from optax_usam import _validation
 from optax_usam._collectives import pmean
-from optax_usam._trees import accumulation_dtype, is_float_leaf
-from optax_usam.perturbation import global_norm
+from optax_usam._trees import accumulation_dtype, global_norm, is_float_leaf
 
 
 class ReuseState(NamedTuple):
@@ -98,10 +96,6 @@ def reuse_sam(
       of the one-gradient steps are averaged over it (give ``sam`` the same axis).
 
   Examples:
-    >>> import jax
-    >>> import jax.numpy as jnp
-    >>> import optax
-    >>> import optax_usam
     >>> loss = lambda p: jnp.sum(jnp.cos(p["w"])) + 0.5 * jnp.sum(p["w"] ** 2)
     >>> grad_fn = jax.grad(loss)
     >>> tx = optax.chain(
@@ -187,10 +181,6 @@ def randomized_sam(
       gradient of a skipped step is averaged over it (give ``sam`` the same axis).
 
   Examples:
-    >>> import jax
-    >>> import jax.numpy as jnp
-    >>> import optax
-    >>> import optax_usam
     >>> loss = lambda p: jnp.sum(jnp.cos(p["w"])) + 0.5 * jnp.sum(p["w"] ** 2)
     >>> grad_fn = jax.grad(loss)
     >>> tx = optax.chain(
@@ -199,12 +189,9 @@ def randomized_sam(
     ... )
     >>> params = {"w": jnp.array([1.0, -2.0])}
     >>> opt_state = tx.init(params)
-    >>> @jax.jit
-    ... def step(params, opt_state):
-    ...   updates, opt_state = tx.update(grad_fn(params), opt_state, params, grad_fn=grad_fn)
-    ...   return optax.apply_updates(params, updates), opt_state
     >>> for _ in range(8):
-    ...   params, opt_state = step(params, opt_state)
+    ...   updates, opt_state = tx.update(grad_fn(params), opt_state, params, grad_fn=grad_fn)
+    ...   params = optax.apply_updates(params, updates)
     >>> print(optax_usam.get_diagnostics(opt_state)["count"])  # SAM steps among the 8
     3
 
@@ -232,25 +219,3 @@ def randomized_sam(
     return out, RandomizedState(optax.safe_increment(state.count), jax.random.key_data(key), inner)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def sub_batch(batch: Any, fraction: float) -> Any:
-  """The first ``ceil(fraction * n)`` examples of every leaf of ``batch`` (leading axis n).
-
-  For sub-batch ascent: pass the gradient on ``sub_batch(batch, f)`` as the
-  ``updates`` of :func:`optax_usam.unified_sam` and keep the full batch in
-  ``grad_fn``. The ascent direction is noisier; a step costs
-  :math:`f + 1` gradients instead of 2. Shapes are static, so the
-  result compiles once.
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> import optax_usam
-    >>> batch = {"x": jnp.ones((10, 3)), "y": jnp.arange(10)}
-    >>> small = optax_usam.sub_batch(batch, 0.25)  # ceil(2.5) = 3 examples
-    >>> small["x"].shape, small["y"]
-    ((3, 3), Array([0, 1, 2], dtype=int32))
-  """
-  fraction = _validation.check_unit_interval(fraction, "fraction", open_at_zero=True)
-  keep = max(1, math.ceil(fraction * _validation.leading_size(batch)))
-  return jax.tree.map(lambda x: x[:keep], batch)

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import optax
 
-from optax_usam.ascent import reads_fresh_gradient
+from optax_usam.ascent import state_reads_gradient
 from optax_usam.cheaper import RandomizedState, ReuseState
 from optax_usam.transform import UnifiedSAMState
 
@@ -17,7 +17,7 @@ from optax_usam.transform import UnifiedSAMState
 _READ_UPDATES = (ReuseState, RandomizedState, optax.MultiStepsState)
 
 
-def find_state(opt_state: Any) -> UnifiedSAMState:
+def _find_state(opt_state: Any) -> UnifiedSAMState:
   """Returns the single :class:`UnifiedSAMState` nested anywhere in ``opt_state``.
 
   Works through ``optax.chain`` tuples, ``optax.inject_hyperparams``,
@@ -43,9 +43,6 @@ def get_diagnostics(opt_state: Any) -> dict[str, chex.Array]:
   leaves are wrapped in ``nnx`` variables. Usable inside ``jit`` and outside.
 
   Examples:
-    >>> import jax.numpy as jnp
-    >>> import optax
-    >>> import optax_usam
     >>> tx = optax.chain(optax.inject_hyperparams(optax_usam.sam)(rho=0.05), optax.sgd(0.1))
     >>> params = {"w": jnp.array([3.0, 4.0])}
     >>> opt_state = tx.init(params)
@@ -54,7 +51,7 @@ def get_diagnostics(opt_state: Any) -> dict[str, chex.Array]:
     >>> {k: round(float(v), 4) for k, v in optax_usam.get_diagnostics(opt_state).items()}
     {'count': 1.0, 'grad_norm': 10.0, 'lambd': 1.0, 'rho': 0.05, 'perturbation_norm': 0.05}
   """
-  state = find_state(opt_state)._asdict()
+  state = _find_state(opt_state)._asdict()
   del state["direction"]  # the direction's own state (buffers), not a diagnostic
   return {name: _unwrap(value) for name, value in state.items()}
 
@@ -75,10 +72,6 @@ def needs_fresh_gradient(opt_state: Any) -> bool:
   skip the first pass with it.
 
   Examples:
-    >>> import jax
-    >>> import jax.numpy as jnp
-    >>> import optax
-    >>> import optax_usam
     >>> loss = lambda p: jnp.sum(p["w"] ** 2)
     >>> tx = optax.chain(optax_usam.momentum_sam(rho=0.05), optax.sgd(0.1, momentum=0.9))
     >>> params = {"w": jnp.array([3.0, 4.0])}
@@ -94,7 +87,7 @@ def needs_fresh_gradient(opt_state: Any) -> bool:
   sam_states = [s for s in nodes if isinstance(s, UnifiedSAMState)]
   if not sam_states or any(isinstance(s, _READ_UPDATES) for s in nodes):
     return True
-  return any(reads_fresh_gradient(s.direction) for s in sam_states)
+  return any(state_reads_gradient(s.direction) for s in sam_states)
 
 
 def _unwrap(value: Any) -> chex.Array:

@@ -11,7 +11,6 @@ RSAM is in ``random_smoothing.py``, GSAM in ``gsam.py``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
 import chex
@@ -21,9 +20,7 @@ import optax
 
 from optax_usam import _validation
 from optax_usam.ascent import AscentDirection
-from optax_usam.transform import unified_sam
-
-Lambda = float | str | Callable[[chex.Numeric], chex.Numeric]
+from optax_usam.transform import LambdaSchedule, Radius, Transformation, unified_sam, with_sam_options
 
 
 class AveragesState(NamedTuple):
@@ -79,20 +76,10 @@ def friendly_direction(sigma: chex.Numeric, momentum: chex.Numeric) -> optax.Gra
   return optax.GradientTransformation(init, update)
 
 
+@with_sam_options
 def vasso(
-  rho: float | optax.ScalarOrSchedule,
-  theta: float = 0.9,
-  lambd_schedule: Lambda = 1.0,
-  *,
-  eps: float = 1e-12,
-  axis_name: Hashable | None = None,
-  sync_perturbation: bool = True,
-  adaptive: bool = False,
-  adaptive_eta: float = 0.01,
-  adaptive_mask: Any = None,
-  perturb_mask: Any = None,
-  check_values: bool = False,
-) -> optax.GradientTransformationExtraArgs:
+  rho: Radius, theta: float = 0.9, lambd_schedule: LambdaSchedule = 1.0, **options: Any
+) -> Transformation:
   r"""VaSSO (Li & Giannakis, NeurIPS 2023): SAM along an average of the stochastic gradients.
 
   .. math::
@@ -111,15 +98,10 @@ def vasso(
       the default of the authors' code.
     lambd_schedule: :math:`\lambda_t`, as in :func:`optax_usam.unified_sam`;
       1 (the default) is the paper's method.
-    eps: as in :func:`optax_usam.unified_sam`, like the remaining arguments
-      (``axis_name``, ``sync_perturbation``, ``adaptive``, ``adaptive_eta``,
-      ``adaptive_mask``, ``perturb_mask``, ``check_values``).
+    **options: the keyword options of :func:`optax_usam.unified_sam` (``eps``,
+      ``axis_name``, ``adaptive``, ``perturb_mask``, ...), but ``direction``.
 
   Examples:
-    >>> import jax
-    >>> import jax.numpy as jnp
-    >>> import optax
-    >>> import optax_usam
     >>> loss = lambda p: jnp.sum(p["w"] ** 2)
     >>> tx = optax.chain(optax_usam.vasso(rho=0.05, theta=0.4), optax.sgd(0.1))
     >>> params = {"w": jnp.array([3.0, 4.0])}
@@ -143,35 +125,14 @@ def vasso(
   """
   theta = _validation.check_interval(theta, "theta", 0.0, 1.0)
   return unified_sam(
-    rho,
-    lambd_schedule,
-    eps=eps,
-    axis_name=axis_name,
-    sync_perturbation=sync_perturbation,
-    adaptive=adaptive,
-    adaptive_eta=adaptive_eta,
-    adaptive_mask=adaptive_mask,
-    perturb_mask=perturb_mask,
-    check_values=check_values,
-    direction=AscentDirection(vasso_average(theta), "gradient"),
+    rho, lambd_schedule, direction=AscentDirection(vasso_average(theta), "gradient"), **options
   )
 
 
+@with_sam_options
 def friendly_sam(
-  rho: float | optax.ScalarOrSchedule,
-  sigma: float = 1.0,
-  momentum: float = 0.9,
-  lambd_schedule: Lambda = 1.0,
-  *,
-  eps: float = 1e-12,
-  axis_name: Hashable | None = None,
-  sync_perturbation: bool = True,
-  adaptive: bool = False,
-  adaptive_eta: float = 0.01,
-  adaptive_mask: Any = None,
-  perturb_mask: Any = None,
-  check_values: bool = False,
-) -> optax.GradientTransformationExtraArgs:
+  rho: Radius, sigma: float = 1.0, momentum: float = 0.9, lambd_schedule: LambdaSchedule = 1.0, **options: Any
+) -> Transformation:
   r"""F-SAM, Friendly SAM (Li et al., CVPR 2024): SAM along the stochastic part of the gradient.
 
   .. math::
@@ -192,18 +153,14 @@ def friendly_sam(
       default of the authors' optimizer class; their example script uses 0.95).
     lambd_schedule: :math:`\lambda_t`, as in :func:`optax_usam.unified_sam`;
       1 (the default) is the paper's method.
-    eps: as in :func:`optax_usam.unified_sam`, like the remaining arguments.
+    **options: the keyword options of :func:`optax_usam.unified_sam` (``eps``,
+      ``axis_name``, ``adaptive``, ``perturb_mask``, ...), but ``direction``.
 
   Examples:
-    >>> import jax
-    >>> import jax.numpy as jnp
-    >>> import optax
-    >>> import optax_usam
-    >>> loss = lambda p: jnp.sum(jnp.cos(p["w"]))
+    >>> grad_fn = jax.grad(lambda p: jnp.sum(jnp.cos(p["w"])))
     >>> tx = optax.chain(optax_usam.friendly_sam(rho=0.05), optax.sgd(0.1))
     >>> params = {"w": jnp.array([1.0, -2.0])}
     >>> opt_state = tx.init(params)
-    >>> grad_fn = jax.grad(loss)
     >>> for _ in range(3):
     ...   updates, opt_state = tx.update(grad_fn(params), opt_state, params, grad_fn=grad_fn)
     ...   params = optax.apply_updates(params, updates)
@@ -224,34 +181,14 @@ def friendly_sam(
   sigma = _validation.check_nonnegative(sigma, "sigma", traced=True)
   momentum = _validation.check_interval(momentum, "momentum", 0.0, 1.0, open_high=True)
   return unified_sam(
-    rho,
-    lambd_schedule,
-    eps=eps,
-    axis_name=axis_name,
-    sync_perturbation=sync_perturbation,
-    adaptive=adaptive,
-    adaptive_eta=adaptive_eta,
-    adaptive_mask=adaptive_mask,
-    perturb_mask=perturb_mask,
-    check_values=check_values,
-    direction=AscentDirection(friendly_direction(sigma, momentum), "gradient"),
+    rho, lambd_schedule, direction=AscentDirection(friendly_direction(sigma, momentum), "gradient"), **options
   )
 
 
+@with_sam_options
 def momentum_sam(
-  rho: float | optax.ScalarOrSchedule,
-  momentum: float = 0.9,
-  lambd_schedule: Lambda = 1.0,
-  *,
-  eps: float = 1e-12,
-  axis_name: Hashable | None = None,
-  sync_perturbation: bool = True,
-  adaptive: bool = False,
-  adaptive_eta: float = 0.01,
-  adaptive_mask: Any = None,
-  perturb_mask: Any = None,
-  check_values: bool = False,
-) -> optax.GradientTransformationExtraArgs:
+  rho: Radius, momentum: float = 0.9, lambd_schedule: LambdaSchedule = 1.0, **options: Any
+) -> Transformation:
   r"""Momentum-SAM (Becker et al. 2024): SAM along the negative momentum, at the cost of SGD.
 
   .. math::
@@ -276,13 +213,10 @@ def momentum_sam(
     momentum: :math:`\mu \in [0, 1)` (0.9, as in the authors' code).
     lambd_schedule: :math:`\lambda_t`, as in :func:`optax_usam.unified_sam`;
       1 (the default) is the paper's method.
-    eps: as in :func:`optax_usam.unified_sam`, like the remaining arguments.
+    **options: the keyword options of :func:`optax_usam.unified_sam` (``eps``,
+      ``axis_name``, ``adaptive``, ``perturb_mask``, ...), but ``direction``.
 
   Examples:
-    >>> import jax
-    >>> import jax.numpy as jnp
-    >>> import optax
-    >>> import optax_usam
     >>> loss = lambda p: jnp.sum(p["w"] ** 2)
     >>> tx = optax.chain(optax_usam.momentum_sam(rho=0.05), optax.sgd(0.1, momentum=0.9))
     >>> params = {"w": jnp.array([3.0, 4.0])}
@@ -305,15 +239,5 @@ def momentum_sam(
   momentum = _validation.check_interval(momentum, "momentum", 0.0, 1.0, open_high=True)
   transform = optax.chain(optax.trace(decay=momentum), optax.scale(-1.0))
   return unified_sam(
-    rho,
-    lambd_schedule,
-    eps=eps,
-    axis_name=axis_name,
-    sync_perturbation=sync_perturbation,
-    adaptive=adaptive,
-    adaptive_eta=adaptive_eta,
-    adaptive_mask=adaptive_mask,
-    perturb_mask=perturb_mask,
-    check_values=check_values,
-    direction=AscentDirection(transform, "previous_sam_gradient"),
+    rho, lambd_schedule, direction=AscentDirection(transform, "previous_sam_gradient"), **options
   )

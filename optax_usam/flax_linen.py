@@ -20,9 +20,9 @@ import optax
 from flax import struct
 from flax.training import train_state
 
+from optax_usam._batches import first_fraction
 from optax_usam._collectives import pmean
-from optax_usam.ascent import LastPass
-from optax_usam.cheaper import sub_batch
+from optax_usam._passes import sam_passes
 from optax_usam.diagnostics import needs_fresh_gradient
 
 Params = Any
@@ -43,8 +43,6 @@ class SAMTrainState(train_state.TrainState):
 
   Examples:
     >>> import flax.linen as nn
-    >>> import jax.numpy as jnp
-    >>> import optax_usam
     >>> from optax_usam.flax_linen import SAMTrainState
     >>> model = nn.Dense(2)
     >>> x, y = jnp.ones((4, 3)), jnp.zeros((4, 2))
@@ -156,7 +154,7 @@ def linen_train_step(
       gradients are averaged by ``unified_sam(axis_name=...)`` itself.
     ascent_fraction: sub-batch ascent: take the first pass (the ascent
       direction, the reported loss and the new batch statistics) on the first
-      ``ceil(fraction * n)`` examples only (:func:`optax_usam.sub_batch`); the
+      ``ceil(fraction * n)`` examples only; the
       gradient at the ascent point still uses the whole batch. A step then
       costs ``1 + fraction`` gradients instead of 2. Not with an optimizer
       that takes no first pass.
@@ -167,8 +165,6 @@ def linen_train_step(
   Examples:
     >>> import functools
     >>> import flax.linen as nn
-    >>> import jax.numpy as jnp
-    >>> import optax_usam
     >>> from optax_usam.flax_linen import SAMTrainState, linen_train_step
     >>> class Net(nn.Module):
     ...   @nn.compact
@@ -191,36 +187,22 @@ def linen_train_step(
     >>> int(state.step), out.aux.shape
     (1, (8, 2))
   """
-  batch_stats = state.batch_stats
-  if not needs_fresh_gradient(state.opt_state):
-    if ascent_fraction is not None:
-      raise ValueError(
-        "ascent_fraction sets the batch of the first pass, but this optimizer takes none "
-        "(optax_usam.needs_fresh_gradient(state.opt_state) is False): leave it None."
-      )
-    return _one_pass_step(state, batch, loss_fn, rng, axis_name)
+  if ascent_fraction is not None and not needs_fresh_gradient(state.opt_state):
+    raise ValueError(
+      "ascent_fraction sets the batch of the first pass, but this optimizer takes none "
+      "(optax_usam.needs_fresh_gradient(state.opt_state) is False): leave it None."
+    )
+  first_batch = batch if ascent_fraction is None else first_fraction(batch, ascent_fraction)
 
-  def grad_fn(params: Params) -> optax.Updates:
-    grads, _ = jax.grad(loss_fn, has_aux=True)(params, batch_stats, batch, rng)
-    return grads
+  def value_and_grad(params: Params, batch: Any = batch) -> tuple[Any, optax.Updates]:
+    return jax.value_and_grad(loss_fn, has_aux=True)(params, state.batch_stats, batch, rng)
 
-  first_batch = batch if ascent_fraction is None else sub_batch(batch, ascent_fraction)
-  (loss, (new_batch_stats, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-    state.params, batch_stats, first_batch, rng
+  state, (loss, (new_batch_stats, aux)) = sam_passes(
+    state.opt_state,
+    lambda: value_and_grad(state.params, first_batch),
+    value_and_grad,
+    lambda grads, grad_fn: state.apply_gradients(grads=grads, grad_fn=grad_fn),
   )
-  if axis_name is not None:
-    new_batch_stats, loss = pmean((new_batch_stats, loss), axis_name)
-  state = state.apply_gradients(grads=grads, grad_fn=grad_fn, batch_stats=new_batch_stats)
-  return state, StepOutput(loss, aux)
-
-
-def _one_pass_step(
-  state: SAMTrainState, batch: Any, loss_fn: LossFn, rng: chex.PRNGKey | None, axis_name: Hashable | None
-) -> tuple[SAMTrainState, StepOutput]:
-  """:func:`linen_train_step` without the first pass: loss, aux, statistics of the last ``grad_fn`` pass."""
-  grad_fn = LastPass(lambda p: jax.value_and_grad(loss_fn, has_aux=True)(p, state.batch_stats, batch, rng))
-  state = state.apply_gradients(grads=None, grad_fn=grad_fn)
-  loss, (new_batch_stats, aux) = grad_fn.value
   if axis_name is not None:
     new_batch_stats, loss = pmean((new_batch_stats, loss), axis_name)
   return state.replace(batch_stats=new_batch_stats), StepOutput(loss, aux)

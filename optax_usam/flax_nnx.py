@@ -17,11 +17,9 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import optax
 from flax import nnx
 
-from optax_usam.ascent import LastPass
-from optax_usam.diagnostics import needs_fresh_gradient
+from optax_usam._passes import sam_passes
 
 
 def sam_update(
@@ -61,8 +59,6 @@ def sam_update(
     without a first pass, what the pass at the ascent point returned.
 
   Examples:
-    >>> import jax.numpy as jnp
-    >>> import optax_usam
     >>> class Net(nnx.Module):
     ...   def __init__(self, rngs):
     ...     self.dense, self.bn = nnx.Linear(3, 8, rngs=rngs), nnx.BatchNorm(8, rngs=rngs)
@@ -87,43 +83,26 @@ def sam_update(
   # Arrays are immutable: this snapshot keeps the pre-step statistics and RNG
   # counts while the first pass updates the model's own variables.
   rest = nnx.as_pure(rest)
-  if not needs_fresh_gradient(optimizer.opt_state):
-    return _one_pass_update(model, optimizer, loss_fn, args, (graphdef, rest), has_aux)
 
-  def perturbed_loss(params: nnx.State) -> Any:
-    return loss_fn(nnx.merge(graphdef, params, rest), *args)
-
-  def grad_fn(params: nnx.State) -> optax.Updates:
-    grads = jax.grad(perturbed_loss, has_aux=has_aux)(params)
-    return grads[0] if has_aux else grads
-
-  diff = nnx.DiffState(0, wrt)
-  out, grads = nnx.value_and_grad(loss_fn, argnums=diff, has_aux=has_aux)(model, *args)
-  optimizer.update(model, grads, grad_fn=grad_fn)
-  return out
-
-
-def _one_pass_update(
-  model: nnx.Module,
-  optimizer: nnx.Optimizer,
-  loss_fn: Callable[..., Any],
-  args: tuple[Any, ...],
-  snapshot: tuple[Any, nnx.State],
-  has_aux: bool,
-) -> Any:
-  """:func:`sam_update` without the first pass: the model keeps what the last ``grad_fn`` pass wrote."""
-  graphdef, rest = snapshot
-
-  def loss_and_state(params: nnx.State) -> Any:
+  def loss_and_writes(params: nnx.State) -> tuple[Any, tuple[Any, nnx.State]]:
     copy = nnx.merge(graphdef, params, rest)
     out = loss_fn(copy, *args)
     # What the pass wrote to the copy (statistics, RNG counts), without the parameters.
-    new_rest = nnx.as_pure(nnx.split(copy, optimizer.wrt, ...)[2])
-    return (out[0] if has_aux else out), (out, new_rest)
+    writes = nnx.as_pure(nnx.split(copy, wrt, ...)[2])
+    return (out[0] if has_aux else out), (out, writes)
 
-  grad_fn = LastPass(lambda p: jax.grad(loss_and_state, has_aux=True)(p)[::-1])
+  def first_pass() -> tuple[tuple[Any, None], nnx.State]:
+    out, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt), has_aux=has_aux)(model, *args)
+    return (out, None), grads
+
   # nnx.Optimizer.update turns grads=None into an empty state, which unified_sam reads as no gradient.
-  optimizer.update(model, None, grad_fn=grad_fn)
-  out, new_rest = grad_fn.value
-  nnx.update(model, new_rest)
+  _, (out, writes) = sam_passes(
+    optimizer.opt_state,
+    first_pass,
+    lambda params: jax.grad(loss_and_writes, has_aux=True)(params)[::-1],
+    lambda grads, grad_fn: optimizer.update(model, grads, grad_fn=grad_fn),
+  )
+  if writes is not None:
+    # No first pass: the model keeps what the pass at the ascent point wrote.
+    nnx.update(model, writes)
   return out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from typing import Any
 
 import chex
@@ -13,7 +13,14 @@ import optax
 from optax_usam import _validation
 from optax_usam._collectives import pmean
 from optax_usam._trees import accumulation_dtype, is_float_leaf
-from optax_usam.transform import UnifiedSAMState, unified_sam
+from optax_usam.transform import (
+  LambdaSchedule,
+  Radius,
+  Transformation,
+  UnifiedSAMState,
+  unified_sam,
+  with_sam_options,
+)
 
 GradFn = Callable[[optax.Params], optax.Updates]
 
@@ -50,20 +57,8 @@ def surrogate_gap_step(
   return jax.tree.unflatten(jax.tree.structure(g_sam), out)
 
 
-def gsam(
-  rho: float | optax.ScalarOrSchedule,
-  alpha: float,
-  lambd_schedule: float | str | Callable[[chex.Numeric], chex.Numeric] = 1.0,
-  *,
-  eps: float = 1e-12,
-  axis_name: Hashable | None = None,
-  sync_perturbation: bool = True,
-  adaptive: bool = False,
-  adaptive_eta: float = 0.01,
-  adaptive_mask: Any = None,
-  perturb_mask: Any = None,
-  check_values: bool = False,
-) -> optax.GradientTransformationExtraArgs:
+@with_sam_options
+def gsam(rho: Radius, alpha: float, lambd_schedule: LambdaSchedule = 1.0, **options: Any) -> Transformation:
   r"""GSAM (Zhuang et al., ICLR 2022): Unified SAM plus a step that shrinks the surrogate gap.
 
   .. math::
@@ -89,13 +84,10 @@ def gsam(
     alpha: :math:`\alpha \ge 0`, the weight of the surrogate-gap step.
     lambd_schedule: :math:`\lambda_t`, as in :func:`optax_usam.unified_sam`;
       1 (the default) is the paper's method.
-    eps: as in :func:`optax_usam.unified_sam`, like the remaining arguments.
+    **options: the keyword options of :func:`optax_usam.unified_sam` (``eps``,
+      ``axis_name``, ``adaptive``, ``perturb_mask``, ...), but ``direction``.
 
   Examples:
-    >>> import jax
-    >>> import jax.numpy as jnp
-    >>> import optax
-    >>> import optax_usam
     >>> loss = lambda p: jnp.sum(jnp.cos(p["w"])) + 0.5 * jnp.sum(p["w"] ** 2)
     >>> tx = optax.chain(optax_usam.gsam(rho=0.05, alpha=0.3), optax.sgd(0.1))
     >>> params = {"w": jnp.array([1.0, -2.0])}
@@ -115,20 +107,11 @@ def gsam(
     SAM); the paper's equation numbers could not be checked here.
   """
   alpha = _validation.check_nonnegative(alpha, "alpha", traced=True)
+  axis_name = options.get("axis_name")
+  sync_perturbation = options.pop("sync_perturbation", True)
   _validation.check_bools(sync_perturbation=sync_perturbation)
   # The wrapper averages g once; the inner transformation then perturbs along it without averaging again.
-  inner = unified_sam(
-    rho,
-    lambd_schedule,
-    eps=eps,
-    axis_name=axis_name,
-    sync_perturbation=False,
-    adaptive=adaptive,
-    adaptive_eta=adaptive_eta,
-    adaptive_mask=adaptive_mask,
-    perturb_mask=perturb_mask,
-    check_values=check_values,
-  )
+  inner = unified_sam(rho, lambd_schedule, sync_perturbation=False, **options)
 
   def update_fn(
     updates: optax.Updates,

@@ -15,41 +15,9 @@ import jax.numpy as jnp
 from jax.experimental import checkify
 
 from optax_usam import _validation
-from optax_usam._trees import accumulation_dtype, is_float_leaf
+from optax_usam._trees import accumulation_dtype, global_norm, is_float_leaf
 
 Params = Any
-
-
-def global_norm(tree: Params, dtype: jnp.dtype | None = None) -> chex.Array:
-  r"""Global L2 norm over the floating leaves of ``tree``, exact up to the largest representable norm.
-
-  Each leaf is squared and summed in ``dtype`` (default: float32, or float64
-  if a leaf is), so bfloat16 and float16 gradients neither
-  overflow at float16's 65504 nor lose the sum to rounding. The same pass
-  also sums the squares of the leaves scaled by :math:`2^{-e}` (:math:`e`
-  half the exponent range, 64 in float32: an exact scaling), and the norm is
-  read from it when the plain sum of squares overflows (in float32: norms
-  above about 1.8e19), so a norm of 1e30 is exact, not ``inf``. An infinite
-  entry gives ``inf``, a NaN gives NaN. Norms below about 1e-19 (float32)
-  read 0: their squares underflow, and there ``eps`` = 1e-12 dominates the
-  denominator of :func:`perturb` anyway. Non-floating leaves are ignored.
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> import optax_usam
-    >>> print(optax_usam.global_norm({"a": jnp.array([3e30, 4e30]), "step": jnp.array(7)}))
-    5e+30
-  """
-  dtype = accumulation_dtype(tree) if dtype is None else dtype
-  finfo = jnp.finfo(dtype)
-  shift = 2.0 ** (int(finfo.maxexp) // 2)
-  plain = scaled = jnp.zeros((), dtype)
-  for x in jax.tree.leaves(tree):
-    if is_float_leaf(x):
-      x = jnp.abs(x).astype(dtype)
-      plain = plain + jnp.sum(jnp.square(x))
-      scaled = scaled + jnp.sum(jnp.square(x * (1 / shift)))
-  return jnp.where(plain < jnp.inf, jnp.sqrt(plain), shift * jnp.sqrt(scaled))
 
 
 class Perturbed(NamedTuple):
@@ -68,10 +36,9 @@ def adaptive_scales(params: Params, eta: chex.Numeric, mask: Any = None) -> Para
   True means adapted. None adapts every floating leaf.
 
   Examples:
-    >>> import jax.numpy as jnp
-    >>> import optax_usam
+    >>> from optax_usam.perturbation import adaptive_scales
     >>> params = {"w": jnp.array([-2.0, 0.5]), "b": jnp.zeros(2)}
-    >>> optax_usam.adaptive_scales(params, eta=0.01, mask={"w": True, "b": False})
+    >>> adaptive_scales(params, eta=0.01, mask={"w": True, "b": False})
     {'b': None, 'w': Array([2.01, 0.51], dtype=float32)}
   """
   leaves, treedef = jax.tree.flatten(params)
@@ -135,9 +102,6 @@ def perturb(
     :math:`\|e\|`, both in the accumulation dtype (float32 or float64).
 
   Examples:
-    >>> import jax
-    >>> import jax.numpy as jnp
-    >>> import optax_usam
     >>> loss = lambda p: jnp.sum(p["w"] ** 2)
     >>> params = {"w": jnp.array([3.0, 4.0])}
     >>> g = jax.grad(loss)(params)  # [6, 8], norm 10

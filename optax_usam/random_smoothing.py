@@ -6,7 +6,6 @@ choice of the steps that run SAM at all).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
 import chex
@@ -17,9 +16,7 @@ import optax
 from optax_usam import _validation
 from optax_usam._trees import is_float_leaf
 from optax_usam.ascent import AscentDirection
-from optax_usam.transform import unified_sam
-
-GradFn = Callable[[optax.Params], optax.Updates]
+from optax_usam.transform import LambdaSchedule, Radius, Transformation, unified_sam, with_sam_options
 
 
 class RandomSmoothingState(NamedTuple):
@@ -72,14 +69,10 @@ def random_smoothing_direction(
     return RandomSmoothingState(jnp.zeros((), jnp.int32), jax.random.key_data(jax.random.key(seed)))
 
   def update(
-    updates: optax.Updates | None,
-    state: RandomSmoothingState,
-    params: optax.Params | None = None,
-    *,
-    grad_fn: GradFn | None = None,
-    **extra_args: Any,
+    updates: optax.Updates | None, state: RandomSmoothingState, params: optax.Params, **extra_args: Any
   ) -> tuple[optax.Updates, RandomSmoothingState]:
-    del updates, extra_args
+    del updates
+    grad_fn = extra_args["grad_fn"]  # unified_sam passes the one its update was given
     key, draw = jax.random.split(jax.random.wrap_key_data(state.key))
     delta = noise(params, draw, std_fn(state.count), filter_wise)
     add = lambda x, n: x if n is None else x + n
@@ -93,23 +86,17 @@ def random_smoothing_direction(
   return optax.GradientTransformationExtraArgs(init, update)
 
 
+@with_sam_options
 def random_smoothing_sam(
-  rho: float | optax.ScalarOrSchedule,
-  noise_std: float | optax.ScalarOrSchedule,
+  rho: Radius,
+  noise_std: Radius,
   seed: int = 0,
-  lambd_schedule: float | str | Callable[[chex.Numeric], chex.Numeric] = 1.0,
+  lambd_schedule: LambdaSchedule = 1.0,
   *,
   gradient_weight: float = 2.0,
   filter_wise: bool = True,
-  eps: float = 1e-12,
-  axis_name: Hashable | None = None,
-  sync_perturbation: bool = True,
-  adaptive: bool = False,
-  adaptive_eta: float = 0.01,
-  adaptive_mask: Any = None,
-  perturb_mask: Any = None,
-  check_values: bool = False,
-) -> optax.GradientTransformationExtraArgs:
+  **options: Any,
+) -> Transformation:
   r"""RSAM, random smoothing SAM (Liu et al. 2022): the ascent taken from a randomly perturbed point.
 
   .. math::
@@ -148,13 +135,10 @@ def random_smoothing_sam(
       1 (the default) is the paper's method.
     gradient_weight: :math:`w > 0` (2, the authors' code).
     filter_wise: scale the noise by the filter norms (the authors' code) or not.
-    eps: as in :func:`optax_usam.unified_sam`, like the remaining arguments.
+    **options: the keyword options of :func:`optax_usam.unified_sam` (``eps``,
+      ``axis_name``, ``adaptive``, ``perturb_mask``, ...), but ``direction``.
 
   Examples:
-    >>> import jax
-    >>> import jax.numpy as jnp
-    >>> import optax
-    >>> import optax_usam
     >>> loss = lambda p: jnp.sum(jnp.cos(p["w"]))
     >>> tx = optax.chain(optax_usam.random_smoothing_sam(0.05, noise_std=0.01), optax.sgd(0.1))
     >>> params = {"w": jnp.array([1.0, -2.0])}
@@ -177,16 +161,4 @@ def random_smoothing_sam(
   seed = _validation.check_seed(seed)
   _validation.check_bools(filter_wise=filter_wise)
   transform = random_smoothing_direction(noise_std, gradient_weight, seed, filter_wise)
-  return unified_sam(
-    rho,
-    lambd_schedule,
-    eps=eps,
-    axis_name=axis_name,
-    sync_perturbation=sync_perturbation,
-    adaptive=adaptive,
-    adaptive_eta=adaptive_eta,
-    adaptive_mask=adaptive_mask,
-    perturb_mask=perturb_mask,
-    check_values=check_values,
-    direction=AscentDirection(transform, "grad_fn"),
-  )
+  return unified_sam(rho, lambd_schedule, direction=AscentDirection(transform, "grad_fn"), **options)

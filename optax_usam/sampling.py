@@ -23,10 +23,6 @@ The same batch must serve both gradients of a Unified SAM step; build the
 ``grad_fn`` from the batch once and use it twice.
 
 Examples:
-  >>> import jax
-  >>> import jax.numpy as jnp
-  >>> import optax
-  >>> import optax_usam
   >>> data = {"x": jnp.array([1.0, 2.0, 3.0]), "y": jnp.array([2.0, 4.0, 6.0])}
   >>> def per_example_loss(params, example):
   ...   return 0.5 * (params["w"] * example["x"] - example["y"]) ** 2
@@ -132,7 +128,6 @@ def uniform(smoothness: Any, *, delta_inf: float | None = None) -> Sampler:
     delta_inf: :math:`f^{\inf} - \frac1n\sum_i f_i^{\inf} \ge 0`, for C.
 
   Examples:
-    >>> import jax
     >>> from optax_usam import sampling
     >>> sampler = sampling.uniform([1.0, 2.0, 4.0])
     >>> sampler.A, sampler.B, sampler.C
@@ -285,7 +280,6 @@ def with_replacement(
     one draw.
 
   Examples:
-    >>> import jax
     >>> from optax_usam import sampling
     >>> sampler = sampling.with_replacement([1.0, 2.0, 4.0, 8.0], batch_size=5, importance=True)
     >>> sampler.A, sampler.B  # L_avg / b, 1 - 1/b

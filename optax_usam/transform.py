@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Hashable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import chex
 import jax.numpy as jnp
 import optax
 
-from optax_usam import _validation
+from optax_usam import _validation, schedules
 from optax_usam._collectives import pmean
 from optax_usam._trees import accumulation_dtype
-from optax_usam.ascent import AscentDirection, after_step, direction_of_step, init_direction
-from optax_usam.perturbation import adaptive_scales, perturb
+from optax_usam.ascent import (
+  ASCENT_SOURCES,
+  AscentDirection,
+  after_step,
+  direction_of_step,
+  init_direction,
+  reads_gradient,
+)
+from optax_usam.perturbation import Perturbed, adaptive_scales, perturb
 
 GradFn = Callable[[optax.Params], optax.Updates]
+# The argument types every member of the SAM family shares.
+Radius = float | optax.ScalarOrSchedule
+LambdaSchedule = float | str | Callable[[chex.Numeric], chex.Numeric]
+Transformation = optax.GradientTransformationExtraArgs
+_T = TypeVar("_T")
 
 
 class UnifiedSAMState(NamedTuple):
@@ -47,8 +61,8 @@ class UnifiedSAMState(NamedTuple):
 
 
 def unified_sam(
-  rho: float | optax.ScalarOrSchedule,
-  lambd_schedule: float | str | Callable[[chex.Numeric], chex.Numeric],
+  rho: Radius,
+  lambd_schedule: LambdaSchedule,
   *,
   eps: float = 1e-12,
   axis_name: Hashable | None = None,
@@ -59,7 +73,7 @@ def unified_sam(
   perturb_mask: Any = None,
   check_values: bool = False,
   direction: AscentDirection | None = None,
-) -> optax.GradientTransformationExtraArgs:
+) -> Transformation:
   r"""Unified SAM (Oikonomou & Loizou, ICLR 2025).
 
   Replaces the gradient :math:`g_t` at :math:`x_t` by the gradient at the
@@ -135,10 +149,6 @@ def unified_sam(
     the norm.
 
   Examples:
-    >>> import jax
-    >>> import jax.numpy as jnp
-    >>> import optax
-    >>> import optax_usam
     >>> def loss_fn(params, batch):
     ...   return jnp.mean((batch["x"] @ params["w"] - batch["y"]) ** 2)
     >>> tx = optax.chain(
@@ -168,14 +178,23 @@ def unified_sam(
     Generalization <https://arxiv.org/abs/2010.01412>`_, ICLR 2021.
   """
   rho_fn = _validation.bounded_schedule(rho, "rho", 0.0, jnp.inf)
-  lambd_fn = _validation.lambda_schedule(lambd_schedule)
-  eps = _validation.check_eps(eps)
-  _validation.check_bools(sync_perturbation=sync_perturbation, adaptive=adaptive, check_values=check_values)
-  adaptive_eta = _validation.check_nonnegative(adaptive_eta, "adaptive_eta", traced=True)
-  masks = _validation.check_sam_options(axis_name, adaptive, adaptive_mask, perturb_mask)
-  adaptive_mask, perturb_mask = masks
-  direction = _validation.check_direction(direction)
-  fresh_gradient = direction is None or direction.source == "gradient"
+  lambd_fn = schedules.lambda_schedule(lambd_schedule)
+  eps, adaptive_eta, adaptive_mask, perturb_mask, direction = _validation.check_sam_options(
+    eps,
+    axis_name,
+    sync_perturbation,
+    adaptive,
+    adaptive_eta,
+    adaptive_mask,
+    perturb_mask,
+    check_values,
+    direction,
+    ASCENT_SOURCES,
+  )
+  fresh_gradient = reads_gradient(direction)
+  # One perturbation for the whole batch: average g_t before it is used.
+  average_first = axis_name is not None and sync_perturbation and fresh_gradient
+  synchronized_over = axis_name if sync_perturbation else None
 
   def init_fn(params: optax.Params) -> UnifiedSAMState:
     _validation.check_params_given(params, "init")
@@ -193,98 +212,78 @@ def unified_sam(
     **extra_args: Any,
   ) -> tuple[optax.Updates, UnifiedSAMState]:
     del extra_args
-    updates = _validation.check_update_args(updates, params, grad_fn, fresh_gradient=fresh_gradient)
     dtype = state.grad_norm.dtype
-    _validation.check_eps(eps, dtype)
-    rho_t = jnp.asarray(rho_fn(state.count), dtype)
-    lambd_t = jnp.asarray(lambd_fn(state.count), dtype)
-    if axis_name is not None and sync_perturbation and fresh_gradient:
-      updates = pmean(updates, axis_name)
-    d, direction_state = direction_of_step(
-      direction, updates, state.direction, params, grad_fn, axis_name, sync_perturbation
-    )
+    g = _validation.check_update_args(updates, params, grad_fn, eps, dtype, fresh_gradient=fresh_gradient)
+    rho_t, lambd_t = (jnp.asarray(schedule(state.count), dtype) for schedule in (rho_fn, lambd_fn))
+    if average_first:
+      g = pmean(g, axis_name)
+    # d_t: g_t itself, or what a member of the SAM family normalizes instead.
+    d, direction_state = direction_of_step(direction, g, state.direction, params, grad_fn, synchronized_over)
+    # x_t + e_t, with e_t = rho_t (1 - lambda_t + lambda_t / ||d_t||) d_t (ASAM: in the adapted space).
     scales = adaptive_scales(params, adaptive_eta, adaptive_mask) if adaptive else None
     mask = _validation.expand_perturb_mask(perturb_mask, params)
     ascent = perturb(params, d, rho_t, lambd_t, eps, scales=scales, mask=mask, check_values=check_values)
-    sam_grads = grad_fn(ascent.params)
-    _validation.check_matches_params(sam_grads, params, "grad_fn(params + e)", dtypes=True)
-    grad_norm, perturbation_norm = ascent.grad_norm, ascent.perturbation_norm
+    # The output: the gradient at x_t + e_t, on the same batch.
+    g_sam = grad_fn(ascent.params)
+    _validation.check_matches_params(g_sam, params, "grad_fn(params + e)", dtypes=True)
     if axis_name is not None:
-      sam_grads = pmean(sam_grads, axis_name)
-      if not sync_perturbation:
-        # Per-device norms differ; averaging keeps the state replicated across the axis.
-        grad_norm, perturbation_norm = pmean((grad_norm, perturbation_norm), axis_name)
+      g_sam = pmean(g_sam, axis_name)
+    direction_state = after_step(direction, g_sam, direction_state, params, grad_fn)
+    return g_sam, next_state(state, rho_t, lambd_t, ascent, direction_state)
 
-    new_state = UnifiedSAMState(
-      count=optax.safe_increment(state.count),
-      grad_norm=grad_norm.astype(dtype),
-      lambd=lambd_t,
-      rho=rho_t,
-      perturbation_norm=perturbation_norm.astype(dtype),
-      direction=after_step(direction, sam_grads, direction_state, params, grad_fn),
-    )
-    return sam_grads, new_state
+  def next_state(
+    state: UnifiedSAMState, rho_t: chex.Array, lambd_t: chex.Array, ascent: Perturbed, direction_state: Any
+  ) -> UnifiedSAMState:
+    norms = (ascent.grad_norm, ascent.perturbation_norm)
+    if axis_name is not None and not sync_perturbation:
+      # Per-device norms differ; averaging keeps the state replicated across the axis.
+      norms = pmean(norms, axis_name)
+    grad_norm, perturbation_norm = (norm.astype(rho_t.dtype) for norm in norms)
+    count = optax.safe_increment(state.count)
+    return UnifiedSAMState(count, grad_norm, lambd_t, rho_t, perturbation_norm, direction_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def sam(
-  rho: float | optax.ScalarOrSchedule,
-  *,
-  eps: float = 1e-12,
-  axis_name: Hashable | None = None,
-  sync_perturbation: bool = True,
-  adaptive: bool = False,
-  adaptive_eta: float = 0.01,
-  adaptive_mask: Any = None,
-  perturb_mask: Any = None,
-  check_values: bool = False,
-) -> optax.GradientTransformationExtraArgs:
-  """SAM (Foret et al. 2021): :func:`unified_sam` with ``lambd_schedule=1``.
+def with_sam_options(member: Callable[..., _T]) -> Callable[..., _T]:
+  """Gives a SAM-family constructor ``member(..., **options)`` :func:`unified_sam`'s keyword options.
 
-  The keyword arguments are :func:`unified_sam`'s, spelled out so that
-  ``optax.inject_hyperparams(optax_usam.sam)`` sees each of them.
+  The options are written once, in :func:`unified_sam`'s signature. The constructor's own signature
+  (what ``inspect`` and so ``optax.inject_hyperparams`` see) becomes its parameters followed by those
+  options (``direction`` aside: a member is a direction), so every numeric one is injectable; an unknown
+  keyword is a TypeError naming the options.
   """
-  return unified_sam(
-    rho,
-    1.0,
-    eps=eps,
-    axis_name=axis_name,
-    sync_perturbation=sync_perturbation,
-    adaptive=adaptive,
-    adaptive_eta=adaptive_eta,
-    adaptive_mask=adaptive_mask,
-    perturb_mask=perturb_mask,
-    check_values=check_values,
-  )
+  own = inspect.signature(member)
+  kept = [p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+  options = [
+    p
+    for name, p in inspect.signature(unified_sam).parameters.items()
+    if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "direction" and name not in own.parameters
+  ]
+  signature = own.replace(parameters=[*kept, *options])
+
+  @functools.wraps(member)
+  def build(*args: Any, **kwargs: Any) -> _T:
+    try:
+      signature.bind(*args, **kwargs)
+    except TypeError as err:
+      names = ", ".join(p.name for p in options)
+      raise TypeError(
+        f"{member.__name__}(): {err}; its keyword options are unified_sam's: {names}."
+      ) from None
+    return member(*args, **kwargs)
+
+  build.__signature__ = signature  # type: ignore[attr-defined]
+  return build
 
 
-def usam(
-  rho: float | optax.ScalarOrSchedule,
-  *,
-  eps: float = 1e-12,
-  axis_name: Hashable | None = None,
-  sync_perturbation: bool = True,
-  adaptive: bool = False,
-  adaptive_eta: float = 0.01,
-  adaptive_mask: Any = None,
-  perturb_mask: Any = None,
-  check_values: bool = False,
-) -> optax.GradientTransformationExtraArgs:
-  """USAM (Andriushchenko & Flammarion 2022): :func:`unified_sam` with ``lambd_schedule=0``.
+@with_sam_options
+def sam(rho: Radius, **options: Any) -> Transformation:
+  """SAM (Foret et al. 2021): :func:`unified_sam` with ``lambd_schedule=1``."""
+  return unified_sam(rho, 1.0, **options)
 
-  The keyword arguments are :func:`unified_sam`'s, spelled out so that
-  ``optax.inject_hyperparams(optax_usam.usam)`` sees each of them.
-  """
-  return unified_sam(
-    rho,
-    0.0,
-    eps=eps,
-    axis_name=axis_name,
-    sync_perturbation=sync_perturbation,
-    adaptive=adaptive,
-    adaptive_eta=adaptive_eta,
-    adaptive_mask=adaptive_mask,
-    perturb_mask=perturb_mask,
-    check_values=check_values,
-  )
+
+@with_sam_options
+def usam(rho: Radius, **options: Any) -> Transformation:
+  """USAM (Andriushchenko & Flammarion 2022): :func:`unified_sam` with ``lambd_schedule=0``."""
+  return unified_sam(rho, 0.0, **options)

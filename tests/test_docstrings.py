@@ -1,7 +1,8 @@
 """Every docstring example of every ``optax_usam`` module runs, so none can rot.
 
 The examples are doctest blocks (``>>>`` lines and their output), run with ``ELLIPSIS`` and
-``NORMALIZE_WHITESPACE``, one test per module. A code example written another way (an ``Example::``
+``NORMALIZE_WHITESPACE``, one test per module, with ``jax``, ``jnp``, ``np``, ``optax`` and ``optax_usam``
+imported (the API reference says so). A code example written another way (an ``Example::``
 literal block, a ``.. code-block::``) would never run, so one fails the module's test.
 """
 
@@ -14,6 +15,9 @@ import pkgutil
 import re
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 import pytest
 
 import optax_usam
@@ -21,6 +25,8 @@ import optax_usam
 MODULES = sorted(
   [optax_usam.__name__, *(m.name for m in pkgutil.walk_packages(optax_usam.__path__, "optax_usam."))]
 )
+# What every example may use without importing it: the imports an optax_usam user always has.
+IMPORTED = {"jax": jax, "jnp": jnp, "np": np, "optax": optax, "optax_usam": optax_usam}
 OPTIONS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 # An RST literal block: a line ending in "::" (or a code-block directive), then the more indented lines.
 LITERAL_INTRO = re.compile(r"(::|^\s*\.\. (?:code-block|code|sourcecode)::.*)\s*$")
@@ -78,6 +84,7 @@ def test_docstring_examples(module_name):
   x64 = jax.config.jax_enable_x64
   try:
     for test in tests:
+      test.globs.update(IMPORTED)
       runner.run(test, out=report.append)
   finally:
     jax.config.update("jax_enable_x64", x64)  # an example that turns float64 on must not leak

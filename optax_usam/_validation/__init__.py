@@ -7,9 +7,8 @@ each reads as a few lines of checks followed by the method. Bad input is a
 when a transformation is built or, for trees, at trace time.
 """
 
-from optax_usam._validation.ascent import ASCENT_SOURCES, check_direction
+from optax_usam._validation.options import check_sam_options
 from optax_usam._validation.scalars import (
-  LAMBDA_STRINGS,
   bounded_schedule,
   check_bools,
   check_callable,
@@ -17,6 +16,8 @@ from optax_usam._validation.scalars import (
   check_eps,
   check_int,
   check_interval,
+  check_inverse_t,
+  check_lambda_string,
   check_nonnegative,
   check_pl_caps,
   check_pl_constants,
@@ -26,7 +27,6 @@ from optax_usam._validation.scalars import (
   check_smoothness,
   check_summable_powers,
   check_unit_interval,
-  lambda_schedule,
 )
 from optax_usam._validation.trees import (
   check_divides,
@@ -34,7 +34,6 @@ from optax_usam._validation.trees import (
   check_matches_params,
   check_params_given,
   check_real,
-  check_sam_options,
   check_selects_some,
   check_update_args,
   expand_perturb_mask,
@@ -43,17 +42,16 @@ from optax_usam._validation.trees import (
 )
 
 __all__ = [
-  "ASCENT_SOURCES",
-  "LAMBDA_STRINGS",
   "bounded_schedule",
   "check_bools",
   "check_callable",
   "check_choice",
-  "check_direction",
   "check_divides",
   "check_eps",
   "check_int",
   "check_interval",
+  "check_inverse_t",
+  "check_lambda_string",
   "check_mask",
   "check_matches_params",
   "check_nonnegative",
@@ -71,7 +69,6 @@ __all__ = [
   "check_unit_interval",
   "check_update_args",
   "expand_perturb_mask",
-  "lambda_schedule",
   "leading_size",
   "leaf_mask",
 ]

@@ -71,25 +71,25 @@ def bounded_schedule(value: float | Schedule, name: str, low: float, high: float
   return lambda count: number
 
 
-#: The strings ``lambd_schedule`` accepts besides numbers and callables: ``("1/t", "1-1/t")``.
-LAMBDA_STRINGS = ("1/t", "1-1/t")
-
-
-def lambda_schedule(lambd: float | str | Schedule) -> Schedule:
-  """``count -> lambda_t`` for a float in [0, 1], one of ``LAMBDA_STRINGS`` or a callable.
-
-  For the strings t = count + 1, as in the official code: ``'1/t'`` starts as SAM, ``'1-1/t'`` as USAM.
-  """
-  if isinstance(lambd, str):
-    if lambd == "1/t":
-      return lambda count: 1.0 / (count + 1.0)
-    if lambd == "1-1/t":
-      return lambda count: 1.0 - 1.0 / (count + 1.0)
+def check_lambda_string(lambd: str, allowed: tuple[str, ...]) -> str:
+  """``lambd`` if it names a lambda schedule in ``allowed``."""
+  if lambd not in allowed:
     raise ValueError(
-      f"lambd_schedule must be a float in [0, 1], one of {LAMBDA_STRINGS}, or a callable "
+      f"lambd_schedule must be a float in [0, 1], one of {allowed}, or a callable "
       f"count -> lambda; got the unknown string {lambd!r}."
     )
-  return bounded_schedule(lambd, "lambd_schedule", 0.0, 1.0)
+  return lambd
+
+
+def check_inverse_t(constant: Any, per_t: Any) -> None:
+  """lambda_t = constant + per_t / t stays in [0, 1] for t >= 1: its ends constant + per_t and constant do."""
+  constant = check_interval(constant, "constant", 0.0, 1.0)
+  per_t = _as_number(per_t, "per_t", "a finite float", traced=True)
+  if isinstance(constant, float) and isinstance(per_t, float) and not _in_range(constant + per_t, 0.0, 1.0):
+    raise ValueError(
+      "constant + per_t is lambda at t = 1 and must be in [0, 1]; "
+      f"got {constant} + {per_t} = {constant + per_t}."
+    )
 
 
 def check_nonnegative(value: Any, name: str, *, traced: bool = False) -> float | jax.Array:

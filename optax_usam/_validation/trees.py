@@ -5,7 +5,6 @@ They read structures, shapes and dtypes only, so under ``jit`` they fire at trac
 
 from __future__ import annotations
 
-from collections.abc import Hashable
 from typing import Any
 
 import jax
@@ -14,7 +13,7 @@ import numpy as np
 import optax
 
 from optax_usam._trees import is_float_leaf, is_mask_function
-from optax_usam._validation.scalars import check_callable
+from optax_usam._validation.scalars import check_callable, check_eps
 
 
 def leading_size(batch: Any) -> int:
@@ -132,27 +131,24 @@ def check_real(params: Any) -> None:
       )
 
 
-def check_sam_options(axis_name: Any, adaptive: Any, adaptive_mask: Any, perturb_mask: Any) -> tuple:
-  """Checks the axis name and the masks of :func:`optax_usam.unified_sam`; returns the masks."""
-  if axis_name is not None and not isinstance(axis_name, Hashable):
-    raise TypeError(f"axis_name must be None or a hashable axis name; got {axis_name!r}.")
-  if adaptive_mask is not None and not adaptive:
-    raise ValueError("adaptive_mask only applies with adaptive=True.")
-  return check_mask(adaptive_mask, "adaptive_mask"), check_mask(perturb_mask, "perturb_mask")
-
-
 def check_params_given(params: Any, method: str) -> None:
   if params is None:
     raise ValueError(f"unified_sam.{method} needs params (where the gradients are taken); got params=None.")
 
 
-def check_update_args(updates: Any, params: Any, grad_fn: Any, *, fresh_gradient: bool = True) -> Any:
+def check_update_args(
+  updates: Any, params: Any, grad_fn: Any, eps: Any = None, dtype: Any = None, *, fresh_gradient: bool = True
+) -> Any:
   """Params and ``grad_fn`` given, no ``optax.MaskedNode`` in params (``grad_fn`` would fail on them).
+
+  ``eps``, when given, is checked against ``dtype``, the dtype the norm is accumulated in.
 
   Returns ``updates``, or None when they are absent: None, or, where the ascent direction does not read
   them (``fresh_gradient=False``), a tree without leaves (``nnx.Optimizer.update(model, None)`` passes one).
   """
   check_params_given(params, "update")
+  if eps is not None:
+    check_eps(eps, dtype)
   if grad_fn is None:
     raise ValueError(
       "unified_sam.update needs grad_fn=, a function params -> gradients on the "

@@ -13,8 +13,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from optax_usam._collectives import pmean
-from optax_usam.ascent import LastPass
-from optax_usam.diagnostics import needs_fresh_gradient
+from optax_usam._passes import sam_passes
 from optax_usam.distributed.mesh import batch_sharding
 from optax_usam.distributed.sharding_checks import check_placed, placed_like
 from optax_usam.transform import unified_sam
@@ -139,10 +138,6 @@ def make_sharded_trainer(
   Examples:
     On every device (one or many), parameters split FSDP-style where they are
     large enough:
-
-    >>> import jax.numpy as jnp
-    >>> import numpy as np
-    >>> import optax
     >>> from optax_usam import distributed
     >>> loss_fn = lambda p, batch: jnp.mean((batch["x"] @ p["w"] - batch["y"]) ** 2)
     >>> params = {"w": np.zeros((4, 2), np.float32)}
@@ -251,15 +246,13 @@ def _one_step(
     params: optax.Params, opt_state: optax.OptState, batch: Any, local: optax.Params
   ) -> StepResult:
     sam_state, base_state = opt_state
-    if needs_fresh_gradient(sam_state):
-      loss, grads = jax.value_and_grad(loss_fn)(local, batch)
-      grad_fn = lambda p: jax.grad(loss_fn)(p, batch)
-      sam_grads, sam_state = sam_tx.update(grads, sam_state, local, grad_fn=grad_fn)
-    else:
-      # One pass fewer (momentum_sam): the reported loss is the last grad_fn pass's, at the ascent point.
-      grad_fn = LastPass(lambda p: jax.value_and_grad(loss_fn)(p, batch))
-      sam_grads, sam_state = sam_tx.update(None, sam_state, local, grad_fn=grad_fn)
-      loss = grad_fn.value
+    value_and_grad = lambda p: jax.value_and_grad(loss_fn)(p, batch)
+    (sam_grads, sam_state), loss = sam_passes(
+      sam_state,
+      lambda: value_and_grad(local),
+      value_and_grad,
+      lambda grads, grad_fn: sam_tx.update(grads, sam_state, local, grad_fn=grad_fn),
+    )
     updates, base_state = base_optimizer.update(sam_grads, base_state, params)
     return optax.apply_updates(params, updates), (sam_state, base_state), loss
 

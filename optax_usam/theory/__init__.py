@@ -27,8 +27,6 @@ Three modules, one idea each: :mod:`~optax_usam.theory.pl` (the PL theorems),
 Their public names are all here, e.g. ``optax_usam.theory.pl_constant_steps``.
 
 Examples:
-  >>> import optax
-  >>> import optax_usam
   >>> sampler = optax_usam.sampling.uniform([1.0, 2.0, 4.0])  # A = L_max = 4, B = 0
   >>> steps = optax_usam.theory.pl_constant_steps(mu=1.0, L=4.0, A=sampler.A, B=sampler.B, lambd=0.5)
   >>> steps
