@@ -179,18 +179,10 @@ def unified_sam(
   """
   rho_fn = _validation.bounded_schedule(rho, "rho", 0.0, jnp.inf)
   lambd_fn = schedules.lambda_schedule(lambd_schedule)
-  eps, adaptive_eta, adaptive_mask, perturb_mask, direction = _validation.check_sam_options(
-    eps,
-    axis_name,
-    sync_perturbation,
-    adaptive,
-    adaptive_eta,
-    adaptive_mask,
-    perturb_mask,
-    check_values,
-    direction,
-    ASCENT_SOURCES,
+  eps, adaptive_eta, adaptive_mask, perturb_mask = _validation.check_sam_options(
+    eps, axis_name, sync_perturbation, adaptive, adaptive_eta, adaptive_mask, perturb_mask, check_values
   )
+  direction = _validation.check_direction(direction, ASCENT_SOURCES)
   fresh_gradient = reads_gradient(direction)
   # One perturbation for the whole batch: average g_t before it is used.
   average_first = axis_name is not None and sync_perturbation and fresh_gradient

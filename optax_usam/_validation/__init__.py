@@ -7,7 +7,7 @@ each reads as a few lines of checks followed by the method. Bad input is a
 when a transformation is built or, for trees, at trace time.
 """
 
-from optax_usam._validation.options import check_sam_options
+from optax_usam._validation.options import check_direction, check_sam_options
 from optax_usam._validation.scalars import (
   bounded_schedule,
   check_bools,
@@ -46,6 +46,7 @@ __all__ = [
   "check_bools",
   "check_callable",
   "check_choice",
+  "check_direction",
   "check_divides",
   "check_eps",
   "check_int",

@@ -33,10 +33,8 @@ def check_sam_options(
   adaptive_mask: Any,
   perturb_mask: Any,
   check_values: Any,
-  direction: Any,
-  sources: tuple[str, ...],
-) -> tuple[Any, Any, Any, Any, Any]:
-  """Checks unified_sam's keyword options; returns eps, adaptive_eta, the two masks and the direction."""
+) -> tuple[Any, Any, Any, Any]:
+  """Checks unified_sam's keyword options; returns eps, adaptive_eta and the two masks."""
   eps = check_eps(eps)
   check_bools(sync_perturbation=sync_perturbation, adaptive=adaptive, check_values=check_values)
   adaptive_eta = check_nonnegative(adaptive_eta, "adaptive_eta", traced=True)
@@ -45,4 +43,4 @@ def check_sam_options(
   if adaptive_mask is not None and not adaptive:
     raise ValueError("adaptive_mask only applies with adaptive=True.")
   masks = check_mask(adaptive_mask, "adaptive_mask"), check_mask(perturb_mask, "perturb_mask")
-  return eps, adaptive_eta, *masks, check_direction(direction, sources)
+  return eps, adaptive_eta, *masks
