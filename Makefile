@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 train: $(STAMP)
-	$(BIN)/python examples/train.py $(ARGS)
+	$(BIN)/python -m examples.train $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/ruff format --check .

@@ -1,6 +1,6 @@
 """What an optimized HLO module does, counted from its text (``compiled.as_text()``).
 
-One parser for the overhead benchmark and for ``tests/test_overhead_structure.py``, so that the
+One parser for the overhead benchmark and for ``tests/test_benchmarks_overhead_steps.py``, so that the
 benchmark's "same array ops as the limit" and the test's assertion count the same thing.
 
 Two counts answer "does this step do more work than the limit?":

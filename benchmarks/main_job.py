@@ -1,6 +1,6 @@
 """The main job (``make train``) against the same job in PyTorch with the official optimizer.
 
-Runs ``examples/train.py``'s default digits job and ``benchmarks/torch_job.py`` (the same CNN, split, label
+Runs ``examples.train``'s default digits job and ``benchmarks/torch_job.py`` (the same CNN, split, label
 noise, batches and initializers in PyTorch with ``unifiedsam`` 1.0.0) in interleaved rounds, each as its own
 process, and records per job: wall, user and system time and peak resident memory (from the process's own
 ``wait4`` accounting), the XLA compilations (count and seconds, from the job's JSON), the steady-state time
@@ -15,8 +15,8 @@ table unchanged.
 
 The PyTorch side needs the ``bench`` extra and the CPU wheel of torch
 (``pip install torch==2.13.0 unifiedsam==1.0.0``); without them it is reported as not installed. A full
-run writes ``benchmarks/results/main_job.json``; any other run writes under ``benchmarks/results/quick/``
-unless ``--out`` says otherwise.
+run writes ``benchmarks/results/main_job/main_job.json``; any other run writes under
+``benchmarks/results/main_job/quick/`` unless ``--out`` says otherwise.
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import report
-from examples import cli
+from examples.train import cli
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = report.results_dir("main_job")
 FULL = {"epochs": 40, "seeds": 3, "methods": "sgd,usam,sam,0.5,1/t,1-1/t", "rounds": 3, "steps": 300}
 QUICK = {"epochs": 2, "seeds": 1, "methods": "sgd,sam", "rounds": 1, "steps": 40}
 WARMUP_STEPS = 20
@@ -92,7 +92,8 @@ def run_ours(settings: dict[str, Any], workdir: Path, workers: int | None = None
   out = workdir / f"ours_{time.monotonic_ns()}"
   command = [
     sys.executable,
-    "examples/train.py",
+    "-m",
+    "examples.train",
     "--no-progress",
     "--out",
     str(out),
@@ -138,20 +139,17 @@ def step_times(framework: str, steps: int) -> dict[str, float]:
 
 def jax_step_times(steps: int) -> dict[str, float]:
   """Our digits step (SGD, and the shared Unified SAM step at lambda = 1) on one batch: median ms per step."""
-  sys.path.insert(0, str(ROOT / "examples"))
-  import data as data_lib
-  import digits_runner
   import jax
   import jax.numpy as jnp
-  import models
   import numpy as np
-  import train
-  from methods import make_shared_sam_tx, make_tx, parse_method, set_lambda
-  from training import make_loss_fn
 
+  from examples.train import data as data_lib
+  from examples.train import digits_runner, job, models
+  from examples.train.methods import make_shared_sam_tx, make_tx, parse_method, set_lambda
+  from examples.train.training import make_loss_fn
   from optax_usam.flax_linen import SAMTrainState
 
-  args = train.parse_args([])
+  args = job.parse_args([])
   split = data_lib.load_digits(0, args.noise)
   model = models.get_model(args.model, 10)
   variables = jax.jit(model.init, static_argnames="train")(jax.random.key(0), split.train.x[:1], train=False)
@@ -294,7 +292,7 @@ def parser() -> cli.Parser:
     "--out",
     type=Path,
     default=None,
-    help="output directory (default: benchmarks/results, quick/ for short runs)",
+    help="output directory (default: benchmarks/results/main_job, its quick/ for short runs)",
   )
   p.add_argument(
     "--step-times", choices=("jax", "torch"), default=None, help="internal: one framework's step times"

@@ -1,7 +1,11 @@
-"""Reporting shared by the benchmarks and ``examples/train.py``: results files, tables, figures.
+"""Reporting shared by the benchmarks and ``python -m examples.train``: results files, tables, figures.
 
 A results file is JSON with a ``machine`` entry (:func:`machine`) so that every number says where it was
-measured. Figures follow four rules, so that a reader gets them at a glance: a bar's y axis starts at 0
+measured. Each benchmark ``python -m benchmarks.<name>`` keeps its committed results in a folder of its own,
+``benchmarks/results/<name>/`` (:func:`results_dir`), and its short runs in that folder's ``quick/``,
+ignored by git (:func:`output_dir`).
+
+Figures follow four rules, so that a reader gets them at a glance: a bar's y axis starts at 0
 or marks its break (:func:`y_from_zero_or_break`, :func:`mark_axis_break`); a bar cut by the axis limit
 says so and carries its value (:func:`mark_cut_bars`); every error bar, band and reference line says
 what it is in the legend (:func:`error_bars_legend`, :func:`band_legend`, :func:`reference_line`); and
@@ -27,6 +31,7 @@ if TYPE_CHECKING:
   from matplotlib.axes import Axes
   from matplotlib.figure import Figure
 
+RESULTS = Path(__file__).resolve().parent / "results"
 # Versions worth recording when installed; the benchmarks' numbers depend on each.
 _PACKAGES = ("jax", "jaxlib", "optax", "optax_usam", "flax", "torch", "unifiedsam")
 # Line styles that keep overlapping curves apart in print and for colour-blind readers.
@@ -197,11 +202,21 @@ def line_with_band(
   ax.fill_between(x, lower, upper, color=color, alpha=0.15, lw=0)
 
 
+def results_dir(benchmark: str) -> Path:
+  """The committed results of ``python -m benchmarks.<benchmark>``: ``benchmarks/results/<benchmark>/``.
+
+  Every file there is written by a command the docs show (``tests/test_benchmarks_report.py`` checks it);
+  its name starts with the benchmark's name, or with the ``--name`` of the run that wrote it.
+  """
+  return RESULTS / benchmark
+
+
 def output_dir(args: Any, full_run: Mapping[str, Any], results: Path) -> Path:
   """Where a benchmark writes: ``args.out`` if given, else ``results`` for the full run (no ``--quick``, with
-  plots, every setting of ``full_run``) and ``results/quick`` (ignored by git) for any other, so that a short
-  run never replaces the committed results."""
+  plots where the benchmark draws any, every setting of ``full_run``) and ``results/quick`` (ignored by git)
+  for any other, so that a short run never replaces the committed results."""
   if args.out is not None:
     return args.out
-  full = not args.quick and not args.no_plots and all(getattr(args, k) == v for k, v in full_run.items())
+  plots = not getattr(args, "no_plots", False)
+  full = not args.quick and plots and all(getattr(args, k) == v for k, v in full_run.items())
   return results if full else results / "quick"

@@ -12,9 +12,10 @@ with step sizes from ``optax_usam.theory`` and batches from
 ``optax_usam.sampling``, under ``lax.scan`` and vmapped over curves and
 trials, in float64. Plots (f(x_t) - f*)/(f(x_0) - f*) per epoch (n
 iterations), mean and +-1 std over trials, and writes
-``benchmarks/results/theory.json``: the full run only; any other run (``--quick``, other
-epochs, trials, n or seed, ``--no-plots``) writes to ``benchmarks/results/quick/`` unless
-``--out`` says otherwise, so a short run never replaces the committed results.
+``benchmarks/results/theory/theory.json`` and ``theory_<problem>_<figure>.png``: the full run only; any
+other run (``--quick``, other epochs, trials, n or seed, ``--no-plots``) writes to
+``benchmarks/results/theory/quick/`` unless ``--out`` says otherwise, so a short run never replaces the
+committed results.
 
   python -m benchmarks.theory                 # paper lengths
   python -m benchmarks.theory --quick         # a short run
@@ -37,10 +38,10 @@ import optax
 
 import optax_usam
 from benchmarks import report
-from examples import cli
+from examples.train import cli
 from optax_usam import sampling, theory
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = report.results_dir("theory")
 LAMBDA_SWEEP = tuple(round(0.1 * i, 1) for i in range(11))
 LAMBDA_SUBSET = (0.0, 0.5, 1.0)
 GD_STEPS = 20_000
@@ -464,7 +465,7 @@ def parser() -> cli.Parser:
     "--out",
     type=Path,
     default=None,
-    help="default: benchmarks/results for the full run, benchmarks/results/quick otherwise",
+    help="default: benchmarks/results/theory for the full run, its quick/ otherwise",
   )
   p.add_argument("--no-plots", action="store_true")
   return p

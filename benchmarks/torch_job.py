@@ -1,7 +1,8 @@
-"""The default digits job of ``examples/train.py``, written in PyTorch with the official ``unifiedsam``.
+"""The default digits job of ``python -m examples.train``, in PyTorch with the official ``unifiedsam``.
 
-The same job as ``examples/digits_runner.py`` runs with ``optax_usam``: scikit-learn's digits with 40%
-label noise (``examples/data.py``'s split and noise per seed), the digits CNN of ``examples/models.py``
+The same job as ``examples/train/digits_runner.py`` runs with ``optax_usam``: scikit-learn's digits with 40%
+label noise (``examples/train/data.py``'s split and noise per seed), the digits CNN of
+``examples/train/models.py``
 (same layers, flax's default initializer distributions, NCHW), 40 epochs of batches of 64 in the same order,
 mean softmax cross-entropy, and per method the official ``unifiedsam.unifiedSAM`` (rho 0.1) over
 ``torch.optim.SGD`` (momentum 0.9, weight decay 5e-4: torch adds it to the gradient before the momentum,
@@ -35,10 +36,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from benchmarks import report
-from examples import cli
-from examples import data as data_lib
-from optax_usam import LAMBDA_STRINGS
+from examples.train import cli
+from examples.train import data as data_lib
 from optax_usam._validation.scalars import check_int
+from optax_usam.schedules import LAMBDA_STRINGS
 
 if TYPE_CHECKING:
   import torch
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 PROG = "torch_job"
 INSTALL = "pip install torch==2.13.0 unifiedsam==1.0.0"
 DEFAULT_METHODS = "sgd,usam,sam,0.5,1/t,1-1/t"
-# The settings of examples/train.py's default digits job.
+# The settings of python -m examples.train's default digits job.
 NOISE = 0.4
 BATCH_SIZE = 64
 LR = 0.05
@@ -71,7 +72,7 @@ TRUNCATED_STD = _truncated_normal_std(2.0)
 class Method:
   """SGD (``lambd is None``) or Unified SAM with ``lambd``: a number in [0, 1], ``'1/t'`` or ``'1-1/t'``.
 
-  ``name`` is the one ``examples/train.py`` gives the method, so that results of the two jobs match by key.
+  ``name`` is the one ``python -m examples.train`` gives the method, so that the two jobs' results match.
   """
 
   name: str
@@ -137,7 +138,7 @@ def lecun_normal_(weight: torch.Tensor) -> torch.Tensor:
 
 
 def digits_cnn(num_classes: int = 10) -> torch.nn.Module:
-  """``examples/models.py``'s DigitsCNN for ``[n, 1, 8, 8]`` images, drawn from torch's generator."""
+  """``examples/train/models.py``'s DigitsCNN for ``[n, 1, 8, 8]`` images, drawn from torch's generator."""
   torch, _ = _modules()
   nn = torch.nn
   model = nn.Sequential(
@@ -191,7 +192,8 @@ def make_step(
 
 
 def batch_indices(seed: int, epoch: int, n_train: int, steps: int) -> np.ndarray:
-  """The ``[steps, BATCH_SIZE]`` training indices of an epoch, in ``examples/digits_runner.py``'s order."""
+  """The ``[steps, BATCH_SIZE]`` training indices of an epoch, in ``examples/train/digits_runner.py``'s
+  order."""
   order = np.random.default_rng([seed, epoch]).permutation(n_train)
   return order[: steps * BATCH_SIZE].reshape(steps, BATCH_SIZE)
 
@@ -324,8 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     f"digits (cnn), PyTorch + unifiedsam, noise {NOISE:g}, rho {RHO:g}, {args.epochs} epochs, "
     f"{args.seeds} seeds"
   )
-  sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
-  import results as jax_job_results  # examples/results.py: the JAX job's table, so both print alike
+  from examples.train import results as jax_job_results  # the JAX job's table, so both print alike
 
   print(jax_job_results.table(results))
   timings = ", ".join(f"{kind} {ms:.2f} ms" for kind, ms in step_ms.items())

@@ -5,11 +5,14 @@ in interleaved rounds (median of single calls after a warm-up), next to the same
 when torch is installed:
 
 * the 2x2 max-pool's gradient: ``flax.linen.max_pool``'s (XLA's select-and-scatter) against
-  ``examples/pooling.py``'s ``max_pool_2x2`` (the same numbers, a one-hot select), which the main job uses;
+  ``examples/train/pooling.py``'s ``max_pool_2x2`` (the same numbers, a one-hot select), used by the main job;
 * the 3x3 convolutions (1 -> 16 and 16 -> 32 channels): forward, input gradient, kernel gradient.
 
-  python -m benchmarks.xla_cpu_ops            # prints the table, writes benchmarks/results/xla_cpu_ops.json
-  python -m benchmarks.xla_cpu_ops --quick    # fewer calls, into benchmarks/results/quick/
+  python -m benchmarks.xla_cpu_ops            # prints the table, writes xla_cpu_ops.json
+  python -m benchmarks.xla_cpu_ops --quick    # fewer calls
+
+The default run with both frameworks measured writes ``benchmarks/results/xla_cpu_ops/xla_cpu_ops.json``;
+any other run writes into its ``quick/`` (ignored by git) unless ``--out`` says otherwise.
 """
 
 from __future__ import annotations
@@ -28,10 +31,10 @@ from typing import Any
 import numpy as np
 
 from benchmarks import report
-from examples import cli
+from examples.train import cli
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = report.results_dir("xla_cpu_ops")
 BATCH = 64
 
 
@@ -52,8 +55,7 @@ def jax_cases() -> dict[str, Callable[[], Any]]:
   import jax.numpy as jnp
   from jax import lax
 
-  sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
-  from pooling import max_pool_2x2
+  from examples.train.pooling import max_pool_2x2
 
   rng = np.random.default_rng(0)
 
@@ -170,10 +172,17 @@ def table(rows: dict[str, dict[str, float | None]]) -> str:
 def parser() -> cli.Parser:
   p = cli.Parser(prog="xla_cpu_ops", description=__doc__.split("\n\n")[0])
   p.add_argument(
-    "--quick", action="store_true", help="50 calls per measurement, into benchmarks/results/quick/"
+    "--quick",
+    action="store_true",
+    help="50 calls per measurement, into benchmarks/results/xla_cpu_ops/quick/",
   )
   p.add_argument("--rounds", type=cli.positive_int, default=3, help="interleaved rounds (default: 3)")
-  p.add_argument("--out", type=Path, default=None, help="output directory (default: benchmarks/results)")
+  p.add_argument(
+    "--out",
+    type=Path,
+    default=None,
+    help="output directory (default: benchmarks/results/xla_cpu_ops, its quick/ for short runs)",
+  )
   p.add_argument(
     "--measure", choices=("jax", "torch"), default=None, help="internal: one framework, in this process"
   )

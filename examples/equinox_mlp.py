@@ -12,12 +12,7 @@ Needs equinox and scikit-learn (``pip install equinox scikit-learn``)::
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import cli
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -28,27 +23,34 @@ from sklearn.model_selection import train_test_split
 
 import optax_usam
 
-PROG = "equinox_mlp.py"
+
+def number_or_text(text: str) -> float | str:
+  """``type=`` for lambda: a number, else the text ('1/t', '1-1/t'; the library refuses any other)."""
+  try:
+    return float(text)
+  except ValueError:
+    return text
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-  """The command line; a bad flag, or a value the library refuses, exits with one line and status 2."""
-  p = cli.Parser(prog=PROG, description=__doc__.splitlines()[0])
-  p.add_argument("--epochs", type=cli.positive_int, default=20)
+  """The command line; a bad flag, or a value the library refuses, exits with its message and status 2."""
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--epochs", type=int, default=20)
   p.add_argument("--rho", type=float, default=0.05, help="perturbation radius")
+  strings = ", ".join(optax_usam.schedules.LAMBDA_STRINGS)
   p.add_argument(
-    "--lambd",
-    type=cli.lambda_value,
-    default="1-1/t",
-    help=f"a float in [0, 1] or one of {', '.join(optax_usam.LAMBDA_STRINGS)}",
+    "--lambd", type=number_or_text, default="1-1/t", help=f"a float in [0, 1] or one of {strings}"
   )
-  p.add_argument("--lr", type=cli.positive_float, default=0.05)
-  p.add_argument("--batch-size", type=cli.positive_int, default=64)
+  p.add_argument("--lr", type=float, default=0.05)
+  p.add_argument("--batch-size", type=int, default=64)
   p.add_argument("--seed", type=int, default=0, help="seeds the train/test split, the model and the batches")
-  with cli.exit_on_error(PROG):
-    args = p.parse_args(argv)
-    with cli.library_errors({"rho": "--rho", "lambd": "--lambd"}):
-      optax_usam.unified_sam(args.rho, args.lambd)
+  args = p.parse_args(argv)
+  if args.epochs < 1 or args.batch_size < 1:
+    p.error("--epochs and --batch-size must be positive")
+  try:
+    optax_usam.unified_sam(args.rho, args.lambd)  # the library checks rho and lambda
+  except (ValueError, TypeError) as err:
+    p.error(str(err))
   return args
 
 

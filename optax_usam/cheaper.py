@@ -27,7 +27,7 @@ from optax_usam._trees import accumulation_dtype, global_norm, is_float_leaf
 
 
 class ReuseState(NamedTuple):
-  """State of :func:`reuse_sam`: step count, the stored SAM correction, the SAM state."""
+  """State of :func:`optax_usam.reuse_sam`: step count, the stored SAM correction, the SAM state."""
 
   count: chex.Array
   correction: optax.Updates
@@ -35,7 +35,7 @@ class ReuseState(NamedTuple):
 
 
 class RandomizedState(NamedTuple):
-  """State of :func:`randomized_sam`: step count, PRNG key, and the SAM state."""
+  """State of :func:`optax_usam.randomized_sam`: step count, PRNG key, and the SAM state."""
 
   count: chex.Array
   key: chex.PRNGKey

@@ -72,7 +72,7 @@ def perturb(
   are ignored; ``None`` leaves (Equinox's non-array fields) stay None.
 
   With ``scales`` :math:`T` (adaptive SAM, Kwon et al. 2021; see
-  :func:`adaptive_scales`), the step is taken in the adapted space:
+  :func:`~optax_usam.perturbation.adaptive_scales`), the step is taken in the adapted space:
   :math:`e = \rho (1 - \lambda + \lambda / (\|T g\| + \epsilon))\, T^2 g`,
   which is the formula above when :math:`T = 1`.
 
@@ -98,7 +98,7 @@ def perturb(
       dispatch path (measured: +6% on a 3 ms MLP step).
 
   Returns:
-    A :class:`Perturbed` with the perturbed parameters, :math:`\|T g\|` and
+    A :class:`~optax_usam.perturbation.Perturbed` with the perturbed parameters, :math:`\|T g\|` and
     :math:`\|e\|`, both in the accumulation dtype (float32 or float64).
 
   Examples:

@@ -266,6 +266,9 @@ def with_sam_options(member: Callable[..., _T]) -> Callable[..., _T]:
     return member(*args, **kwargs)
 
   build.__signature__ = signature  # type: ignore[attr-defined]
+  # Tools that read the source through __wrapped__ (Sphinx's preserved defaults) would find fewer defaults
+  # than the signature has.
+  del build.__wrapped__  # type: ignore[attr-defined]
   return build
 
 

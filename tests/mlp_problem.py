@@ -1,13 +1,19 @@
 """The small tanh MLP regression problem shared by the tests: data in NumPy, the loss in JAX.
 
-Its gradient, derived by hand, is ``numpy_reference.mlp_grad``.
+Its gradient, derived by hand, is ``numpy_reference.mlp_grad``. :func:`run_chain` trains it with a
+transformation in front of weight decay and momentum SGD, recording what each step saw.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+
+import optax_usam
 
 
 def problem(seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
@@ -46,3 +52,52 @@ def float32_problem(
   x = rng.normal(size=(n, d)).astype(np.float32)
   y = rng.normal(size=(n, o)).astype(np.float32)
   return params, x, y
+
+
+def run_chain(
+  tx: optax.GradientTransformation,
+  steps: int,
+  seed: int = 0,
+  *,
+  fresh: bool | None = None,
+  lr: float = 0.3,
+  momentum: float = 0.9,
+  weight_decay: float = 5e-2,
+) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+  """``steps`` jitted steps of chain(tx, add_decayed_weights, sgd(lr, momentum)) on :func:`problem`.
+
+  Float64 inside ``jax.enable_x64``. ``fresh``: pass the gradient at x_t as ``updates`` (True), pass
+  None (False), or do what ``optax_usam.needs_fresh_gradient`` says (None). Returns the final parameters
+  and, for each step, ``params`` (x_t), ``points`` (where grad_fn was called, in order) and
+  ``diagnostics`` (after the step), all as NumPy.
+  """
+  p0, x, y = problem(seed)
+  tx = optax.chain(tx, optax.add_decayed_weights(weight_decay), optax.sgd(lr, momentum=momentum))
+  grad = jax.grad(jax_loss)
+  params = jax.tree.map(jnp.asarray, p0)
+  state = tx.init(params)
+  use_fresh = optax_usam.needs_fresh_gradient(state) if fresh is None else fresh
+
+  @jax.jit
+  def step(params, state):
+    points = []
+
+    def grad_fn(q):
+      points.append(q)
+      return grad(q, x, y)
+
+    updates, state = tx.update(grad(params, x, y) if use_fresh else None, state, params, grad_fn=grad_fn)
+    return optax.apply_updates(params, updates), state, points
+
+  history = []
+  for _ in range(steps):
+    new_params, state, points = step(params, state)
+    history.append(
+      {
+        "params": jax.tree.map(np.asarray, params),
+        "points": jax.tree.map(np.asarray, points),
+        "diagnostics": {k: np.asarray(v) for k, v in optax_usam.get_diagnostics(state).items()},
+      }
+    )
+    params = new_params
+  return jax.tree.map(np.asarray, params), history

@@ -1,5 +1,5 @@
-"""``python -m benchmarks.overhead`` runs end to end, draws its chart again from a results file and rejects
-bad input in one line (a timed run in a subprocess: it pins threads)."""
+"""``python -m benchmarks.overhead`` runs end to end, draws its chart again from a results file, writes where
+its docs say and rejects bad input in one line (a timed run in a subprocess: it pins threads)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "overhead"
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -33,6 +34,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     (("--models", "resnet1000"), "--models"),
     (("--budget-s", "nan"), "--budget-s"),
     (("--rows", "family,msam"), "--rows"),
+    (("--name", "../sam_family"), "--name"),
   ],
 )
 def test_bad_arguments_exit_2_with_one_line(args: tuple[str, ...], flag: str) -> None:
@@ -114,27 +116,48 @@ def test_rows_choose_the_timed_groups_and_the_targets_follow(tmp_path: Path) -> 
   assert "- met    mlp: momentum_sam: sgd's dots" in done.stdout
 
 
-@pytest.mark.parametrize("results_dir", ["", "sam_family", "sam_family_mlp"])
+@pytest.mark.parametrize("name", ["overhead", "sam_family", "sam_family_mlp", "cheaper_k6_p05"])
 def test_replot_draws_the_committed_results_again(
-  tmp_path: Path, capsys: pytest.CaptureFixture[str], results_dir: str
+  tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
 ) -> None:
   from benchmarks.overhead import cli, results
 
-  committed = json.loads((ROOT / "benchmarks" / "results" / results_dir / "overhead.json").read_text())
-  (tmp_path / "overhead.json").write_text(json.dumps(committed))
-  cli.main(["--replot", "--out", str(tmp_path)])  # times nothing: safe in the test process
-  assert (tmp_path / "overhead.png").stat().st_size > 0
+  committed = json.loads((RESULTS / f"{name}.json").read_text())
+  (tmp_path / f"{name}.json").write_text(json.dumps(committed))
+  cli.main(["--replot", "--name", name, "--out", str(tmp_path)])  # times nothing: safe in the test process
+  assert (tmp_path / f"{name}.png").stat().st_size > 0
   out = capsys.readouterr().out
   assert results.table(committed["models"]) in out
   assert out.count("- met") + out.count("- MISSED") == len(committed["targets"])
 
 
-@pytest.mark.parametrize(("results_dir", "page"), [("", "benchmarks.md"), ("sam_family", "sam_family.md")])
-def test_the_docs_table_is_the_committed_results(results_dir: str, page: str) -> None:
+@pytest.mark.parametrize(("name", "page"), [("overhead", "benchmarks.md"), ("sam_family", "sam_family.md")])
+def test_the_docs_table_is_the_committed_results(name: str, page: str) -> None:
   from benchmarks.overhead import results
 
-  committed = json.loads((ROOT / "benchmarks" / "results" / results_dir / "overhead.json").read_text())
+  committed = json.loads((RESULTS / f"{name}.json").read_text())
   assert results.table(committed["models"]) in (ROOT / "docs" / page).read_text()
+
+
+def test_the_full_run_and_named_runs_write_the_committed_folder(tmp_path: Path) -> None:
+  from benchmarks.overhead import cli
+
+  def out(*argv: str) -> Path:
+    return cli.parse_args(list(argv)).out
+
+  assert cli.RESULTS == RESULTS
+  assert out() == out("--replot") == RESULTS
+  # A run the docs quote under a name of its own, whatever its settings.
+  assert out("--models", "mlp", "--rows", "family", "--no-torch", "--name", "sam_family_mlp") == RESULTS
+  for argv in (
+    ["--quick"],
+    ["--models", "mlp"],
+    ["--no-torch"],
+    ["--reuse-every", "6"],
+    ["--quick", "--name", "x"],
+  ):
+    assert out(*argv) == RESULTS / "quick", argv  # ignored by git: never the committed results
+  assert out("--quick", "--out", str(tmp_path)) == tmp_path
 
 
 @pytest.mark.parametrize(

@@ -184,5 +184,5 @@ def test_a_verdict_is_partly_when_some_checks_fail() -> None:
 @pytest.mark.parametrize("page", ["README.md", "docs/theory.md", "docs/seed_claims.md"])
 def test_the_pages_quote_the_committed_verdict_table(page: str) -> None:
   root = Path(__file__).resolve().parent.parent
-  committed = json.loads((root / "benchmarks" / "results" / "seed_claims.json").read_text())
+  committed = json.loads((root / "benchmarks" / "results" / "seed_claims" / "seed_claims.json").read_text())
   assert committed["verdict_table"] in (root / page).read_text()

@@ -1,4 +1,4 @@
-"""Tests of optax_usam.get_diagnostics and find_state."""
+"""Tests of optax_usam.diagnostics: get_diagnostics and needs_fresh_gradient, through any optimizer state."""
 
 from __future__ import annotations
 
@@ -53,3 +53,19 @@ def test_diagnostics_needs_exactly_one_state(count):
   tx = optax.chain(*[optax_usam.sam(0.1) for _ in range(count)], optax.sgd(0.1))
   with pytest.raises(ValueError, match=f"exactly one UnifiedSAMState.*found {count}"):
     optax_usam.get_diagnostics(tx.init(params))
+
+
+def test_needs_fresh_gradient_sees_through_wrappers():
+  params = {"w": jnp.ones(2)}
+  inner = optax_usam.momentum_sam(0.2)
+  injected = optax.inject_hyperparams(optax_usam.momentum_sam)(rho=0.2)
+  assert not optax_usam.needs_fresh_gradient(optax.chain(injected, optax.sgd(0.1)).init(params))
+  # Wrappers that read the fresh gradient themselves need it, whatever the direction inside.
+  wrappers = (
+    optax.MultiSteps(inner, 2),
+    optax_usam.reuse_sam(inner, 2),
+    optax_usam.randomized_sam(inner, 0.5),
+  )
+  for wrapped in wrappers:
+    assert optax_usam.needs_fresh_gradient(wrapped.init(params))
+  assert optax_usam.needs_fresh_gradient(optax.sgd(0.1).init(params))  # no Unified SAM: a plain gradient

@@ -1,4 +1,4 @@
-"""Tests of Unified SAM on Equinox models, and of examples/equinox_mlp.py.
+"""Tests of Unified SAM on Equinox models (examples/equinox_mlp.py: tests/test_examples_equinox_mlp.py).
 
 Equinox splits a model with ``eqx.partition``/``eqx.filter``: the parameter tree
 holds None where the model has non-array fields (activation functions) or
@@ -7,8 +7,6 @@ frozen ones, and ``unified_sam`` must treat those leaves as absent, as optax doe
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
 from typing import Any
 
 import pytest
@@ -23,7 +21,6 @@ import optax  # noqa: E402
 import optax_usam  # noqa: E402
 from tests import numpy_reference as ref  # noqa: E402
 
-EXAMPLE = pathlib.Path(__file__).resolve().parent.parent / "examples" / "equinox_mlp.py"
 RHO = 0.2
 
 
@@ -219,25 +216,3 @@ def test_adaptive_mask_over_an_equinox_module():
   }
   _, norm = ref.perturbation(_np_leaves(grads), RHO, 1.0, scales=scales)
   np.testing.assert_allclose(optax_usam.get_diagnostics(state)["grad_norm"], norm, rtol=1e-5)
-
-
-def _load_example():
-  spec = importlib.util.spec_from_file_location("example_equinox_mlp", EXAMPLE)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def test_example_learns_the_digits(capsys):
-  result = _load_example().main(["--epochs", "2", "--lambd", "1/t", "--seed", "1"])
-  assert set(result) == {"train_accuracy", "test_accuracy"}
-  assert np.isfinite(result["test_accuracy"]) and result["test_accuracy"] > 0.5
-  lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch")]
-  assert len(lines) == 2
-
-
-@pytest.mark.parametrize("argv", [["--lambd", "1.5"], ["--lambd", "1/t2"], ["--epochs", "0"]])
-def test_example_rejects_bad_arguments(argv):
-  with pytest.raises(SystemExit) as err:
-    _load_example().parse_args(argv)
-  assert err.value.code == 2

@@ -14,7 +14,7 @@ from flax.training import train_state
 
 import optax_usam
 from optax_usam.flax_linen import SAMTrainState, linen_train_step
-from tests.numpy_reference import perturbation
+from tests import numpy_reference as ref
 
 RHO, LR = 0.3, 0.1
 
@@ -51,13 +51,6 @@ def _setup(tx: optax.GradientTransformation, seed: int = 0):
     apply_fn=Net().apply, params=variables["params"], tx=tx, batch_stats=variables["batch_stats"]
   )
   return state, batch
-
-
-def _np_perturbation(grads, rho: float, lambd: float):
-  """The float64 NumPy reference ``perturbation`` of a nested tree of gradients, as a tree like it."""
-  leaves = {i: np.asarray(x, np.float64) for i, x in enumerate(jax.tree.leaves(grads))}
-  e, _ = perturbation(leaves, rho, lambd)
-  return jax.tree.unflatten(jax.tree.structure(grads), [e[i] for i in range(len(leaves))])
 
 
 def test_flax_is_optional(monkeypatch):
@@ -140,8 +133,7 @@ def test_linen_train_step_batchnorm_and_dropout(lambd):
   (loss1, (stats1, _)), g1 = jax.value_and_grad(_loss_fn, has_aux=True)(
     state.params, state.batch_stats, batch, rng
   )
-  lam1 = {1.0: 1.0, "1-1/t": 0.0}[lambd]
-  e = _np_perturbation(g1, RHO, lam1)
+  e = ref.tree_perturbation(g1, RHO, ref.lambda_at(lambd, 0))
   ascent = jax.tree.map(lambda x, d: (np.asarray(x, np.float64) + d).astype(np.float32), state.params, e)
   (_, (stats2, _)), g2 = jax.value_and_grad(_loss_fn, has_aux=True)(ascent, state.batch_stats, batch, rng)
   expected = jax.tree.map(lambda x, g: x - LR * g, state.params, g2)
@@ -175,7 +167,7 @@ def test_linen_train_step_sub_batch_ascent():
   (loss1, (stats1, _)), g1 = jax.value_and_grad(_loss_fn, has_aux=True)(
     state.params, state.batch_stats, head, rng
   )
-  e = _np_perturbation(g1, RHO, 1.0)
+  e = ref.tree_perturbation(g1, RHO, 1.0)
   ascent = jax.tree.map(lambda x, d: (np.asarray(x, np.float64) + d).astype(np.float32), state.params, e)
   g2 = jax.grad(_loss_fn, has_aux=True)(ascent, state.batch_stats, batch, rng)[0]
   expected = jax.tree.map(lambda x, g: x - LR * g, state.params, g2)
@@ -246,7 +238,7 @@ def test_linen_train_step_one_pass_for_momentum_sam():
     state, out = step(state, batch, rng=rng)
     # Reference: e = -rho v / ||v|| (0 on the first step), the one pass at params + e, in float64 NumPy.
     d = jax.tree.map(jnp.zeros_like, params) if v is None else jax.tree.map(jnp.negative, v)
-    e = _np_perturbation(d, RHO, 1.0)
+    e = ref.tree_perturbation(d, RHO, 1.0)
     ascent = jax.tree.map(lambda x, d: (np.asarray(x, np.float64) + d).astype(np.float32), params, e)
     (loss, (stats, logits)), g = jax.value_and_grad(_loss_fn, has_aux=True)(ascent, stats, batch, rng)
     v = g if v is None else jax.tree.map(lambda a, b: mu * a + b, v, g)

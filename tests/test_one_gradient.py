@@ -2,7 +2,7 @@
 
 ``optax_usam.momentum_sam`` perturbs along the previous SAM gradients, so its step needs no gradient at
 the current parameters: the documented loop passes ``updates=None`` and the Flax steps skip their first
-pass. These tests compile the steps on the models of ``tests/test_overhead_structure.py`` and count the
+pass. These tests compile the steps on the models of ``tests/test_benchmarks_overhead_steps.py`` and count the
 matrix products and convolutions with the benchmark's own parser (``benchmarks/hlo.py``): as many as
 the SGD step's, and no ``conditional`` or ``while`` (XLA:CPU runs a ``lax.cond`` around convolutions
 20-50x slower). The step is the overhead benchmark's (``benchmarks/overhead/steps.py``).
@@ -24,7 +24,7 @@ import optax_usam
 from benchmarks import hlo
 from benchmarks.overhead import steps
 from optax_usam.flax_linen import SAMTrainState, linen_train_step
-from tests.test_overhead_structure import MODELS, ONE_PASS
+from tests.test_benchmarks_overhead_steps import MODELS, ONE_PASS
 
 
 def _compiled_text(step: Any, *args: Any) -> str:

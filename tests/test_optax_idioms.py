@@ -1,8 +1,8 @@
 """Unified SAM inside the Optax idioms users reach for, each against an independent float64 reference.
 
-inject_hyperparams, gradient accumulation (microbatch_grad_fn, and what MultiSteps computes),
-perturb_mask and the refusal of optax.masked/partition/multi_transform, apply_if_finite,
-None and integer leaves.
+inject_hyperparams, gradient accumulation with MultiSteps (microbatch_grad_fn is tested in
+tests/test_accumulation.py), perturb_mask and the refusal of optax.masked/partition/multi_transform,
+apply_if_finite, None and integer leaves.
 """
 
 from __future__ import annotations
@@ -159,52 +159,6 @@ def test_inject_hyperparams_vmapped_over_rho():
 def _micro(x, y, k):
   n = x.shape[0] // k
   return [(x[i * n : (i + 1) * n], y[i * n : (i + 1) * n]) for i in range(k)]
-
-
-@pytest.mark.parametrize("lambd", [0.0, 0.5, 1.0, "1-1/t"])
-@pytest.mark.parametrize("num_microbatches", [1, 4, 16])
-def test_microbatch_grad_fn_is_full_batch_sam(lambd, num_microbatches):
-  p0, x, y = mlp_problem.problem()
-  want, _ = ref.unified_sam_sgd(p0, lambda p: ref.mlp_grad(p, x, y), 4, 0.1, lambd, LR, MOMENTUM, WD)
-  with jax.enable_x64(True):
-    tx = _sgd_chain(optax_usam.unified_sam(0.1, lambd))
-    grad_of_batch = jax.grad(lambda p, b: mlp_problem.jax_loss(p, *b))
-    grad = optax_usam.microbatch_grad_fn(grad_of_batch, (jnp.asarray(x), jnp.asarray(y)), num_microbatches)
-    got, _ = _run(tx, jax.tree.map(jnp.asarray, p0), grad, 4)
-  _assert_close(got, want)
-
-
-def test_microbatch_grad_fn_holds_one_micro_batch_of_activations():
-  """Compiled temporary memory falls with the micro-batch size: the activations are not all alive at once."""
-  rng = np.random.default_rng(0)
-  n, d, h = 1024, 16, 512
-  params = {"w1": jnp.asarray(rng.normal(size=(d, h)), jnp.float32), "w2": jnp.zeros((h, 1), jnp.float32)}
-  batch = (jnp.asarray(rng.normal(size=(n, d)), jnp.float32), jnp.zeros((n, 1), jnp.float32))
-  loss = lambda p, b: jnp.mean((jnp.tanh(b[0] @ p["w1"]) @ p["w2"] - b[1]) ** 2)
-
-  def temp_bytes(k):
-    grad_fn = optax_usam.microbatch_grad_fn(jax.grad(loss), batch, k)
-    return jax.jit(grad_fn).lower(params).compile().memory_analysis().temp_size_in_bytes
-
-  whole, eighth = temp_bytes(1), temp_bytes(8)
-  activations = n * h * 4
-  assert whole >= activations
-  assert eighth < whole - activations // 2
-
-
-@pytest.mark.parametrize(
-  "batch,k,error,match",
-  [
-    ((np.ones((12, 3)), np.ones(12)), 5, ValueError, "must divide the batch size 12"),
-    ((np.ones((12, 3)), np.ones(10)), 2, ValueError, "sharing their leading axis"),
-    ((np.ones((12, 3)),), 0, ValueError, "num_microbatches"),
-    ((np.ones((12, 3)),), 2.0, TypeError, "num_microbatches"),
-    ((np.float32(1.0),), 1, ValueError, "leading axis"),
-  ],
-)
-def test_microbatch_grad_fn_bad_input(batch, k, error, match):
-  with pytest.raises(error, match=match):
-    optax_usam.microbatch_grad_fn(lambda p, b: p, batch, k)
 
 
 def _grads_at(p, micro):

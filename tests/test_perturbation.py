@@ -1,4 +1,8 @@
-"""Tests of the functional core, optax_usam.perturb and optax_usam.global_norm."""
+"""Tests of optax_usam.perturbation: the functional core, perturb, and ASAM's scales.
+
+Against the float64 NumPy reference, including the inputs that once gave wrong numbers with no error:
+norms beyond float32's squares and below them, infinite and NaN gradients, traced hyperparameters.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,10 @@ import optax
 import pytest
 
 import optax_usam
+from optax_usam import distributed, perturbation
+from tests import mlp_problem
 from tests import numpy_reference as ref
+from tests._hlo import collectives
 
 
 def _tree(seed: int):
@@ -43,16 +50,7 @@ def test_perturb_matches_numpy(rho, lambd, mask):
 def test_sam_perturbation_has_norm_rho():
   params, grads = _tree(1)
   out = optax_usam.perturb(params, grads, 0.37, 1.0)
-  diff = jax.tree.map(lambda a, b: a - b, out.params, params)
-  np.testing.assert_allclose(optax_usam.global_norm(diff), 0.37, rtol=1e-5)
-
-
-def test_global_norm_accumulates_bfloat16_in_float32():
-  tree = {"a": jnp.ones((4096,), jnp.bfloat16), "b": jnp.ones((2, 2), jnp.bfloat16)}
-  norm = optax_usam.global_norm(tree)
-  assert norm.dtype == jnp.float32
-  # A bfloat16 running sum stalls at 256 (8 significant bits); the exact value is sqrt(4100).
-  np.testing.assert_allclose(norm, np.sqrt(4100.0), rtol=1e-6)
+  np.testing.assert_allclose(ref.global_norm(out.params[k] - params[k] for k in params), 0.37, rtol=1e-5)
 
 
 def test_perturb_keeps_leaf_dtypes():
@@ -89,7 +87,7 @@ def test_adaptive_perturbation_matches_asam_reference(lambd, adapted):
   e, norm = ref.perturbation(grads, 0.5, lambd, scales=scales)
   with jax.enable_x64(True):
     p, g = jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, grads)
-    out = optax_usam.perturb(p, g, 0.5, lambd, scales=optax_usam.adaptive_scales(p, 0.01, adapted))
+    out = optax_usam.perturb(p, g, 0.5, lambd, scales=perturbation.adaptive_scales(p, 0.01, adapted))
     for k in params:
       np.testing.assert_allclose(out.params[k], params[k] + e[k], rtol=1e-13, atol=1e-15)
     np.testing.assert_allclose(out.grad_norm, norm, rtol=1e-13)
@@ -155,6 +153,75 @@ def test_low_precision_large_and_small(dtype):
 
 def test_adaptive_mask_may_be_a_prefix():
   params = {"enc": {"w": jnp.ones((2, 2)), "b": jnp.ones(2)}, "head": jnp.ones(3)}
-  scales = optax_usam.adaptive_scales(params, 0.5, {"enc": False, "head": True})
+  scales = perturbation.adaptive_scales(params, 0.5, {"enc": False, "head": True})
   assert scales["enc"]["w"] is None and scales["enc"]["b"] is None
   np.testing.assert_allclose(scales["head"], 1.5)
+
+
+@pytest.mark.parametrize(("num_devices", "num_model"), [(4, 2), (8, 4)])
+def test_global_norm_needs_one_scalar_all_reduce(num_devices, num_model):
+  """On FSDP-sharded parameters each device squares and sums its own shards: no parameter is gathered."""
+  params, _, _ = mlp_problem.float32_problem()
+  mesh = distributed.make_mesh(num_model, jax.devices()[:num_devices])
+  p = jax.device_put(params, distributed.fsdp_shardings(params, mesh, min_size=0))
+  text = jax.jit(lambda p, g: optax_usam.perturb(p, g, 0.2, 0.5)).lower(p, p).compile().as_text()
+  assert collectives(text, "all-gather") == []
+  reduces = collectives(text, "all-reduce")
+  assert reduces, "the norm of sharded leaves needs a cross-device sum"
+  assert all(shape == () for shapes in reduces for shape in shapes)
+
+
+# ---------------------------------------------------------------------------- edge inputs
+
+
+def test_perturbation_norm_is_never_negative():
+  """lambda = 1.5 on a large gradient makes the coefficient negative: ||e|| = |coefficient| ||g||."""
+  g = {"w": jnp.full((4,), 10.0)}
+  out = optax_usam.perturb({"w": jnp.zeros(4)}, g, 0.1, 1.5)
+  e = np.asarray(out.params["w"])
+  np.testing.assert_allclose(out.perturbation_norm, np.linalg.norm(e), rtol=1e-6)
+  assert float(out.perturbation_norm) > 0
+
+
+QUADRATIC = {"w": jnp.array([1.0, -2.0, 3.0, 0.7]), "b": jnp.array([0.3, 0.1])}
+
+
+@pytest.mark.parametrize("name", ["rho", "lambd", "eps"])
+def test_perturb_refuses_non_scalar_hyperparameters(name):
+  args = {"rho": 0.1, "lambd": 1.0, "eps": 1e-12, name: jnp.array([0.1, 0.2])}
+  with pytest.raises(ValueError, match=f"{name} must be a scalar"):
+    optax_usam.perturb(QUADRATIC, QUADRATIC, args["rho"], args["lambd"], args["eps"])
+
+
+def test_vmapped_traced_hyperparameters_are_per_member():
+  rhos, lambds = jnp.array([0.0, 0.1, 0.3]), jnp.array([1.0, 0.5, 0.0])
+  outs = jax.vmap(lambda r, lam: optax_usam.perturb(QUADRATIC, QUADRATIC, r, lam))(rhos, lambds)
+  g = {k: np.asarray(v, np.float64) for k, v in QUADRATIC.items()}
+  for i in range(3):
+    e, _ = ref.perturbation(g, float(rhos[i]), float(lambds[i]))
+    for k in g:
+      np.testing.assert_allclose(outs.params[k][i], g[k] + e[k], rtol=1e-6)
+
+
+@pytest.mark.parametrize("lambd", [0.0, 0.5, 1.0])
+def test_infinite_gradient_is_logged_as_it_is(lambd):
+  """An inf gradient: ||g|| = inf, and ||e|| is NaN exactly when the output is (0 * inf for SAM)."""
+  grads = {"w": jnp.array([jnp.inf, 1.0])}
+  out = optax_usam.perturb({"w": jnp.zeros(2)}, grads, 0.1, lambd)
+  assert np.isinf(out.grad_norm)
+  assert np.isnan(out.perturbation_norm) == bool(np.isnan(out.params["w"]).any())
+  if not np.isnan(out.perturbation_norm):
+    assert np.isinf(out.perturbation_norm)
+
+
+def test_nan_gradient_is_logged_as_nan():
+  out = optax_usam.perturb({"w": jnp.zeros(2)}, {"w": jnp.array([jnp.nan, 1.0])}, 0.1, 1.0)
+  assert np.isnan(out.grad_norm) and np.isnan(out.perturbation_norm)
+
+
+@pytest.mark.parametrize("lambd", [0.0, 0.5, 1.0])
+def test_zero_gradient_is_a_minimum_not_an_error(lambd):
+  zero = {"w": jnp.zeros(3, jnp.float32), "b": jnp.zeros((), jnp.bfloat16)}
+  out = optax_usam.perturb(zero, zero, 0.1, lambd)
+  chex.assert_trees_all_equal(out.params, zero)
+  assert float(out.grad_norm) == 0.0 and float(out.perturbation_norm) == 0.0

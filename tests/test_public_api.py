@@ -24,18 +24,15 @@ def test_every_imported_name_and_every_lazy_name_is_in_all():
     for name, value in vars(optax_usam).items()
     if not name.startswith("_") and not isinstance(value, types.ModuleType)
   }
-  assert imported | set(optax_usam._LAZY) <= set(optax_usam.__all__)
-
-
-def test_every_public_name_resolves():
-  for name in optax_usam.__all__:
-    assert getattr(optax_usam, name) is not None, name
+  # The lazily served submodules (flax_linen, flax_nnx) stay importable without being public names.
+  lazy = {name for name, (_, attr) in optax_usam._LAZY.items() if attr is not None}
+  assert imported | lazy <= set(optax_usam.__all__)
 
 
 def test_star_import_gives_all():
+  """Every name of __all__ resolves (the lazy Flax ones included), to what the package serves."""
   namespace: dict[str, object] = {}
   exec("from optax_usam import *", namespace)
   assert sorted(k for k in namespace if k != "__builtins__") == sorted(optax_usam.__all__)
-  assert namespace["LAMBDA_STRINGS"] == ("1/t", "1-1/t")
-  assert namespace["ASCENT_SOURCES"] == ("gradient", "previous_sam_gradient", "grad_fn")
-  assert namespace["distributed"] is optax_usam.distributed
+  for name in optax_usam.__all__:
+    assert namespace[name] is getattr(optax_usam, name), name

@@ -1,4 +1,7 @@
-"""Tests for optax_usam.sampling: ER constants, unbiasedness, batch semantics."""
+"""Tests of optax_usam.sampling: ER constants, unbiasedness, the samplers' draws.
+
+The batches they return and the batch loss are tested in tests/test_batches.py.
+"""
 
 from __future__ import annotations
 
@@ -172,15 +175,6 @@ def test_tau_nice_draws_distinct_indices_and_every_subset():
     counts[row] = counts.get(row, 0) + 1
   assert set(counts) == set(itertools.combinations(range(4), 2))
   np.testing.assert_array_less(np.abs(np.array(list(counts.values())) - 500), 5 * np.sqrt(500))
-
-
-def test_batch_loss_uses_the_same_examples_at_every_point():
-  data = (jnp.arange(12.0).reshape(6, 2), jnp.arange(6.0))
-  batch = sampling.Batch(jnp.array([4, 1], jnp.int32), jnp.array([1.0, 3.0]))
-  loss = sampling.batch_loss_fn(lambda p, ex: jnp.sum(ex[0] * p) + ex[1], data, batch)
-  for p in (jnp.zeros(2), jnp.array([1.0, -2.0])):
-    expected = (1.0 * (np.dot([8.0, 9.0], p) + 4.0) + 3.0 * (np.dot([2.0, 3.0], p) + 1.0)) / 2
-    assert float(loss(p)) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize(

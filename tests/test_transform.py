@@ -1,8 +1,15 @@
-"""Tests of optax_usam.unified_sam against independent references."""
+"""Tests of optax_usam.transform (unified_sam, sam, usam) against independent references.
+
+The float64 NumPy reference (tests/numpy_reference.py) over every form of lambda and rho, ASAM,
+``optax.contrib.sam``, the closed forms of the paper's section 4 on a quadratic, pmap and shard_map
+against the sharded reference, bfloat16 against float32 on real data; and the inputs that once gave wrong
+numbers with no error (eps below what the norm's dtype holds, out-of-range schedule values).
+"""
 
 from __future__ import annotations
 
 import functools
+import inspect
 
 import chex
 import jax
@@ -10,6 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.experimental import checkify
+from jax.sharding import NamedSharding, PartitionSpec
+from sklearn.datasets import load_digits
 
 import optax_usam
 from tests import mlp_problem
@@ -256,6 +266,50 @@ def test_pmap_matches_hand_computed_reference(sync):
   np.testing.assert_allclose(state.grad_norm, np.full(4, want_norm), rtol=1e-5)
 
 
+@pytest.mark.parametrize("sync", [True, False], ids=["global", "per_device"])
+@pytest.mark.parametrize("recipe", ["pmap", "shard_map"])
+def test_documented_recipes_without_the_helper(recipe, sync):
+  """The pmap and shard_map snippets of docs/distributed.md, on 4 devices, against the sharded reference."""
+  rho, lambd = 0.2, 0.5
+  params, x, y = mlp_problem.float32_problem()
+  loss_fn = lambda p, batch: mlp_problem.jax_loss(p, *batch)
+  tx = optax_usam.unified_sam(rho, lambd, axis_name="data", sync_perturbation=sync)
+  state = tx.init(params)
+
+  def sam_grad(p: dict, state: optax_usam.UnifiedSAMState, batch: tuple) -> tuple:
+    g = jax.grad(loss_fn)(p, batch)
+    return tx.update(g, state, p, grad_fn=lambda q: jax.grad(loss_fn)(q, batch))
+
+  if recipe == "pmap":
+    split = lambda a: a.reshape(4, -1, a.shape[-1])
+    out, state = jax.pmap(sam_grad, axis_name="data", in_axes=(None, None, 0), devices=jax.devices()[:4])(
+      params, state, (split(x), split(y))
+    )
+    out, state = jax.tree.map(lambda a: a[0], (out, state))
+  else:
+    mesh = jax.make_mesh((4,), ("data",), devices=jax.devices()[:4])
+
+    def local(p: dict, state: optax_usam.UnifiedSAMState, batch: tuple) -> tuple:
+      p = jax.tree.map(lambda a: jax.lax.pcast(a, "data", to="varying"), p)
+      return sam_grad(p, state, batch)
+
+    batch = jax.device_put((x, y), NamedSharding(mesh, PartitionSpec("data")))
+    out, state = jax.jit(
+      jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(PartitionSpec(), PartitionSpec(), PartitionSpec("data")),
+        out_specs=PartitionSpec(),
+      )
+    )(params, state, batch)
+    assert int(state.count) == 1
+  p64 = {k: v.astype(np.float64) for k, v in params.items()}
+  want, want_norm = ref.sharded_sam_gradient(p64, x, y, rho, lambd, 1 if sync else 4)
+  for k in params:
+    np.testing.assert_allclose(out[k], want[k], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(state.grad_norm, want_norm, rtol=1e-5)
+
+
 @pytest.mark.parametrize(
   "kwargs,error,match",
   [
@@ -274,6 +328,9 @@ def test_pmap_matches_hand_computed_reference(sync):
     ({"rho": 0.1, "lambd_schedule": lambda c: 2.0 + 0 * c}, ValueError, "lambd_schedule"),
     ({"rho": 0.1, "lambd_schedule": 1.0, "eps": 0.0}, ValueError, "eps"),
     ({"rho": 0.1, "lambd_schedule": 1.0, "eps": -1e-12}, ValueError, "eps"),
+    ({"rho": 0.1, "lambd_schedule": 1.0, "eps": -1.0}, ValueError, "eps"),
+    # Below float64's smallest normal: unrepresentable for every parameter dtype.
+    ({"rho": 0.1, "lambd_schedule": 1.0, "eps": 1e-320}, ValueError, "eps"),
     ({"rho": 0.1, "lambd_schedule": 1.0, "eps": "small"}, TypeError, "eps"),
     ({"rho": 0.1, "lambd_schedule": 1.0, "sync_perturbation": "yes"}, TypeError, "sync_perturbation"),
     ({"rho": 0.1, "lambd_schedule": 1.0, "axis_name": ["batch"]}, TypeError, "axis_name"),
@@ -336,13 +393,6 @@ def test_params_none_and_mismatched_updates():
     tx.update({"w": grads["w"]}, state, params, grad_fn=lambda q: q)
 
 
-def test_axis_name_outside_mapped_context():
-  params, grads = _update_args()
-  tx = optax_usam.sam(0.1, axis_name="batch")
-  with pytest.raises(ValueError, match="axis_name='batch' is not bound"):
-    jax.jit(lambda g, s, p: tx.update(g, s, p, grad_fn=lambda q: q))(grads, tx.init(params), params)
-
-
 @pytest.mark.parametrize(
   "wrap",
   [
@@ -368,3 +418,264 @@ def test_state_can_be_donated(wrap):
   for _ in range(3):
     params, state = step(params, state)
   chex.assert_tree_all_finite(params)
+
+
+# ---------------------------------------------------------------------------- eps
+
+
+QUADRATIC = {"w": jnp.array([1.0, -2.0, 3.0, 0.7]), "b": jnp.array([0.3, 0.1])}
+quadratic_grad = jax.grad(lambda p: jnp.sum(p["w"] ** 2) + jnp.sum(p["b"] ** 2))
+
+
+@pytest.mark.parametrize("eps", [1e-50, 1e-40])
+def test_eps_below_float32_is_refused_for_float32_parameters(eps):
+  tx = optax_usam.sam(0.1, eps=eps)
+  zero = jax.tree.map(jnp.zeros_like, QUADRATIC)
+  with pytest.raises(ValueError, match=r"eps=1e-[45]0 .* float32"):
+    tx.update(zero, tx.init(QUADRATIC), QUADRATIC, grad_fn=lambda p: zero)
+
+
+def test_tiny_eps_is_fine_in_float64():
+  with jax.enable_x64(True):
+    params = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), QUADRATIC)
+    zero = jax.tree.map(jnp.zeros_like, params)
+    tx = optax_usam.sam(0.1, eps=1e-50)
+    out, state = tx.update(zero, tx.init(params), params, grad_fn=lambda p: p)
+    chex.assert_trees_all_equal(out, params)  # e = 0: grad_fn saw params unchanged
+    assert float(optax_usam.get_diagnostics(state)["perturbation_norm"]) == 0.0
+
+
+def test_zero_gradient_with_traced_eps_that_underflows_gives_no_nan():
+  """Under inject_hyperparams + jit eps is traced and cannot be checked: a zero gradient still gives e = 0."""
+  tx = optax.inject_hyperparams(optax_usam.sam)(rho=0.1, eps=1e-12)
+  state = tx.init(QUADRATIC)
+  state.hyperparams["eps"] = jnp.asarray(0.0, jnp.float32)
+  zero = jax.tree.map(jnp.zeros_like, QUADRATIC)
+  out, state = jax.jit(lambda s: tx.update(zero, s, QUADRATIC, grad_fn=lambda p: p))(state)
+  chex.assert_trees_all_equal(out, QUADRATIC)
+  chex.assert_tree_all_finite(optax_usam.get_diagnostics(state))
+
+
+# ---------------------------------------------------------------------------- out-of-range schedule values
+
+
+@pytest.mark.parametrize(
+  "rho,lambd",
+  [
+    (0.1, lambda c: jnp.where(c >= 2, 1.5, 0.5)),
+    (lambda c: jnp.where(c >= 2, -0.1, 0.1), 1.0),
+    (lambda c: jnp.where(c >= 2, jnp.nan, 0.1), 0.5),
+  ],
+  ids=["lambda-1.5", "rho-negative", "rho-nan"],
+)
+def test_out_of_range_schedule_values_are_caught_by_checkify(rho, lambd):
+  tx = optax_usam.unified_sam(rho, lambd, check_values=True)
+  grad = quadratic_grad
+
+  def step(state):
+    return tx.update(grad(QUADRATIC), state, QUADRATIC, grad_fn=grad)[1]
+
+  checked = jax.jit(checkify.checkify(step, errors=checkify.user_checks))
+  state = tx.init(QUADRATIC)
+  for _ in range(2):
+    err, state = checked(state)
+    err.throw()
+  err, state = checked(state)
+  with pytest.raises(checkify.JaxRuntimeError, match=r"rho_t|lambd_t"):
+    err.throw()
+  # Not checkified (and without check_values), the same step runs; the logged ||e|| is still a norm.
+  unchecked = optax_usam.unified_sam(rho, lambd)
+  _, plain = unchecked.update(grad(QUADRATIC), state, QUADRATIC, grad_fn=grad)
+  assert not float(optax_usam.get_diagnostics(plain)["perturbation_norm"]) < 0
+
+
+# ---------------------------------------------------------------------------- schedules under vmap
+
+
+def test_lambda_and_rho_can_be_vmapped_through_unified_sam():
+  def run(lam, rho):
+    tx = optax.chain(
+      optax_usam.unified_sam(rho=lambda count: rho, lambd_schedule=lambda count: lam), optax.sgd(0.1)
+    )
+    x = jnp.array([1.0, -0.5])
+    state = tx.init(x)
+    grad_fn = jax.grad(lambda p: jnp.sum(p**4) / 4)
+    for _ in range(3):
+      updates, state = tx.update(grad_fn(x), state, x, grad_fn=grad_fn)
+      x = optax.apply_updates(x, updates)
+    return x
+
+  lams, rhos = jnp.array([0.0, 0.5, 1.0]), jnp.array([0.05, 0.1, 0.2])
+  batched = jax.jit(jax.vmap(run))(lams, rhos)
+  for i in range(3):
+    np.testing.assert_allclose(batched[i], run(float(lams[i]), float(rhos[i])), rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------- closed forms on h x^2 / 2
+
+
+def _quadratic_run(h: float, gamma: float, rho: float, lambd: float, steps: int, x0: float = 1.0):
+  """The iterates x_1..x_steps of Unified SAM + SGD on h x^2 / 2, in float64."""
+  with jax.enable_x64(True):
+    tx = optax.chain(optax_usam.unified_sam(rho, lambd), optax.sgd(gamma))
+    grad_fn = lambda x: h * x
+
+    def step(carry, _):
+      x, state = carry
+      updates, state = tx.update(grad_fn(x), state, x, grad_fn=grad_fn)
+      x = optax.apply_updates(x, updates)
+      return (x, state), x
+
+    x = jnp.asarray(x0)
+    return np.asarray(jax.lax.scan(step, (x, tx.init(x)), None, length=steps)[1])
+
+
+@pytest.mark.parametrize("threshold", [1.9, 1.99, 2.01, 2.1])
+@pytest.mark.parametrize(("h", "rho"), [(4.0, 0.05), (1.0, 0.5)])
+def test_usam_on_a_quadratic_converges_iff_gamma_h_one_plus_rho_h_below_two(threshold, h, rho):
+  gamma = threshold / (h * (1 + rho * h))
+  path = _quadratic_run(h, gamma, rho, 0.0, 3000)
+  if threshold < 2:
+    assert abs(path[-1]) < 1e-10
+  else:
+    assert abs(path[-1]) > 1e10
+
+
+@pytest.mark.parametrize(("h", "gamma", "rho"), [(4.0, 0.1, 0.05), (2.0, 0.3, 0.5), (10.0, 0.05, 0.05)])
+def test_usam_on_a_quadratic_contracts_by_one_minus_gamma_h_one_plus_rho_h(h, gamma, rho):
+  path = _quadratic_run(h, gamma, rho, 0.0, 30, x0=1.5)
+  factor = 1 - gamma * h - gamma * rho * h**2
+  np.testing.assert_allclose(path, 1.5 * factor ** np.arange(1, 31), rtol=1e-12)
+
+
+@pytest.mark.parametrize(("lambd", "xbar"), [(1.0, 0.0125), (0.5, 0.00641)])
+def test_normalized_sam_on_a_quadratic_ends_on_the_period_two_orbit(lambd, xbar):
+  h, gamma, rho = 4.0, 0.1, 0.05
+  closed_form = gamma * h * rho * lambd / (2 - gamma * h - gamma * rho * (1 - lambd) * h**2)
+  assert closed_form == pytest.approx(xbar, rel=1e-3)
+  path = _quadratic_run(h, gamma, rho, lambd, 200)
+  np.testing.assert_allclose(np.abs(path[-10:]), closed_form, rtol=1e-9)
+  assert np.all(np.sign(path[-10:-1]) == -np.sign(path[-9:]))
+
+
+# ---------------------------------------------------------------------------- bfloat16 on real data
+
+
+def _train_digits(dtype: jnp.dtype, lambd: float | str, epochs: int = 25) -> tuple[float, bool]:
+  """An MLP in ``dtype`` trained with Unified SAM on scikit-learn's digits: (test accuracy, all finite)."""
+  digits = load_digits()
+  x = (digits.data / 16.0).astype(np.float32)
+  y = digits.target
+  rng = np.random.default_rng(0)
+  order = rng.permutation(len(x))
+  train, test = order[:1300], order[1300:]
+  keys = jax.random.split(jax.random.key(0), 2)
+  params = {
+    "w1": jax.random.normal(keys[0], (64, 128)) / 8.0,
+    "b1": jnp.zeros(128),
+    "w2": jax.random.normal(keys[1], (128, 10)) / np.sqrt(128),
+    "b2": jnp.zeros(10),
+  }
+  params = jax.tree.map(lambda p: p.astype(dtype), params)
+
+  def loss_fn(p, xb, yb):
+    h = jax.nn.relu(xb.astype(dtype) @ p["w1"] + p["b1"])
+    logits = (h @ p["w2"] + p["b2"]).astype(jnp.float32)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+
+  tx = optax.chain(optax_usam.unified_sam(0.05, lambd), optax.sgd(0.1, momentum=0.9))
+  state = tx.init(params)
+
+  @jax.jit
+  def epoch(params, state, perm):
+    def body(carry, idx):
+      params, state = carry
+      xb, yb = jnp.asarray(x)[idx], jnp.asarray(y)[idx]
+      grad = jax.grad(loss_fn)
+      u, state = tx.update(grad(params, xb, yb), state, params, grad_fn=lambda q: grad(q, xb, yb))
+      return (optax.apply_updates(params, u), state), None
+
+    (params, state), _ = jax.lax.scan(body, (params, state), perm.reshape(-1, 50))
+    return params, state
+
+  finite = True
+  for e in range(epochs):
+    perm = jnp.asarray(np.random.default_rng(e).permutation(train))
+    params, state = epoch(params, state, perm)
+    finite &= all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves((params, state)))
+    assert all(v.dtype == dtype for v in jax.tree.leaves(params))
+  h = jax.nn.relu(jnp.asarray(x[test]).astype(dtype) @ params["w1"] + params["b1"])
+  accuracy = float(jnp.mean(jnp.argmax(h @ params["w2"] + params["b2"], -1) == y[test]))
+  return accuracy, finite
+
+
+@pytest.mark.parametrize("lambd", [1.0, "1-1/t"])
+def test_bfloat16_tracks_float32(lambd):
+  acc32, finite32 = _train_digits(jnp.float32, lambd)
+  acc16, finite16 = _train_digits(jnp.bfloat16, lambd)
+  assert finite32 and finite16
+  assert acc32 > 0.9
+  assert abs(acc16 - acc32) < 0.03, (acc16, acc32)
+
+
+# The SAM family's keyword options: written once, in unified_sam's signature (with_sam_options).
+MEMBERS = {
+  "sam": (optax_usam.sam, {}),
+  "usam": (optax_usam.usam, {}),
+  "vasso": (optax_usam.vasso, {"theta": 0.4}),
+  "friendly_sam": (optax_usam.friendly_sam, {"sigma": 0.5, "momentum": 0.8}),
+  "momentum_sam": (optax_usam.momentum_sam, {"momentum": 0.8}),
+  "gsam": (optax_usam.gsam, {"alpha": 0.3}),
+  "random_smoothing_sam": (optax_usam.random_smoothing_sam, {"noise_std": 0.01, "gradient_weight": 3.0}),
+}
+OPTIONS = [
+  name
+  for name, p in inspect.signature(optax_usam.unified_sam).parameters.items()
+  if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "direction"
+]
+
+
+@pytest.mark.parametrize("name", MEMBERS)
+def test_members_list_every_option(name):
+  member, _ = MEMBERS[name]
+  parameters = inspect.signature(member).parameters
+  assert [p for p in parameters if p in OPTIONS] == OPTIONS
+  for option in OPTIONS:
+    assert parameters[option].default == inspect.signature(optax_usam.unified_sam).parameters[option].default
+  with pytest.raises(TypeError, match=r"unexpected keyword argument 'rh0'.*options are unified_sam's: eps, "):
+    member(0.1, rh0=0.1, **MEMBERS[name][1])
+
+
+@pytest.mark.parametrize("name", MEMBERS)
+def test_inject_hyperparams_reaches_every_numeric_hyperparameter(name):
+  # Each numeric hyperparameter set in the injected state under jit gives the three steps of the member built
+  # with that value directly (momentum enters the third); one compilation serves them all.
+  member, own = MEMBERS[name]
+  start = {"rho": 0.05, "eps": 1e-9, "adaptive_eta": 0.02, **own}
+  if "lambd_schedule" in inspect.signature(member).parameters:
+    start["lambd_schedule"] = 0.7
+  changed = {key: value * 0.6 if key != "eps" else 0.5 for key, value in start.items()}
+  loss = lambda p: jnp.sum(jnp.cos(p["w"])) + 0.5 * jnp.sum(p["w"] ** 2)
+  params = {"w": jnp.array([1.0, -2.0, 0.5])}
+  injected = optax.inject_hyperparams(member)(**start, adaptive=True)
+
+  def three_steps(tx, state, params=params):
+    for _ in range(3):
+      g = jax.grad(loss)(params) if optax_usam.needs_fresh_gradient(state) else None
+      updates, state = tx.update(g, state, params, grad_fn=jax.grad(loss))
+      params = jax.tree.map(lambda p, u: p - 0.5 * u, params, updates)
+    return params
+
+  step = jax.jit(lambda state: three_steps(injected, state))
+
+  state = injected.init(params)
+  assert set(start) <= set(state.hyperparams)
+  for key, value in changed.items():
+    hyperparams = {**state.hyperparams, key: jnp.asarray(value, state.hyperparams[key].dtype)}
+    direct = member(**{**start, key: value}, adaptive=True)
+    want = three_steps(direct, direct.init(params))
+    got = step(state._replace(hyperparams=hyperparams))
+    np.testing.assert_allclose(got["w"], want["w"], rtol=1e-6, err_msg=key)
+    if (name, key) != ("usam", "eps"):  # lambda = 0: nothing is normalized
+      assert not np.allclose(got["w"], step(state)["w"], rtol=1e-5), f"{key} changes nothing"
+  assert step._cache_size() == 1

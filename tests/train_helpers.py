@@ -1,10 +1,11 @@
-"""Shared by the tests of examples/train.py: its CIFAR path on tfds's mock data, here or in a child process.
+"""Shared by the tests of the main job (``examples.train``): its CIFAR path on tfds's mock data, here or in a
+child process, and the checks of its one-line errors.
 
-Run as a script, this module is that child process::
+Run as a module from the repository's root, this file is that child process::
 
-  python tests/train_helpers.py [--kill-at-checkpoint STEP] TRAIN_ARGS...
+  python -m tests.train_helpers [--kill-at-checkpoint STEP] JOB_ARGS...
 
-runs ``train.main(CIFAR_ARGS + TRAIN_ARGS)`` on the mock data and exits with its status. With
+runs ``job.main(CIFAR_ARGS + JOB_ARGS)`` on the mock data and exits with its status. With
 ``--kill-at-checkpoint STEP`` the process SIGKILLs itself in the middle of writing checkpoint STEP: after
 orbax has written every file of it into its temporary directory, before the rename that commits it. The kill
 lands there on every run, which a timer or a watcher of the directory could not promise.
@@ -19,29 +20,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from examples.train import job
+
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = str(ROOT / "examples")
-if EXAMPLES not in sys.path:
-  sys.path.insert(0, EXAMPLES)
-
-import data as data_lib  # noqa: E402
-import models  # noqa: E402
-import progress  # noqa: E402
-import train  # noqa: E402
-
-# Re-exported: importing them from here puts examples/ on sys.path first.
-__all__ = [
-  "EXAMPLES",
-  "cifar",
-  "cifar_subprocess",
-  "data_lib",
-  "final_checkpoint",
-  "models",
-  "progress",
-  "run_dir",
-  "train",
-]
-
 # 48 mock images at batch 16: 3 steps per epoch, 2 epochs, checkpoints at steps 3 and 6.
 CIFAR_ARGS = [
   "--dataset",
@@ -59,14 +40,35 @@ CIFAR_ARGS = [
   "/nonexistent",
 ]
 NUM_EXAMPLES = 48
+DIGITS_1_EPOCH = ["--epochs", "1", "--seeds", "1", "--no-progress"]
+
+
+def only_line(err: str, *needles: str) -> str:
+  """The single line of ``err``, checked to be the job's error line containing ``needles``."""
+  assert err.count("\n") == 1 and err.startswith(f"{job.PROG}: error: "), err
+  assert all(n in err for n in needles), err
+  return err
+
+
+def last_line(err: str, *needles: str) -> str:
+  """The last line of ``err``, checked as above, with no traceback or orbax log line before it."""
+  assert "Traceback" not in err and "absl" not in err, err
+  return only_line(err.splitlines()[-1] + "\n", *needles)
+
+
+def run_job(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+  """``python -m examples.train ARGV`` from the repository's root, its output captured (``kwargs`` go to
+  ``subprocess.run``)."""
+  kwargs = {"capture_output": True, "text": True, "timeout": 300, **kwargs}
+  return subprocess.run([sys.executable, "-m", "examples.train", *argv], cwd=ROOT, **kwargs)
 
 
 def cifar(argv: list[str], out: Path, num_examples: int = NUM_EXAMPLES) -> int:
-  """``train.main`` in this process on the mock CIFAR-10, with the small settings above."""
+  """``job.main`` in this process on the mock CIFAR-10, with the small settings above."""
   import tensorflow_datasets as tfds
 
   with tfds.testing.mock_data(num_examples=num_examples):
-    return train.main([*CIFAR_ARGS, *argv, "--out", str(out)])
+    return job.main([*CIFAR_ARGS, *argv, "--out", str(out)])
 
 
 def cifar_subprocess(
@@ -75,7 +77,8 @@ def cifar_subprocess(
   """The same in a child process (see the module docstring), its output captured."""
   kill = [] if kill_at_checkpoint is None else ["--kill-at-checkpoint", str(kill_at_checkpoint)]
   return subprocess.run(
-    [sys.executable, __file__, *kill, *argv, "--out", str(out)],
+    [sys.executable, "-m", "tests.train_helpers", *kill, *argv, "--out", str(out)],
+    cwd=ROOT,
     capture_output=True,
     text=True,
     timeout=300,

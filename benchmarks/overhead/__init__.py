@@ -46,8 +46,11 @@ Run from the repository root::
   python -m benchmarks.overhead --replot   # the table and chart again from overhead.json
   python -m benchmarks.overhead --rows family --no-torch   # sgd, limit and (f) only
 
-Writes ``benchmarks/results/overhead.json`` and ``overhead.png`` and prints a
-markdown table and the targets met or missed.
+Prints a markdown table and the targets met or missed, and writes ``NAME.json``
+and ``NAME.png`` (``--name``, default ``overhead``): the full run (every option
+at its default) and a run named otherwise into ``benchmarks/results/overhead/``,
+where the docs quote them; any other run (``--quick``, other settings) into its
+``quick/``, ignored by git, unless ``--out`` says otherwise.
 
 The modules, in the order a run uses them: ``steps`` (the variants),
 ``measure`` (compiling and timing one model), ``results`` (targets, table,

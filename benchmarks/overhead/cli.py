@@ -1,9 +1,10 @@
-"""The command line: ``python -m benchmarks.overhead [--quick] [--models ...] [--replot] ...``."""
+"""The command line: ``python -m benchmarks.overhead [--quick] [--models ...] [--name N] [--replot] ...``."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -12,11 +13,15 @@ from typing import Any
 
 from benchmarks import models, overhead, report
 from benchmarks.overhead import measure, results, steps
-from examples import cli
+from examples.train import cli
 
 DEFAULT_MODELS = ("tiny_mlp", "mlp", "wide_mlp", "resnet8", "wrn16_4")
 QUICK_MODELS = ("tiny_mlp", "mlp", "wide_mlp", "resnet8")
-RESULTS = Path(__file__).resolve().parents[1] / "results"
+RESULTS = report.results_dir("overhead")
+# The stem of the full run's files; a run with other settings whose results are kept gets a --name of its own.
+NAME = "overhead"
+# Options that choose where a run writes or what it reads back, not what it measures.
+_WHERE = ("out", "name", "replot")
 
 
 def _rate(text: str) -> float:
@@ -66,18 +71,41 @@ def parser() -> cli.Parser:
     default=0.25,
     help="f of the sub-batch ascent row, a cheaper variant (default 0.25)",
   )
-  p.add_argument("--out", type=Path, default=RESULTS, help="folder for overhead.json and overhead.png")
+  p.add_argument(
+    "--name",
+    default=NAME,
+    help=f"stem of the results files, NAME.json and NAME.png (default {NAME}); a run named otherwise "
+    "writes into benchmarks/results/overhead/ whatever its settings",
+  )
+  p.add_argument(
+    "--out",
+    type=Path,
+    default=None,
+    help="folder for NAME.json and NAME.png (default: benchmarks/results/overhead for the full run and "
+    "a named one, its quick/ for any other)",
+  )
   p.add_argument(
     "--replot",
     action="store_true",
-    help="time nothing: print the table and draw overhead.png again from --out's overhead.json",
+    help="time nothing: print the table and draw NAME.png again from NAME.json in the same folder",
   )
   return p
+
+
+def output_dir(args: argparse.Namespace) -> Path:
+  """``--out`` if given, else ``benchmarks/results/overhead/`` for the full run (every option at its
+  default) and for a run with a ``--name`` of its own, and its ``quick/`` for any other run."""
+  defaults = vars(parser().parse_args([]))
+  full_run = {} if args.name != NAME else {k: v for k, v in defaults.items() if k not in _WHERE}
+  return report.output_dir(args, full_run, RESULTS)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p = parser()
   args = p.parse_args(argv)
+  if not re.fullmatch(r"[A-Za-z0-9_-]+", args.name):
+    p.error(f"--name must be letters, digits, _ and - (a file stem); got {args.name!r}")
+  args.out = output_dir(args)  # before the defaults below are filled in
   zoo = models.zoo(wrn_batch=args.wrn_batch)
   names = args.models.split(",") if args.models else list(QUICK_MODELS if args.quick else DEFAULT_MODELS)
   unknown = [n for n in names if n not in zoo]
@@ -99,7 +127,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
-  """Measures every model of ``args.specs``: the content of ``overhead.json``."""
+  """Measures every model of ``args.specs``: the content of ``NAME.json``."""
   # OpenMP threads that spin while waiting starve each other on a shared machine
   # (a 2-thread PyTorch MLP step went from 2 ms to 15-200 ms under load).
   os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -138,7 +166,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> None:
   with cli.exit_on_error("overhead"):
     args = parse_args(argv)
-    json_path = args.out / "overhead.json"
+    json_path = args.out / f"{args.name}.json"
     if args.replot and not json_path.is_file():
       raise cli.UsageError(f"--replot: no {json_path} to draw from")
   if args.replot:
@@ -147,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     command = "python -m benchmarks.overhead " + " ".join(sys.argv[1:] if argv is None else argv)
     out = run(args, command.strip())
     report.write_json(json_path, out)
-  results.chart(out["models"], args.out / "overhead.png")
+  results.chart(out["models"], args.out / f"{args.name}.png")
   print(results.table(out["models"]))
   print()
   print(results.verdicts(out["targets"]))

@@ -3,7 +3,7 @@
 Every factory takes a loss ``loss(params, x, y)`` and returns a :data:`Variant`: the step
 ``step(params, state, x, y) -> (params, state, loss)`` and ``init(params) -> state``. All use
 momentum SGD (``LR``, ``MOMENTUM``) as the base optimizer and ``RHO``, ``EPS`` for the perturbation.
-``tests/test_overhead_structure.py`` compiles the same ``sgd``, ``limit`` and ``usam`` steps.
+``tests/test_benchmarks_overhead_steps.py`` compiles the same ``sgd``, ``limit`` and ``usam`` steps.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import optax
 
 import optax_usam
-from optax_usam.ascent import LastPass
+from optax_usam._batches import first_fraction
+from optax_usam._passes import sam_passes
 
 LR = 0.01
 MOMENTUM = 0.9
@@ -26,7 +27,7 @@ LAMBDAS: dict[str, float | str] = {"usam[0]": 0.0, "usam[1]": 1.0, "usam[1-1/t]"
 # Row-name prefixes of the cheaper variants (SAM, lambda = 1, inside each).
 CHEAPER_PREFIXES = ("reuse[", "random[", "subbatch[")
 # The SAM family's rows (docs/sam_family.md), by row name: lambda = 1 and each constructor's defaults; for the
-# two parameters without one, the values examples/train.py uses (the step does the same work for any value).
+# two parameters without one, the main job's values (the step does the same work for any value).
 RSAM_NOISE_STD = 1e-3
 GSAM_ALPHA = 0.1
 FAMILY: dict[str, Callable[[], optax.GradientTransformationExtraArgs]] = {
@@ -92,7 +93,7 @@ def with_optax(
   """
 
   def step(params: Any, state: Any, x: jax.Array, y: jax.Array) -> tuple[Any, Any, jax.Array]:
-    first = (x, y) if ascent_fraction is None else optax_usam.sub_batch((x, y), ascent_fraction)
+    first = (x, y) if ascent_fraction is None else first_fraction((x, y), ascent_fraction)
     value, g = jax.value_and_grad(loss)(params, *first)
     grad = jax.grad(loss)
     grad_fn = (lambda p, _: grad(p, x, y)) if grad_fn_takes_state else (lambda p: grad(p, x, y))
@@ -116,17 +117,19 @@ def optax_sam(loss: Loss) -> Variant:
 
 
 def family_member(loss: Loss, tx: optax.GradientTransformationExtraArgs) -> Variant:
-  """A SAM-family step: :func:`with_optax`'s, but, as the Flax steps do, without the first pass when ``tx``
-  does not need the fresh gradient (``optax_usam.needs_fresh_gradient``): then one gradient per step."""
-  two_passes, _ = with_optax(loss, tx)
+  """A SAM-family step as the Flax steps take it (the library's ``sam_passes``): without the first pass when
+  ``tx`` does not need the fresh gradient (``optax_usam.needs_fresh_gradient``), one gradient per step; the
+  loss is then that of its one pass, at the ascent point."""
 
   def step(params: Any, state: Any, x: jax.Array, y: jax.Array) -> tuple[Any, Any, jax.Array]:
-    if optax_usam.needs_fresh_gradient(state):
-      return two_passes(params, state, x, y)
-    grad_fn = LastPass(lambda p: jax.value_and_grad(loss)(p, x, y))
-    updates, state = tx.update(None, state, params, grad_fn=grad_fn)
-    # The step's loss: that of its one pass, at the ascent point.
-    return optax.apply_updates(params, updates), state, grad_fn.value
+    value_and_grad = lambda p: jax.value_and_grad(loss)(p, x, y)
+    (updates, state), value = sam_passes(
+      state,
+      lambda: value_and_grad(params),
+      value_and_grad,
+      lambda g, grad_fn: tx.update(g, state, params, grad_fn=grad_fn),
+    )
+    return optax.apply_updates(params, updates), state, value
 
   return step, tx.init
 

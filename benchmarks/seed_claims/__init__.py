@@ -16,11 +16,12 @@ the measured numbers by the rules stated with it (``holds`` when every rule pass
 none does, ``partly`` otherwise); the script prints the verdict table as markdown.
 
   python -m benchmarks.seed_claims                   # the full run
-  python -m benchmarks.seed_claims --quick           # a short run, into benchmarks/results/quick/
+  python -m benchmarks.seed_claims --quick           # a short run, into benchmarks/results/seed_claims/quick/
   python -m benchmarks.seed_claims --claims quadratic nonconvex --no-plots
 
-Writes ``benchmarks/results/seed_claims.json`` and ``seed_claims_<claim>.png``: the full run only; any other
-run (``--quick``, another seed, a subset of claims, ``--no-plots``) writes to ``benchmarks/results/quick/``
-unless ``--out`` says otherwise, so a short run never replaces the committed results. The modules: one per
+Writes ``benchmarks/results/seed_claims/seed_claims.json`` and ``seed_claims_<claim>.png``: the full run
+only; any other run (``--quick``, another seed, a subset of claims, ``--no-plots``) writes to
+``benchmarks/results/seed_claims/quick/`` unless ``--out`` says otherwise, so a short run never replaces the
+committed results. The modules: one per
 claim, ``common`` (records, verdicts, slopes) and ``cli`` (the command line).
 """

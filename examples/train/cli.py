@@ -1,0 +1,152 @@
+"""The command-line helpers of this package's commands and of the benchmarks: one-line errors, type parsers,
+the library's errors.
+
+Every failure a command reports is a :class:`CommandError`: one line on stderr, ``prog: error: ...``, and
+its ``exit_code`` (2 for bad input, :class:`UsageError`). :class:`Parser` raises one for argparse's own
+errors instead of printing its usage block; :func:`library_errors` turns the ``ValueError``/``TypeError``
+that ``optax_usam`` raises when a transformation is built into one that names the flag, so the commands
+leave those checks to the library. A ``main`` that returns its exit status ends in :func:`report`; one
+that exits wraps its body in :func:`exit_on_error`::
+
+  parser = cli.Parser(prog="command")
+  parser.add_argument("--epochs", type=cli.positive_int, default=10)
+  parser.add_argument("--rho", type=float, default=0.05)
+  with cli.exit_on_error(parser.prog):
+    args = parser.parse_args(argv)
+    with cli.library_errors({"rho": "--rho"}):
+      tx = optax_usam.sam(args.rho)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import re
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, NoReturn
+
+from optax_usam.schedules import LAMBDA_STRINGS
+
+
+class CommandError(Exception):
+  """A failure reported as one line on stderr, ``prog: error: ...``, with exit status ``exit_code``."""
+
+  exit_code = 1
+
+
+class UsageError(CommandError):
+  """Bad command-line input, or a configuration that cannot run: exit status 2."""
+
+  exit_code = 2
+
+
+class Parser(argparse.ArgumentParser):
+  """An ``ArgumentParser`` whose errors are :class:`UsageError`: one line, no usage block above it."""
+
+  def __init__(self, *args: Any, **kwargs: Any) -> None:
+    # Commands put command lines in their docstrings: keep the description's line breaks.
+    kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+    super().__init__(*args, **kwargs)
+
+  def error(self, message: str) -> NoReturn:
+    raise UsageError(message)
+
+
+def report(prog: str, err: CommandError) -> int:
+  """Prints ``err`` as the one line ``prog: error: ...`` on stderr and returns its exit status."""
+  print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
+  return err.exit_code
+
+
+@contextlib.contextmanager
+def exit_on_error(prog: str) -> Iterator[None]:
+  """Ends the process on a :class:`CommandError` raised inside: its one line, then ``SystemExit``."""
+  try:
+    yield
+  except CommandError as err:
+    raise SystemExit(report(prog, err)) from None
+
+
+@contextlib.contextmanager
+def library_errors(flags: Mapping[str, str]) -> Iterator[None]:
+  """Turns a ``ValueError``/``TypeError`` raised inside into a :class:`UsageError` naming its flag.
+
+  Args:
+    flags: the library's argument names to the flags that set them, e.g. ``{"rho": "--rho"}``. The
+      library's messages name the argument (``rho must be ...``, ``lambd_schedule must be ...``): the
+      flag of the first name found, a name or that name with a suffix (``lambd`` finds
+      ``lambd_schedule``), leads the usage error, as argparse's ``argument --flag: ...`` does.
+  """
+  try:
+    yield
+  except (ValueError, TypeError) as err:
+    message = " ".join(str(err).split())
+    found = []
+    for name, flag in flags.items():
+      match = re.search(rf"\b{re.escape(name)}(?:_\w+)?\b", message)
+      if match:
+        found.append((match.start(), flag))
+    prefix = f"argument {min(found)[1]}: " if found else ""
+    raise UsageError(prefix + message) from err
+
+
+def positive_int(text: str) -> int:
+  """``type=`` for a count: an integer >= 1."""
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"must be a positive integer; got {value}")
+  return value
+
+
+def _number(text: str) -> float:
+  try:
+    return float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+
+
+def positive_float(text: str) -> float:
+  """``type=`` for a learning rate and the like: a finite number > 0."""
+  value = _number(text)
+  if not (math.isfinite(value) and value > 0):
+    raise argparse.ArgumentTypeError(f"must be a positive number; got {value:g}")
+  return value
+
+
+def non_negative_float(text: str) -> float:
+  """``type=`` for a weight decay and the like: a number >= 0 (inf included: optax accepts it)."""
+  value = _number(text)
+  if not value >= 0:
+    raise argparse.ArgumentTypeError(f"must be non-negative; got {value:g}")
+  return value
+
+
+def float_in(low: float, high: float) -> Callable[[str], float]:
+  """``type=`` for a rate: a number in ``[low, high)``."""
+
+  def parse(text: str) -> float:
+    value = _number(text)
+    if not low <= value < high:
+      raise argparse.ArgumentTypeError(f"must be in [{low:g}, {high:g}); got {value:g}")
+    return value
+
+  parse.__name__ = f"float_in_{low:g}_{high:g}"
+  return parse
+
+
+def lambda_value(text: str) -> float | str:
+  """``type=`` for lambda: one of ``optax_usam.schedules.LAMBDA_STRINGS``, else a number, else the text.
+
+  Its range, and what to make of an unknown string, are the library's to check (see :func:`library_errors`).
+  """
+  if text in LAMBDA_STRINGS:
+    return text
+  try:
+    return float(text)
+  except ValueError:
+    return text

@@ -1,0 +1,68 @@
+"""examples/train/cli.py: the one-line errors and the type parsers of the harness's commands and the
+benchmarks."""
+
+from __future__ import annotations
+
+import pytest
+
+import optax_usam
+from examples.train import cli
+
+
+def _parser() -> cli.Parser:
+  p = cli.Parser(prog="example.py")
+  p.add_argument("--epochs", type=cli.positive_int, default=1)
+  p.add_argument("--noise", type=cli.float_in(0.0, 1.0), default=0.0)
+  p.add_argument("--lr", type=cli.positive_float, default=0.1)
+  p.add_argument("--weight-decay", type=cli.non_negative_float, default=0.0)
+  p.add_argument("--lambd", type=cli.lambda_value, default="1/t")
+  return p
+
+
+@pytest.mark.parametrize(
+  ("argv", "message"),
+  [
+    (["--epochs", "0"], "argument --epochs: must be a positive integer; got 0"),
+    (["--epochs", "1.5"], "argument --epochs: invalid int value: '1.5'"),
+    (["--noise", "1"], "argument --noise: must be in [0, 1); got 1"),
+    (["--lr", "nan"], "argument --lr: must be a positive number; got nan"),
+    (["--weight-decay", "-1"], "argument --weight-decay: must be non-negative; got -1"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+  ],
+)
+def test_parse_errors_are_usage_errors_naming_the_flag(argv, message):
+  with pytest.raises(cli.UsageError) as err:
+    _parser().parse_args(argv)
+  assert str(err.value) == message
+
+
+def test_types_parse_only_types():
+  args = _parser().parse_args(["--epochs", "3", "--weight-decay", "inf", "--lambd", "1-1/t"])
+  assert (args.epochs, args.weight_decay, args.lambd) == (3, float("inf"), "1-1/t")
+  # The range of a lambda, and what an unknown string means, are the library's to say.
+  assert _parser().parse_args(["--lambd", "2"]).lambd == 2.0
+  assert _parser().parse_args(["--lambd", "sam"]).lambd == "sam"
+
+
+@pytest.mark.parametrize(
+  ("build", "flag"),
+  [
+    (lambda: optax_usam.unified_sam(-1.0, 0.5), "--rho"),
+    (lambda: optax_usam.unified_sam(0.1, 2.0), "--lambd"),
+    (lambda: optax_usam.unified_sam(0.1, "sam"), "--lambd"),
+    (lambda: optax_usam.reuse_sam(optax_usam.sam(0.1), 0), "--reuse-every"),
+  ],
+)
+def test_library_errors_become_one_line_usage_errors_naming_the_flag(build, flag, capsys):
+  flags = {"rho": "--rho", "lambd": "--lambd", "every_k": "--reuse-every"}
+  with pytest.raises(SystemExit) as exit_info, cli.exit_on_error("example.py"), cli.library_errors(flags):
+    build()
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and err.startswith(f"example.py: error: argument {flag}: "), err
+
+
+def test_report_returns_the_exit_status_of_each_kind_of_error(capsys):
+  assert cli.report("example.py", cli.UsageError("bad\n  flag")) == 2
+  assert cli.report("example.py", cli.CommandError("diverged")) == 1
+  assert capsys.readouterr().err == "example.py: error: bad flag\nexample.py: error: diverged\n"

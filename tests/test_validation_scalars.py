@@ -1,0 +1,115 @@
+"""Tests of optax_usam._validation.scalars: the rules every number and schedule check follows.
+
+What each public function refuses is tested in its module's file; here the rules they share: a bool is not
+a number, a 0-d array is, a traced value passes only where a check allows it, a schedule is checked at
+count 0 when that value can be computed, and eps is checked against the dtype the norm is summed in.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from optax_usam._validation import scalars
+
+
+@pytest.mark.parametrize(
+  ("value", "error", "match"),
+  [
+    (True, TypeError, "got the bool True"),
+    (np.bool_(False), TypeError, "got the bool np.False_"),
+    (np.ones(2), TypeError, r"must be a scalar; got an array of shape \(2,\)"),
+    ("0.1", TypeError, "got '0.1' of type str"),
+    (None, TypeError, "of type NoneType"),
+    (-0.1, ValueError, "x must be a non-negative finite float; got -0.1"),
+    (float("inf"), ValueError, "got inf"),
+    (float("nan"), ValueError, "got nan"),
+  ],
+)
+def test_a_number_is_a_real_scalar_not_a_bool(value, error, match):
+  with pytest.raises(error, match=match):
+    scalars.check_nonnegative(value, "x")
+
+
+@pytest.mark.parametrize("value", [0.5, 1, np.float32(0.5), np.array(0.5), jnp.asarray(2, jnp.int32)])
+def test_python_and_zero_d_array_numbers_become_floats(value):
+  out = scalars.check_nonnegative(value, "x")
+  assert type(out) is float and out == float(value)
+
+
+def test_traced_values_pass_only_where_allowed():
+  assert isinstance(jax.jit(lambda v: scalars.check_positive(v, "x", traced=True))(2.0), jax.Array)
+  with pytest.raises(TypeError, match="x must be a concrete number; got a traced value"):
+    jax.jit(lambda v: scalars.check_positive(v, "x"))(2.0)
+
+
+@pytest.mark.parametrize(
+  ("kwargs", "value", "ok"),
+  [
+    ({}, 0.0, True),
+    ({}, 1.0, True),
+    ({"open_low": True}, 0.0, False),
+    ({"open_high": True}, 1.0, False),
+    ({"open_low": True, "open_high": True}, 0.5, True),
+    ({}, 1.5, False),
+  ],
+)
+def test_interval_ends_open_on_request(kwargs, value, ok):
+  if ok:
+    assert scalars.check_interval(value, "x", 0.0, 1.0, **kwargs) == value
+  else:
+    with pytest.raises(ValueError, match=r"x must be a float in [\[(]0.0, 1.0[\])]"):
+      scalars.check_interval(value, "x", 0.0, 1.0, **kwargs)
+
+
+def test_ints_are_ints_in_range_and_not_bools():
+  assert scalars.check_int(np.int64(3), "k", 1, bounds="a positive int") == 3
+  with pytest.raises(TypeError, match="k must be a positive int; got True"):
+    scalars.check_int(True, "k", 1, bounds="a positive int")
+  with pytest.raises(TypeError, match=r"got 2\.0"):
+    scalars.check_int(2.0, "k", 1, bounds="a positive int")
+  with pytest.raises(ValueError, match="got 0"):
+    scalars.check_int(0, "k", 1, bounds="a positive int")
+
+
+def test_choices_and_seeds():
+  assert scalars.check_choice("b", "rule", ("a", "b")) == "b"
+  with pytest.raises(TypeError, match="of type int"):
+    scalars.check_choice(1, "rule", ("a", "b"))
+  with pytest.raises(ValueError, match=r"rule must be one of \('a', 'b'\); got 'c'"):
+    scalars.check_choice("c", "rule", ("a", "b"))
+  seed = jnp.asarray(7, jnp.int32)  # what optax.inject_hyperparams makes of an int
+  assert scalars.check_seed(seed) is seed
+  with pytest.raises(TypeError, match="seed"):
+    scalars.check_seed(jnp.asarray(7.0))
+
+
+@pytest.mark.parametrize(("eps", "dtype", "ok"), [(1e-40, jnp.float32, False), (1e-40, jnp.float64, True)])
+def test_eps_is_checked_against_the_dtype_of_the_norm(eps, dtype, ok):
+  """Below the smallest normal of that dtype XLA:CPU flushes eps to 0, and 0 / 0 follows a zero gradient."""
+  if ok:
+    assert scalars.check_eps(eps, dtype) == eps
+  else:
+    with pytest.raises(ValueError, match="eps=1e-40 is below the smallest normal float32"):
+      scalars.check_eps(eps, dtype)
+
+
+def test_a_schedule_is_checked_at_count_zero_when_it_can_be():
+  assert scalars.bounded_schedule(0.5, "lambd", 0.0, 1.0)(jnp.asarray(3)) == 0.5
+  with pytest.raises(ValueError, match=r"lambd schedule must give values in \[0.0, 1.0\]; lambd\(0\) = 2.0"):
+    scalars.bounded_schedule(lambda count: 2.0 + 0 * count, "lambd", 0.0, 1.0)
+  with pytest.raises(ValueError, match="a schedule must return a scalar"):
+    scalars.bounded_schedule(lambda count: jnp.ones(2), "lambd", 0.0, 1.0)
+  # A schedule closing over a traced value (a vmapped sweep) cannot be read at build time: it passes.
+  swept = jax.vmap(lambda v: scalars.bounded_schedule(lambda count: v, "lambd", 0.0, 1.0)(0))(
+    jnp.array([2.0])
+  )
+  np.testing.assert_array_equal(swept, [2.0])
+
+
+def test_non_scalars_are_named():
+  scalars.check_scalars(rho=0.1, lambd=jnp.asarray(0.5))
+  with pytest.raises(ValueError, match=r"lambd must be a scalar; got shape \(2,\)"):
+    scalars.check_scalars(rho=0.1, lambd=jnp.ones(2))
