@@ -13,6 +13,8 @@ import optax
 from optax_usam import _validation
 from optax_usam._trees import is_float_leaf
 
+__all__ = ["microbatch_grad_fn"]
+
 BatchGradFn = Callable[[optax.Params, Any], optax.Updates]
 
 

@@ -22,6 +22,8 @@ import optax
 from optax_usam import _validation
 from optax_usam._collectives import pmean
 
+__all__ = ["ASCENT_SOURCES", "AscentDirection"]
+
 GradFn = Callable[[optax.Params], optax.Updates]
 
 #: Where an ascent direction's transform takes its input from (see :class:`AscentDirection`).
@@ -52,6 +54,18 @@ class AscentDirection(NamedTuple):
 
       Without the fresh gradient, ``update`` accepts ``updates=None`` (see
       :func:`optax_usam.needs_fresh_gradient`).
+
+  Examples:
+    SAM along the sign of the gradient, with the whole lambda continuum:
+
+    >>> signs = lambda g, state, params=None: (jax.tree.map(jnp.sign, g), state)
+    >>> sign = optax.GradientTransformation(optax.init_empty_state, signs)
+    >>> tx = optax_usam.unified_sam(0.1, 1.0, direction=optax_usam.AscentDirection(sign, "gradient"))
+    >>> params = {"w": jnp.array([3.0, -4.0])}
+    >>> grad_fn = jax.grad(lambda p: jnp.sum(p["w"] ** 2))
+    >>> _, state = tx.update(grad_fn(params), tx.init(params), params, grad_fn=grad_fn)
+    >>> round(float(state.grad_norm), 4)  # ||d_1|| = ||(1, -1)||
+    1.4142
   """
 
   transform: optax.GradientTransformation

@@ -25,6 +25,8 @@ from optax_usam import _validation
 from optax_usam._collectives import pmean
 from optax_usam._trees import accumulation_dtype, global_norm, is_float_leaf
 
+__all__ = ["RandomizedState", "ReuseState", "randomized_sam", "reuse_sam"]
+
 
 class ReuseState(NamedTuple):
   """State of :func:`optax_usam.reuse_sam`: step count, the stored SAM correction, the SAM state."""

@@ -13,6 +13,8 @@ from optax_usam.ascent import state_reads_gradient
 from optax_usam.cheaper import RandomizedState, ReuseState
 from optax_usam.transform import UnifiedSAMState
 
+__all__ = ["get_diagnostics", "needs_fresh_gradient"]
+
 # Wrappers whose own update reads the fresh gradient, whatever the ascent direction inside them.
 _READ_UPDATES = (ReuseState, RandomizedState, optax.MultiStepsState)
 

@@ -22,6 +22,8 @@ from optax_usam import _validation
 from optax_usam.ascent import AscentDirection
 from optax_usam.transform import LambdaSchedule, Radius, Transformation, unified_sam, with_sam_options
 
+__all__ = ["friendly_sam", "momentum_sam", "vasso"]
+
 
 class AveragesState(NamedTuple):
   """State of the VaSSO and F-SAM directions: the step count and the running average of the gradients."""

@@ -25,6 +25,8 @@ from optax_usam._collectives import pmean
 from optax_usam._passes import sam_passes
 from optax_usam.diagnostics import needs_fresh_gradient
 
+__all__ = ["SAMTrainState", "StepOutput", "linen_train_step"]
+
 Params = Any
 BatchStats = Any
 # loss_fn(params, batch_stats, batch, rng) -> (loss, (new_batch_stats, aux))

@@ -21,6 +21,8 @@ from flax import nnx
 
 from optax_usam._passes import sam_passes
 
+__all__ = ["sam_update"]
+
 
 def sam_update(
   model: nnx.Module,

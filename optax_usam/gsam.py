@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import chex
@@ -13,6 +12,7 @@ import optax
 from optax_usam import _validation
 from optax_usam._collectives import pmean
 from optax_usam._trees import accumulation_dtype, is_float_leaf
+from optax_usam.ascent import GradFn
 from optax_usam.transform import (
   LambdaSchedule,
   Radius,
@@ -22,7 +22,7 @@ from optax_usam.transform import (
   with_sam_options,
 )
 
-GradFn = Callable[[optax.Params], optax.Updates]
+__all__ = ["gsam"]
 
 
 def surrogate_gap_step(

@@ -17,6 +17,8 @@ from jax.experimental import checkify
 from optax_usam import _validation
 from optax_usam._trees import accumulation_dtype, global_norm, is_float_leaf
 
+__all__ = ["Perturbed", "adaptive_scales", "perturb"]
+
 Params = Any
 
 

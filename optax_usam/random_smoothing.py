@@ -18,6 +18,8 @@ from optax_usam._trees import is_float_leaf
 from optax_usam.ascent import AscentDirection
 from optax_usam.transform import LambdaSchedule, Radius, Transformation, unified_sam, with_sam_options
 
+__all__ = ["noise", "random_smoothing_sam"]
+
 
 class RandomSmoothingState(NamedTuple):
   """State of RSAM's direction: the step count and the PRNG key of the next draw."""
@@ -130,7 +132,9 @@ def random_smoothing_sam(
   Args:
     rho: perturbation radius, a float or a schedule, as in :func:`optax_usam.unified_sam`.
     noise_std: :math:`\sigma_t \ge 0`, a float or a schedule of the step count.
-    seed: seed of the PRNG key of the noise.
+    seed: seed of the PRNG key of the noise, read by ``init`` only (under
+      ``optax.inject_hyperparams`` pass it in ``static_args``: a value set in
+      the state later would not reach the key).
     lambd_schedule: :math:`\lambda_t`, as in :func:`optax_usam.unified_sam`;
       1 (the default) is the paper's method.
     gradient_weight: :math:`w > 0` (2, the authors' code).

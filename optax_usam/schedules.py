@@ -9,16 +9,17 @@ first update), such as :func:`inverse_t`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import chex
 
 from optax_usam import _validation
+from optax_usam._validation.scalars import Schedule
 
-Schedule = Callable[[chex.Numeric], chex.Numeric]
-
+#: The named schedules as the coefficients ``(constant, per_t)`` of :func:`inverse_t`.
+LAMBDA_FORMS = {"1/t": (0.0, 1.0), "1-1/t": (1.0, -1.0)}
 #: The strings ``lambd_schedule`` accepts besides numbers and callables.
-LAMBDA_STRINGS = ("1/t", "1-1/t")
+LAMBDA_STRINGS = tuple(LAMBDA_FORMS)
+
+__all__ = ["LAMBDA_FORMS", "LAMBDA_STRINGS", "inverse_t", "lambda_schedule"]
 
 
 def inverse_t(constant: chex.Numeric = 0.0, per_t: chex.Numeric = 1.0) -> Schedule:
@@ -38,10 +39,7 @@ def inverse_t(constant: chex.Numeric = 0.0, per_t: chex.Numeric = 1.0) -> Schedu
   return lambda count: constant + per_t / (count + 1.0)
 
 
-_NAMED: dict[str, Schedule] = {
-  "1/t": lambda count: 1.0 / (count + 1.0),
-  "1-1/t": lambda count: 1.0 - 1.0 / (count + 1.0),
-}
+_NAMED = {name: inverse_t(*form) for name, form in LAMBDA_FORMS.items()}
 
 
 def lambda_schedule(lambd: float | str | Schedule) -> Schedule:

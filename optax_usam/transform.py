@@ -17,6 +17,7 @@ from optax_usam._trees import accumulation_dtype
 from optax_usam.ascent import (
   ASCENT_SOURCES,
   AscentDirection,
+  GradFn,
   after_step,
   direction_of_step,
   init_direction,
@@ -24,7 +25,8 @@ from optax_usam.ascent import (
 )
 from optax_usam.perturbation import Perturbed, adaptive_scales, perturb
 
-GradFn = Callable[[optax.Params], optax.Updates]
+__all__ = ["UnifiedSAMState", "sam", "unified_sam", "usam"]
+
 # The argument types every member of the SAM family shares.
 Radius = float | optax.ScalarOrSchedule
 LambdaSchedule = float | str | Callable[[chex.Numeric], chex.Numeric]
@@ -50,6 +52,11 @@ class UnifiedSAMState(NamedTuple):
 
   The floating fields are float32, or float64 when the parameters are.
   Read them with :func:`optax_usam.get_diagnostics` from any optimizer state.
+
+  Examples:
+    >>> state = optax_usam.unified_sam(0.05, "1/t").init({"w": jnp.zeros(3)})
+    >>> int(state.count), state.grad_norm.dtype, state.direction
+    (0, dtype('float32'), EmptyState())
   """
 
   count: chex.Array
@@ -274,11 +281,29 @@ def with_sam_options(member: Callable[..., _T]) -> Callable[..., _T]:
 
 @with_sam_options
 def sam(rho: Radius, **options: Any) -> Transformation:
-  """SAM (Foret et al. 2021): :func:`unified_sam` with ``lambd_schedule=1``."""
+  """SAM (Foret et al. 2021): :func:`unified_sam` with ``lambd_schedule=1``, so :math:`\\|e_t\\| = \\rho_t`.
+
+  Examples:
+    >>> tx = optax.chain(optax_usam.sam(0.05, perturb_mask=lambda p: {"w": True, "b": False}), optax.sgd(0.1))
+    >>> params = {"w": jnp.array([3.0, 4.0]), "b": jnp.array(1.0)}
+    >>> grad_fn = jax.grad(lambda p: jnp.sum(p["w"] ** 2) + p["b"] ** 2)
+    >>> _, opt_state = tx.update(grad_fn(params), tx.init(params), params, grad_fn=grad_fn)
+    >>> round(float(optax_usam.get_diagnostics(opt_state)["perturbation_norm"]), 6)  # only w moves, by rho
+    0.05
+  """
   return unified_sam(rho, 1.0, **options)
 
 
 @with_sam_options
 def usam(rho: Radius, **options: Any) -> Transformation:
-  """USAM (Andriushchenko & Flammarion 2022): :func:`unified_sam` with ``lambd_schedule=0``."""
+  """USAM (Andriushchenko & Flammarion 2022): :func:`unified_sam` with ``lambd_schedule=0``: e = rho g.
+
+  Examples:
+    >>> tx = optax_usam.usam(0.1)
+    >>> params = {"w": jnp.array([3.0, 4.0])}
+    >>> grad_fn = jax.grad(lambda p: jnp.sum(p["w"] ** 2))  # 2 w
+    >>> g_sam, _ = tx.update(grad_fn(params), tx.init(params), params, grad_fn=grad_fn)
+    >>> g_sam["w"]  # 2 (w + 0.1 * 2 w)
+    Array([7.2, 9.6], dtype=float32)
+  """
   return unified_sam(rho, 0.0, **options)

@@ -36,3 +36,15 @@ def test_star_import_gives_all():
   assert sorted(k for k in namespace if k != "__builtins__") == sorted(optax_usam.__all__)
   for name in optax_usam.__all__:
     assert namespace[name] is getattr(optax_usam, name), name
+
+
+def test_at_most_25_names_each_with_an_example():
+  """One name per purpose, and the API reference shows each in use (modules: their names have examples)."""
+  assert len(optax_usam.__all__) <= 25
+  without = [
+    name
+    for name in optax_usam.__all__
+    if not isinstance(getattr(optax_usam, name), types.ModuleType)
+    and "Examples:" not in (getattr(optax_usam, name).__doc__ or "")
+  ]
+  assert not without, f"no Examples: section in the docstring of {without}"

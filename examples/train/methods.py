@@ -20,7 +20,7 @@ import optax
 import optax_usam
 from examples.train.cli import UsageError, library_errors
 from optax_usam.flax_linen import SAMTrainState, linen_train_step
-from optax_usam.schedules import LAMBDA_STRINGS, inverse_t
+from optax_usam.schedules import LAMBDA_FORMS, LAMBDA_STRINGS, inverse_t
 
 # The cheaper variants of SAM: reuse the SAM correction (LookSAM), take SAM steps at random, or take the
 # ascent gradient on a sub-batch.
@@ -133,9 +133,8 @@ def make_tx(
 
 def lambda_form(lambd: float | str) -> tuple[float, float]:
   """``(constant, per_t)`` of :func:`optax_usam.schedules.inverse_t` (lambda_t = constant + per_t / t): every
-  lambda of the job, a number or one of ``LAMBDA_STRINGS``, in one form whose coefficients are numbers
-  (``'1-1/t'`` is (1, -1): 1 + (-1)/t is 1 - 1/t to the last bit)."""
-  return {"1/t": (0.0, 1.0), "1-1/t": (1.0, -1.0)}.get(lambd, (lambd, 0.0))  # type: ignore[arg-type]
+  lambda of the job, a number or one of ``LAMBDA_STRINGS``, in one form whose coefficients are numbers."""
+  return LAMBDA_FORMS.get(lambd, (lambd, 0.0))  # type: ignore[arg-type]
 
 
 def unified_sam_inverse_t(

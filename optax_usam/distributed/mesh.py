@@ -11,6 +11,15 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
 
+__all__ = [
+  "DEFAULT_MIN_SHARD_SIZE",
+  "batch_sharding",
+  "fsdp_shardings",
+  "make_mesh",
+  "shard_batch",
+  "to_host",
+]
+
 # Sharding a leaf this small saves less memory than the collective it adds costs.
 DEFAULT_MIN_SHARD_SIZE = 1024
 

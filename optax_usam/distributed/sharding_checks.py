@@ -12,6 +12,8 @@ from jax.sharding import Mesh, NamedSharding, Sharding
 from optax_usam._trees import is_float_leaf
 from optax_usam._validation import check_matches_params
 
+__all__ = ["check_shardings"]
+
 
 def check_shardings(grads: optax.Updates, params: optax.Params, *, name: str = "grads") -> None:
   """Raises ValueError unless ``grads`` are laid out over devices exactly like ``params``.

@@ -18,6 +18,8 @@ from optax_usam.distributed.mesh import batch_sharding
 from optax_usam.distributed.sharding_checks import check_placed, placed_like
 from optax_usam.transform import unified_sam
 
+__all__ = ["CPU_MAX_STEPS_AHEAD", "ShardedTrainer", "make_sharded_trainer"]
+
 LossFn = Callable[[optax.Params, Any], chex.Array]
 StepResult = tuple[optax.Params, optax.OptState, chex.Array]
 

@@ -19,6 +19,8 @@ import optax
 from optax_usam import _validation
 from optax_usam.theory.pl import StepSchedules
 
+__all__ = ["almost_constant_radius", "almost_constant_schedules", "diminishing_step_size"]
+
 
 def _power_law(scale: chex.Numeric, power: chex.Numeric) -> optax.Schedule:
   """``count -> scale / (count + 1)^power``, in the default float dtype (float64 under x64)."""

@@ -15,6 +15,8 @@ import optax
 
 from optax_usam import _validation
 
+__all__ = ["diminish_schedule"]
+
 _RULES = ("constant", "diminish1", "diminish2", "diminish3")
 # Diminish 2's power in the authors' code: just above 1/2, so that the squares sum to a finite value.
 _DIMINISH2_POWER = 0.5001

@@ -22,6 +22,8 @@ import optax
 
 from optax_usam import _validation
 
+__all__ = ["StepSchedules", "StepSizes", "pl_constant_steps", "pl_decreasing_schedules"]
+
 
 class StepSizes(NamedTuple):
   """Constant perturbation radius ``rho`` and learning rate ``gamma``."""

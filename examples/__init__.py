@@ -1,0 +1,1 @@
+"""The examples: single files to copy, and the harness behind `make train` (`examples/train/`)."""
