@@ -44,24 +44,21 @@ def collective_bytes(hlo: str, op: str) -> int:
   return total
 
 
-def main() -> None:
-  params = {
-    "w1": jax.ShapeDtypeStruct((D, HIDDEN), jnp.float32),
-    "b1": jax.ShapeDtypeStruct((HIDDEN,), jnp.float32),
-    "w2": jax.ShapeDtypeStruct((HIDDEN, OUT), jnp.float32),
-    "b2": jax.ShapeDtypeStruct((OUT,), jnp.float32),
-  }
-  param_mib = sum(int(np.prod(v.shape)) * 4 for v in params.values()) / 2**20
-  print(
-    f"{sum(int(np.prod(v.shape)) for v in params.values()) / 1e6:.1f}M parameters "
-    f"({param_mib:.1f} MiB), global batch {BATCH}, SGD with momentum, 8 CPU devices"
-  )
-  print("| mesh (data x model) | perturbation | per-device MiB | all-reduce MiB | all-gather MiB |")
-  print("|---|---|---|---|---|")
+PARAMS = {
+  "w1": jax.ShapeDtypeStruct((D, HIDDEN), jnp.float32),
+  "b1": jax.ShapeDtypeStruct((HIDDEN,), jnp.float32),
+  "w2": jax.ShapeDtypeStruct((HIDDEN, OUT), jnp.float32),
+  "b2": jax.ShapeDtypeStruct((OUT,), jnp.float32),
+}
+
+
+def rows() -> list[dict]:
+  """One row per (data x model) mesh and perturbation mode: compiled per-device bytes and collective bytes."""
+  found = []
   for num_model in (1, 2, 4, 8):
     mesh = distributed.make_mesh(num_model)
-    shardings = distributed.fsdp_shardings(params, mesh)
-    p = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s), params, shardings)
+    shardings = distributed.fsdp_shardings(PARAMS, mesh)
+    p = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s), PARAMS, shardings)
     batch_sh = distributed.batch_sharding(mesh)
     batch = (
       jax.ShapeDtypeStruct((BATCH, D), jnp.float32, sharding=batch_sh),
@@ -73,7 +70,7 @@ def main() -> None:
       _, init, step = distributed.make_sharded_trainer(
         loss_fn,
         optax.sgd(0.1, momentum=0.9),
-        params,
+        PARAMS,
         mesh=mesh,
         per_device_perturbation=per_device,
         param_shardings=shardings,
@@ -83,19 +80,44 @@ def main() -> None:
       opt_state = jax.eval_shape(init, p)
       compiled = step.lower(p, opt_state, batch).compile()
       mem = compiled.memory_analysis()
-      total = (
-        mem.argument_size_in_bytes
-        + mem.output_size_in_bytes
-        - mem.alias_size_in_bytes
-        + mem.temp_size_in_bytes
-      )
       hlo = compiled.as_text()
-      mode = "per-device" if per_device else "global"
-      print(
-        f"| {8 // num_model} x {num_model} | {mode} | {total / 2**20:.1f} | "
-        f"{collective_bytes(hlo, 'all-reduce') / 2**20:.2f} | "
-        f"{collective_bytes(hlo, 'all-gather') / 2**20:.2f} |"
+      found.append(
+        {
+          "num_data": 8 // num_model,
+          "num_model": num_model,
+          "per_device": per_device,
+          "bytes": mem.argument_size_in_bytes
+          + mem.output_size_in_bytes
+          - mem.alias_size_in_bytes
+          + mem.temp_size_in_bytes,
+          "all_reduce_bytes": collective_bytes(hlo, "all-reduce"),
+          "all_gather_bytes": collective_bytes(hlo, "all-gather"),
+        }
       )
+  return found
+
+
+def table(found: list[dict]) -> str:
+  lines = [
+    "| mesh (data x model) | perturbation | per-device MiB | all-reduce MiB | all-gather MiB |",
+    "|---|---|---|---|---|",
+  ]
+  for row in found:
+    mode = "per-device" if row["per_device"] else "global"
+    lines.append(
+      f"| {row['num_data']} x {row['num_model']} | {mode} | {row['bytes'] / 2**20:.1f} | "
+      f"{row['all_reduce_bytes'] / 2**20:.2f} | {row['all_gather_bytes'] / 2**20:.2f} |"
+    )
+  return "\n".join(lines)
+
+
+def main() -> None:
+  count = sum(int(np.prod(v.shape)) for v in PARAMS.values())
+  print(
+    f"{count / 1e6:.1f}M parameters ({4 * count / 2**20:.1f} MiB), global batch {BATCH}, SGD with momentum, "
+    "8 CPU devices"
+  )
+  print(table(rows()))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
-"""The collectives of a compiled program, read from its HLO text: the helper of the sharded-step tests."""
+"""What the tests read from a compiled program's HLO text: its collectives (the sharded-step tests) and its
+control flow (the tests of the steps that skip a pass)."""
 
 from __future__ import annotations
 
 import re
 
 import numpy as np
+
+from benchmarks import hlo
 
 
 def collectives(hlo: str, op: str) -> list[list[tuple[int, ...]]]:
@@ -22,3 +25,12 @@ def collectives(hlo: str, op: str) -> list[list[tuple[int, ...]]]:
 def collective_bytes(hlo: str, op: str) -> int:
   """Bytes of every ``op``'s results, at 4 bytes an element (the float32 of these tests)."""
   return sum(4 * int(np.prod(shape)) for shapes in collectives(hlo, op) for shape in shapes)
+
+
+def assert_no_control_flow(text: str, *, prng: bool = False) -> None:
+  """No ``conditional`` in the module (XLA:CPU runs the convolutions inside a ``lax.cond`` 20-50x slower);
+  no ``while`` either, unless the step draws random numbers (``prng``): on CPU JAX lowers the rounds of its
+  threefry PRNG to small while loops."""
+  ops = hlo.opcodes(text)
+  assert ops["conditional"] == 0, ops["conditional"]
+  assert prng or ops["while"] == 0, ops["while"]

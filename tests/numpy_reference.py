@@ -85,8 +85,11 @@ def tree_perturbation(grads: Any, rho: float, lambd: float) -> Any:
   return jax.tree.unflatten(jax.tree.structure(grads), [e[i] for i in range(len(leaves))])
 
 
-def _momentum_sgd(p: Params, trace: Params, g: Params, lr: float, momentum: float, weight_decay: float):
-  """One step of add_decayed_weights -> sgd(momentum) on the gradient g: the new (params, trace)."""
+def momentum_sgd(p: Params, trace: Params, g: Params, lr: float, momentum: float, weight_decay: float):
+  """One step of add_decayed_weights -> sgd(momentum) on the gradient g: the new (params, trace).
+
+  The trace starts at zeros, so the first step's trace is g + weight_decay p (PyTorch's SGD agrees).
+  """
   trace = {k: g[k] + weight_decay * p[k] + momentum * trace[k] for k in p}
   return {k: p[k] - lr * trace[k] for k in p}, trace
 
@@ -106,7 +109,7 @@ def unified_sam_sgd(p, grad, steps, rho, lambd, lr, momentum, weight_decay, mask
     g = grad(p)
     e, norm = perturbation(g, rho_t, lambd_t, mask=mask)
     g_sam = grad({k: p[k] + e[k] for k in p})
-    p, trace = _momentum_sgd(p, trace, g_sam, lr, momentum, weight_decay)
+    p, trace = momentum_sgd(p, trace, g_sam, lr, momentum, weight_decay)
     e_norm = global_norm(e.values())
     logs.append({"grad_norm": norm, "lambd": lambd_t, "rho": rho_t, "perturbation_norm": e_norm})
   return p, logs
@@ -154,7 +157,7 @@ def sharded_sam_sgd(
   norm = float("nan")
   for _ in range(steps):
     g_sam, norm = sharded_sam_gradient(p, x, y, rho, lambd, shards, mask, adaptive_eta)
-    p, trace = _momentum_sgd(p, trace, g_sam, lr, momentum, weight_decay)
+    p, trace = momentum_sgd(p, trace, g_sam, lr, momentum, weight_decay)
   return p, norm
 
 
@@ -297,7 +300,7 @@ def _sam_family_sgd(p, grad, steps, rho, lambd, lr, momentum, weight_decay, asce
     e, norm = perturbation(d, rho_t, lambd_t)
     g_sam = grad({k: p[k] + e[k] for k in p})
     out = g_sam if descent is None else descent(count, p, g_sam)
-    p, trace = _momentum_sgd(p, trace, out, lr, momentum, weight_decay)
+    p, trace = momentum_sgd(p, trace, out, lr, momentum, weight_decay)
     e_norm = global_norm(e.values())
     logs.append({"grad_norm": norm, "lambd": lambd_t, "rho": rho_t, "perturbation_norm": e_norm})
   return p, logs
@@ -450,15 +453,23 @@ def looksam_sgd(p, x, y, steps, every_k, alpha, rho, lr=0.1):
   return p
 
 
+def sam_gd(grad: Callable[[np.ndarray], np.ndarray], x0, gammas, rhos, eps=1e-12) -> np.ndarray:
+  """SAM (lambda = 1) with plain gradient steps on a vector: x_{k+1} = x_k - gamma_k grad(x_k + e_k), e_k the
+  :func:`perturbation` of grad(x_k) at radius rho_k.
+
+  Returns the iterates x_0, x_1, ..., x_T as rows.
+  """
+  xs = [np.array(x0, np.float64)]
+  for gamma, rho in zip(gammas, rhos, strict=True):
+    x = xs[-1]
+    e, _ = perturbation({"x": grad(x)}, rho, 1.0, eps=eps)
+    xs.append(x - gamma * grad(x + e["x"]))
+  return np.array(xs)
+
+
 def sam_on_quadratic(hess, center, x0, gammas, rhos, eps=1e-12) -> np.ndarray:
-  """SAM (lambda = 1) + plain SGD on (x - c)^T H (x - c) / 2 with step sizes gammas and radii rhos.
+  """:func:`sam_gd` on (x - c)^T H (x - c) / 2 with step sizes gammas and radii rhos.
 
   Returns the iterates x_1, ..., x_T as rows.
   """
-  x, path = np.array(x0, np.float64), []
-  for gamma, rho in zip(gammas, rhos, strict=True):
-    g = hess @ (x - center)
-    ascent = x + rho * g / (np.linalg.norm(g) + eps)
-    x = x - gamma * (hess @ (ascent - center))
-    path.append(x)
-  return np.array(path)
+  return sam_gd(lambda x: hess @ (x - center), x0, gammas, rhos, eps)[1:]

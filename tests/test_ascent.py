@@ -146,15 +146,14 @@ def test_ascent_point_is_the_unified_perturbation_of_the_direction(name, lambd):
   )
   for count, (h, d) in enumerate(zip(history, directions, strict=True)):
     lam = ref.lambda_at(lambd, count)
-    norm = ref.global_norm(d.values())
-    scale = RHO * (1 - lam + lam / (norm + EPS))
+    e, norm = ref.perturbation(d, RHO, lam, eps=EPS)
     rtol = 1e-12 if name == "random_smoothing_sam" else 1e-14  # delta is read back as (x + delta) - x
     for k in d:
-      np.testing.assert_allclose(h["points"][-1][k], h["params"][k] + scale * d[k], rtol=rtol, atol=1e-15)
+      np.testing.assert_allclose(h["points"][-1][k], h["params"][k] + e[k], rtol=rtol, atol=1e-15)
     diag = h["diagnostics"]
     np.testing.assert_allclose(diag["lambd"], lam, rtol=1e-15)
     np.testing.assert_allclose(diag["grad_norm"], norm, rtol=1e-12)
-    np.testing.assert_allclose(diag["perturbation_norm"], abs(scale) * norm, rtol=1e-12)
+    np.testing.assert_allclose(diag["perturbation_norm"], ref.global_norm(e.values()), rtol=1e-12)
   assert int(history[-1]["diagnostics"]["count"]) == STEPS
 
 

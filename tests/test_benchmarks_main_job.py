@@ -1,4 +1,4 @@
-"""``python -m benchmarks.main_job`` (our job against the PyTorch one) and ``benchmarks.xla_cpu_ops``.
+"""``python -m benchmarks.main_job``: our job against the PyTorch one.
 
 The quick run of the harness runs here without torch (CI never installs it): our job serially and with
 threads, its compilations, the steady-state step times, and the tables; the PyTorch column reads n/a. The
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks import main_job, xla_cpu_ops
+from benchmarks import main_job
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,7 +32,7 @@ def test_the_quick_run_measures_our_job(quick_run: dict[str, Any]) -> None:
   assert ours["wall_s"] >= ours["compilations"]["seconds"] and ours["peak_rss_mib"] > 100
   assert set(ours["results"]) == {"SGD", "SAM"}
   # One SGD step, one Unified SAM step, the evaluation and the initialization at least.
-  assert ours["compilations"]["count"] >= 4 and ours["compilations"]["seconds"] > 0
+  assert ours["compilations"]["count"] >= 4
   steps = ours["step_ms"]
   assert 0 < steps["sgd"] < steps["sam"]
 
@@ -71,8 +71,6 @@ def test_docs_quote_the_committed_results() -> None:
   first = committed["rounds"][0]
   assert main_job.accuracy_table(first["ours"]["results"], first["torch"]["results"]) in page
   assert committed["identical_to_serial"] is True
-  ops = json.loads((ROOT / "benchmarks" / "results" / "xla_cpu_ops" / "xla_cpu_ops.json").read_text())
-  assert xla_cpu_ops.table(ops["rows"]) in page
 
 
 def test_only_a_full_run_with_torch_writes_the_committed_folder(
@@ -93,47 +91,12 @@ def test_only_a_full_run_with_torch_writes_the_committed_folder(
     (where / "main_job.json").unlink()
 
 
-def test_only_the_default_run_with_torch_writes_the_committed_ops(
-  tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-  assert xla_cpu_ops.RESULTS == ROOT / "benchmarks" / "results" / "xla_cpu_ops"
-  monkeypatch.setattr(xla_cpu_ops, "RESULTS", tmp_path)
-  both = {"rows": {"conv": {"jax_ms": 1.0, "torch_ms": 0.5}}}
-  jax_only = {"rows": {"conv": {"jax_ms": 1.0, "torch_ms": None}}}
-  for argv, data, where in [
-    (["--quick"], both, tmp_path / "quick"),
-    (["--rounds", "1"], both, tmp_path / "quick"),
-    ([], jax_only, tmp_path / "quick"),
-    ([], both, tmp_path),
-  ]:
-    monkeypatch.setattr(xla_cpu_ops, "run", lambda args, data=data: data)
-    assert xla_cpu_ops.main(argv) == 0
-    assert (where / "xla_cpu_ops.json").is_file(), argv
-    (where / "xla_cpu_ops.json").unlink()
-
-
-def test_the_reproducers_run_and_the_pooling_twins_agree() -> None:
-  times = xla_cpu_ops.measure("jax", calls=3)
-  assert set(times) == set(xla_cpu_ops.jax_cases()) and all(t > 0 for t in times.values())
-  import jax
-  import numpy as np
-
-  cases = xla_cpu_ops.jax_cases()
-  slow, fast = cases["max-pool gradient, nn.max_pool"](), cases["max-pool gradient, max_pool_2x2"]()
-  np.testing.assert_array_equal(jax.device_get(slow), jax.device_get(fast))
-
-
 @pytest.mark.parametrize(
-  ("module", "prog", "args", "flag"),
-  [
-    (main_job, "main_job", ["--rounds", "0"], "--rounds"),
-    (main_job, "main_job", ["--step-times", "mxnet"], "--step-times"),
-    (xla_cpu_ops, "xla_cpu_ops", ["--calls", "-1"], "--calls"),
-  ],
+  ("args", "flag"), [(["--rounds", "0"], "--rounds"), (["--step-times", "mxnet"], "--step-times")]
 )
 def test_bad_arguments_exit_2_with_one_line(
-  capsys: pytest.CaptureFixture[str], module: Any, prog: str, args: list[str], flag: str
+  capsys: pytest.CaptureFixture[str], args: list[str], flag: str
 ) -> None:
-  assert module.main(args) == 2
+  assert main_job.main(args) == 2
   lines = capsys.readouterr().err.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: ") and flag in lines[0]
+  assert len(lines) == 1 and lines[0].startswith("main_job: error: ") and flag in lines[0]

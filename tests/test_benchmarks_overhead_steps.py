@@ -10,7 +10,10 @@ parameter-sized buffer.
 
 The steps and the HLO counts are the overhead benchmark's own
 (``benchmarks/overhead/steps.py``, ``benchmarks/hlo.py``): what is checked here
-is what the benchmark times and reports.
+is what the benchmark times and reports. Its SAM-family steps too: Momentum-SAM
+perturbs along the previous SAM gradients, so its step skips the first pass and
+has SGD's products; every other member has SAM's two passes, RSAM's included
+(at x + delta and x + e), and none has control flow.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import optax_usam
 from benchmarks import hlo
 from benchmarks.overhead import steps
 from benchmarks.overhead.steps import Loss
+from tests._hlo import assert_no_control_flow
 
 
 def _mlp() -> tuple[Loss, Any, tuple[jax.Array, jax.Array]]:
@@ -127,6 +131,7 @@ def _compiled(model: str, step: str, lambd: float | str = 1.0) -> tuple[Any, int
     "limit": lambda: steps.limit(loss),
     "usam": lambda: steps.usam(loss, lambd),
     "three_gradients": lambda: _three_gradients_step(loss, lambd),
+    **{name: lambda make=make: steps.family_member(loss, make()) for name, make in steps.FAMILY.items()},
   }[step]()
   return _compile(variant, params, batch), min(x.nbytes for x in jax.tree.leaves(params))
 
@@ -170,3 +175,13 @@ def test_checks_detect_a_third_gradient(model: str) -> None:
   assert _counts(wasteful) == _scaled(ONE_PASS[model], 3)
   assert _temp(wasteful) - _temp(limit) >= leaf_bytes
   assert _array_ops(wasteful) != _array_ops(limit)
+
+
+@pytest.mark.parametrize(
+  ("name", "passes"), [(name, 1 if name == "momentum_sam" else 2) for name in steps.FAMILY]
+)
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_family_steps_take_their_passes_without_control_flow(model: str, name: str, passes: int) -> None:
+  compiled = _compiled(model, name)[0]
+  assert _counts(compiled) == _scaled(ONE_PASS[model], passes)
+  assert_no_control_flow(compiled.as_text(), prng=name == "random_smoothing_sam")

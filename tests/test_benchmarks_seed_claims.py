@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from benchmarks.seed_claims import almost_constant, cli, common, neighbourhood, quadratic
+from tests import numpy_reference as ref
 
 CLAIM_NAMES = ("quadratic", "almost_constant", "neighbourhood", "nonconvex")
 
@@ -60,16 +61,6 @@ def test_the_quick_quadratic_plateau_is_the_closed_form(quick_run: tuple[Path, d
   np.testing.assert_allclose(measured["sam_diminishing_final_distance"], orbit, rtol=1e-3)
 
 
-def numpy_sam(grad: Any, x0: np.ndarray, gammas: np.ndarray, rhos: np.ndarray) -> list[np.ndarray]:
-  """Deterministic SAM by hand: x <- x - gamma_k grad(x + rho_k g / (||g|| + 1e-12)), g = grad(x)."""
-  xs = [x0]
-  for gamma, rho in zip(gammas, rhos, strict=True):
-    x = xs[-1]
-    g = grad(x)
-    xs.append(x - gamma * grad(x + rho * g / (np.linalg.norm(g) + 1e-12)))
-  return xs
-
-
 def test_quadratic_simulation_matches_a_numpy_loop() -> None:
   steps = 60
   rng = np.random.default_rng(5)
@@ -85,7 +76,7 @@ def test_quadratic_simulation_matches_a_numpy_loop() -> None:
     (gamma / (k + 1) ** quadratic.STEP_POWER, np.full(steps, rho)),
   ]  # GD, constant, diminishing
   for start, row, (gammas, rhos) in zip(starts, dist, schedules, strict=True):
-    xs = numpy_sam(lambda x: quadratic.EIGENVALUES * (x - x_star), start, gammas, rhos)
+    xs = ref.sam_gd(lambda x: quadratic.EIGENVALUES * (x - x_star), start, gammas, rhos)
     np.testing.assert_allclose(row, [np.linalg.norm(x - x_star) for x in xs], rtol=1e-10, atol=1e-14)
 
 
@@ -108,7 +99,7 @@ def test_almost_constant_simulation_matches_a_numpy_loop() -> None:
   gammas = gamma0 / (k + 1)
   radii = [np.zeros(steps), np.full(steps, 0.2), 0.2 / (k + 1) ** 1e-3]  # GD, constant, almost constant
   for row, rhos in zip(values, radii, strict=True):
-    np.testing.assert_allclose(row, [f(x) for x in numpy_sam(grad, np.zeros(n), gammas, rhos)], rtol=1e-10)
+    np.testing.assert_allclose(row, [f(x) for x in ref.sam_gd(grad, np.zeros(n), gammas, rhos)], rtol=1e-10)
 
 
 def test_deterministic_ridge_simulation_matches_a_numpy_loop() -> None:
@@ -122,7 +113,7 @@ def test_deterministic_ridge_simulation_matches_a_numpy_loop() -> None:
   x_star = np.linalg.solve(hessian, a.T @ b / a.shape[0])
   k = np.arange(steps)
   gammas = np.minimum(problem.gamma, (2 * k + 1) / ((k + 1) ** 2 * problem.mu))  # Theorem 3.5's steps
-  xs = numpy_sam(lambda x: hessian @ (x - x_star), np.zeros(a.shape[1]), gammas, np.full(steps, rho))
+  xs = ref.sam_gd(lambda x: hessian @ (x - x_star), np.zeros(a.shape[1]), gammas, np.full(steps, rho))
   expected = [0.5 * (x - x_star) @ hessian @ (x - x_star) for x in xs[2::2]]
   np.testing.assert_allclose(subopt, expected, rtol=1e-8)
 

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from tests import numpy_reference as ref
 from tests.train_helpers import cifar, final_checkpoint, last_line, run_dir
 
 
@@ -26,9 +27,9 @@ def test_cifar_stop_resume_equals_uninterrupted_run(tmp_path):
   step_a, a = final_checkpoint(tmp_path / "straight")
   step_b, b = final_checkpoint(tmp_path / "resumed")
   assert step_a == step_b == 6  # 48 // 16 = 3 steps per epoch, 2 epochs
-  # The lambda schedule's count survived the checkpoint: t = 6 at the last step.
+  # The lambda schedule's count survived the checkpoint: the last step had count 5 (t = 6).
   assert int(b["opt_state"][0]["count"]) == 6
-  assert float(b["opt_state"][0]["lambd"]) == pytest.approx(1 - 1 / 6)
+  assert float(b["opt_state"][0]["lambd"]) == pytest.approx(ref.lambda_at("1-1/t", 5))
   jax.tree.map(np.testing.assert_array_equal, a, b)
   logs = [json.loads(line) for line in (tmp_path / "resumed" / "runs").glob("*/log.jsonl").__next__().open()]
   assert [entry["epoch"] for entry in logs] == [1, 2]

@@ -13,8 +13,10 @@ import pytest
 from flax.training import train_state
 
 import optax_usam
+from benchmarks import hlo
 from optax_usam.flax_linen import SAMTrainState, linen_train_step
 from tests import numpy_reference as ref
+from tests._hlo import assert_no_control_flow
 
 RHO, LR = 0.3, 0.1
 
@@ -248,6 +250,40 @@ def test_linen_train_step_one_pass_for_momentum_sam():
     np.testing.assert_allclose(out.loss, loss, rtol=1e-5)
     np.testing.assert_allclose(out.aux, logits, rtol=1e-5, atol=1e-6)
   assert int(state.step) == 2
+
+
+class _NoDropoutNet(nn.Module):
+  """Dense -> BatchNorm -> ReLU -> Dense: 2 dots forward, 3 backward (the input needs no gradient); no
+  dropout, whose random bits would add while loops to the compiled step."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    return nn.Dense(4)(nn.relu(nn.BatchNorm(use_running_average=not train)(nn.Dense(16)(x))))
+
+
+@pytest.mark.parametrize(("sam_tx", "passes"), [(optax_usam.momentum_sam, 1), (optax_usam.sam, 2)])
+def test_linen_train_step_compiles_one_pass_for_momentum_sam_and_two_for_sam(sam_tx, passes):
+  """The compiled step skips the first pass (Momentum-SAM) or takes it (SAM, the control), in the HLO."""
+
+  def loss_fn(params, batch_stats, batch, rng):
+    logits, updates = _NoDropoutNet().apply(
+      {"params": params, "batch_stats": batch_stats}, batch[0], train=True, mutable=["batch_stats"]
+    )
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean()
+    return loss, (updates["batch_stats"], logits)
+
+  batch = (jnp.ones((8, 5)), jnp.zeros(8, jnp.int32))
+  variables = jax.jit(functools.partial(_NoDropoutNet().init, train=False))(jax.random.key(0), batch[0])
+  state = SAMTrainState.create(
+    apply_fn=_NoDropoutNet().apply,
+    params=variables["params"],
+    batch_stats=variables["batch_stats"],
+    tx=optax.chain(sam_tx(0.05), optax.sgd(0.1, momentum=0.9)),
+  )
+  step = jax.jit(functools.partial(linen_train_step, loss_fn=loss_fn))
+  text = step.lower(state, batch).compile().as_text()
+  assert hlo.products(text)[0] == 5 * passes
+  assert_no_control_flow(text)
 
 
 def test_linen_train_step_one_pass_refuses_ascent_fraction():

@@ -8,8 +8,10 @@ import pytest
 from flax import nnx
 
 import optax_usam
+from benchmarks import hlo
 from optax_usam.flax_nnx import sam_update
 from tests import numpy_reference as ref
+from tests._hlo import assert_no_control_flow
 
 RHO, LR = 0.3, 0.1
 
@@ -170,3 +172,23 @@ def test_sam_update_one_pass_for_momentum_sam(has_aux):
   diag = optax_usam.get_diagnostics(optimizer.opt_state)
   np.testing.assert_allclose(diag["perturbation_norm"], RHO, rtol=1e-5)
   assert int(optimizer.step[...]) == 2 and int(model.dropout.rngs.count[...]) == 2
+
+
+@pytest.mark.parametrize(("sam_tx", "passes"), [(optax_usam.momentum_sam, 1), (optax_usam.sam, 2)])
+def test_sam_update_compiles_one_pass_for_momentum_sam_and_two_for_sam(sam_tx, passes):
+  """The compiled step skips the first pass (Momentum-SAM) or takes it (SAM, the control), in the HLO: 2 dots
+  forward, 3 backward (the input needs no gradient); no dropout, whose random bits would add while loops."""
+
+  class TwoLayers(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+      self.dense, self.out = nnx.Linear(5, 16, rngs=rngs), nnx.Linear(16, 4, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+      return self.out(nnx.relu(self.dense(x)))
+
+  model = TwoLayers(nnx.Rngs(0))
+  optimizer = nnx.Optimizer(model, optax.chain(sam_tx(0.05), optax.sgd(0.1)), wrt=nnx.Param)
+  step = nnx.jit(lambda m, o, x, y: sam_update(m, o, _loss, x, y))
+  text = step.lower(model, optimizer, jnp.ones((8, 5)), jnp.zeros(8, jnp.int32)).compile().as_text()
+  assert hlo.products(text)[0] == 5 * passes
+  assert_no_control_flow(text)

@@ -169,11 +169,6 @@ def _mean(trees):
   return {k: np.mean([t[k] for t in trees], axis=0) for k in trees[0]}
 
 
-def _sgd_momentum_step(p, trace, g):
-  trace = {k: g[k] + WD * p[k] + MOMENTUM * trace[k] for k in p}
-  return {k: p[k] - LR * trace[k] for k in p}, trace
-
-
 def _multi_steps_run(make_tx, p0, micro, steps):
   """``steps`` optimizer steps of len(micro) micro-steps each, grad_fn on the current micro-batch."""
   with jax.enable_x64(True):
@@ -202,7 +197,9 @@ def test_multi_steps_around_sam_uses_only_the_last_micro_batch_at_the_ascent_poi
   for _ in range(3):
     e, _ = ref.perturbation(_mean(_grads_at(p, micro)), rho, lambd)
     last_x, last_y = micro[-1]
-    p, trace = _sgd_momentum_step(p, trace, ref.mlp_grad({k: p[k] + e[k] for k in p}, last_x, last_y))
+    p, trace = ref.momentum_sgd(
+      p, trace, ref.mlp_grad({k: p[k] + e[k] for k in p}, last_x, last_y), LR, MOMENTUM, WD
+    )
   # MultiSteps accumulates in float32 unless told otherwise.
   make_tx = lambda: optax.MultiSteps(
     _sgd_chain(optax_usam.unified_sam(rho, lambd)), len(micro), accumulator_dtype=jnp.float64
@@ -227,7 +224,7 @@ def test_sam_before_multi_steps_is_m_sharpness():
       e, _ = ref.perturbation(ref.mlp_grad(p, xi, yi), rho, ref.lambda_at("1-1/t", count))
       sam_grads.append(ref.mlp_grad({k: p[k] + e[k] for k in p}, xi, yi))
       count += 1
-    p, trace = _sgd_momentum_step(p, trace, _mean(sam_grads))
+    p, trace = ref.momentum_sgd(p, trace, _mean(sam_grads), LR, MOMENTUM, WD)
   base = optax.chain(optax.add_decayed_weights(WD), optax.sgd(LR, momentum=MOMENTUM))
   make_tx = lambda: optax.chain(
     optax_usam.unified_sam(rho, "1-1/t"), optax.MultiSteps(base, len(micro), accumulator_dtype=jnp.float64)
@@ -412,8 +409,9 @@ def test_integer_leaves_inside_the_tree_reach_sgd_as_float0():
   sam = optax_usam.sam(0.1)
   out, _ = sam.update(grad(params), sam.init(params), params, grad_fn=grad)
   assert out["n"].dtype == jax.dtypes.float0
-  g = np.array([6.0, -12.0])
-  np.testing.assert_allclose(out["w"], 6 * (np.array([1.0, -2.0]) + 0.1 * g / np.linalg.norm(g)), rtol=1e-6)
+  # The gradient of 3 sum(w^2) at the ascent point w + e: 6 (w + e), e SAM's perturbation of g = 6 w.
+  e, _ = ref.perturbation({"w": np.array([6.0, -12.0])}, 0.1, 1.0)
+  np.testing.assert_allclose(out["w"], 6 * (np.array([1.0, -2.0]) + e["w"]), rtol=1e-6)
   tx = optax.chain(optax_usam.sam(0.1), optax.sgd(0.1))
   with pytest.raises(TypeError, match="float0"):
     tx.update(grad(params), tx.init(params), params, grad_fn=grad)

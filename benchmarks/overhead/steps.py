@@ -3,7 +3,7 @@
 Every factory takes a loss ``loss(params, x, y)`` and returns a :data:`Variant`: the step
 ``step(params, state, x, y) -> (params, state, loss)`` and ``init(params) -> state``. All use
 momentum SGD (``LR``, ``MOMENTUM``) as the base optimizer and ``RHO``, ``EPS`` for the perturbation.
-``tests/test_benchmarks_overhead_steps.py`` compiles the same ``sgd``, ``limit`` and ``usam`` steps.
+``tests/test_benchmarks_overhead_steps.py`` compiles the same ``sgd``, ``limit``, ``usam`` and family steps.
 """
 
 from __future__ import annotations
