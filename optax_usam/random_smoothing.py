@@ -40,7 +40,7 @@ def noise(
 ) -> optax.Params:
   r"""RSAM's noise :math:`\delta = \sigma\, s \odot z`, :math:`z \sim N(0, I)`, per floating leaf.
 
-  :math:`s` holds the filter norms with ``filter_wise``, else 1 (see :func:`random_smoothing_sam`).
+  :math:`s` holds the filter norms with ``filter_wise``, else 1 (see :func:`optax_usam.random_smoothing_sam`).
 
   Leaf :math:`i` (in ``jax.tree.leaves`` order) draws :math:`z` from
   ``jax.random.fold_in(key, i)`` in its own dtype; non-floating leaves get None.
