@@ -43,6 +43,7 @@ def adaptive_scales(params: Params, eta: chex.Numeric, mask: Any = None) -> Para
     >>> adaptive_scales(params, eta=0.01, mask={"w": True, "b": False})
     {'b': None, 'w': Array([2.01, 0.51], dtype=float32)}
   """
+  eta = _validation.check_nonnegative(eta, "eta", traced=True)
   leaves, treedef = jax.tree.flatten(params)
   flags = _validation.leaf_mask(mask, params, "adaptive_mask")
   scale = lambda x, adapt: (jnp.abs(x) + eta) if adapt and is_float_leaf(x) else None

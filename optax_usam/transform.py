@@ -212,7 +212,9 @@ def unified_sam(
   ) -> tuple[optax.Updates, UnifiedSAMState]:
     del extra_args
     dtype = state.grad_norm.dtype
-    g = _validation.check_update_args(updates, params, grad_fn, eps, dtype, fresh_gradient=fresh_gradient)
+    g = _validation.check_update_args(
+      updates, params, grad_fn, eps, dtype, rho, fresh_gradient=fresh_gradient
+    )
     rho_t, lambd_t = (jnp.asarray(schedule(state.count), dtype) for schedule in (rho_fn, lambd_fn))
     if average_first:
       g = pmean(g, axis_name)

@@ -225,3 +225,9 @@ def test_zero_gradient_is_a_minimum_not_an_error(lambd):
   out = optax_usam.perturb(zero, zero, 0.1, lambd)
   chex.assert_trees_all_equal(out.params, zero)
   assert float(out.grad_norm) == 0.0 and float(out.perturbation_norm) == 0.0
+
+
+@pytest.mark.parametrize("eta", [-1.0, float("nan"), float("inf")])
+def test_adaptive_scales_refuse_a_negative_or_non_finite_eta(eta):
+  with pytest.raises(ValueError, match="eta must be a non-negative finite float"):
+    perturbation.adaptive_scales({"w": jnp.ones(2)}, eta)

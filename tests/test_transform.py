@@ -679,3 +679,19 @@ def test_inject_hyperparams_reaches_every_numeric_hyperparameter(name):
     if (name, key) != ("usam", "eps"):  # lambda = 0: nothing is normalized
       assert not np.allclose(got["w"], step(state)["w"], rtol=1e-5), f"{key} changes nothing"
   assert step._cache_size() == 1
+
+
+@pytest.mark.parametrize("rho", [1e39, 10**40])
+def test_a_rho_the_parameters_dtype_cannot_hold_is_refused(rho):
+  # In float32 the step would compute with rho = inf; float64 parameters hold it.
+  grad_fn = lambda p: {"w": 2 * p["w"]}
+  params = {"w": jnp.array([3.0, 4.0])}
+  tx = optax_usam.unified_sam(rho, 1.0)
+  with pytest.raises(ValueError, match=r"rho=1e\+(39|40) is beyond the largest float32"):
+    tx.update(grad_fn(params), tx.init(params), params, grad_fn=grad_fn)
+  with jax.enable_x64(True):
+    params = {"w": jnp.array([3.0, 4.0], jnp.float64)}
+    _, state = tx.update(grad_fn(params), tx.init(params), params, grad_fn=grad_fn)
+    np.testing.assert_allclose(
+      float(optax_usam.get_diagnostics(state)["perturbation_norm"]), float(rho), rtol=1e-12
+    )

@@ -81,3 +81,26 @@ def test_complex_parameters_are_refused_where_they_enter(entry):
     else:
       tx = optax_usam.sam(0.1)
       tx.update(grad(params), tx.init(params), params, grad_fn=grad)
+
+
+def _integer_direction() -> optax_usam.AscentDirection:
+  to_int = lambda g, state, params=None: (jax.tree.map(lambda x: jnp.round(x).astype(jnp.int32), g), state)
+  return optax_usam.AscentDirection(optax.GradientTransformation(optax.init_empty_state, to_int), "gradient")
+
+
+@pytest.mark.parametrize(
+  ("tx", "updates", "name"),
+  [
+    # The norm skips a non-floating leaf, so an integer gradient would be moved by rho * g unnormalized.
+    (optax_usam.sam(0.1), {"w": jnp.array([1, 2, 3])}, "updates"),
+    (optax_usam.unified_sam(0.1, 1.0, direction=_integer_direction()), None, "the direction's output d_t"),
+  ],
+)
+def test_an_integer_gradient_of_a_float_parameter_is_refused(tx, updates, name):
+  params = {"w": jnp.array([0.3, -0.2, 0.1])}
+  calls = []
+  grad_fn = lambda p: calls.append(p) or jax.tree.map(jnp.ones_like, p)
+  updates = {"w": jnp.array([1.0, 2.0, 3.0])} if updates is None else updates
+  with pytest.raises(TypeError, match=rf"{name} leaf \['w'\] has dtype int32, but the parameter is floating"):
+    tx.update(updates, tx.init(params), params, grad_fn=grad_fn)
+  assert not calls  # refused before any ascent point is evaluated

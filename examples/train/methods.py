@@ -173,9 +173,9 @@ def ascent_fraction(method: Method, args: argparse.Namespace) -> float | None:
   return args.ascent_fraction if method.variant == "subbatch-sam" else None
 
 
-def check_ascent_fraction(tx: optax.GradientTransformationExtraArgs, fraction: float) -> None:
-  """The library checks an ascent fraction in the step that takes it: traces a ``linen_train_step`` with
-  ``tx`` and ``ascent_fraction=fraction`` on a one-parameter model (nothing is computed)."""
+def check_step(tx: optax.GradientTransformationExtraArgs, fraction: float | None) -> None:
+  """The library checks some values in the step that takes them (an ascent fraction; a rho the float32 step
+  cannot hold): traces a ``linen_train_step`` with ``tx`` on a one-parameter model (nothing is computed)."""
   state = SAMTrainState.create(apply_fn=None, params=jnp.zeros(1), tx=tx)
   loss_fn = lambda params, batch_stats, batch, rng: (jnp.sum(params * batch), (batch_stats, None))
   jax.eval_shape(lambda: linen_train_step(state, jnp.zeros(1), loss_fn, ascent_fraction=fraction))
@@ -204,7 +204,4 @@ def check_with_library(methods: list[Method], args: argparse.Namespace, lambda_f
     # Per method: two members of the family name a parameter "momentum", each with its own flag.
     _, parameters = FAMILY.get(method.variant, ("", {}))
     with library_errors({**flags, **{p: family_flag(method.variant, p) for p in parameters}}):
-      tx = make_tx(method, args, total_steps=1)
-      fraction = ascent_fraction(method, args)
-      if fraction is not None:
-        check_ascent_fraction(tx, fraction)
+      check_step(make_tx(method, args, total_steps=1), ascent_fraction(method, args))

@@ -185,6 +185,16 @@ def check_eps(eps: Any, dtype: Any = jnp.float64) -> float | jax.Array:
   return eps
 
 
+def check_representable(value: Any, name: str, dtype: Any) -> None:
+  """A concrete ``value`` must be finite in ``dtype``, the dtype it is computed in (traced: unchecked)."""
+  if isinstance(value, numbers.Real) and math.isfinite(value) and abs(value) > float(jnp.finfo(dtype).max):
+    raise ValueError(
+      f"{name}={value:g} is beyond the largest {jnp.dtype(dtype).name} ({float(jnp.finfo(dtype).max):.3g}), "
+      "the dtype these parameters' step is computed in: it would be inf. Use a smaller value, or float64 "
+      "parameters."
+    )
+
+
 def check_scalars(**values: Any) -> None:
   """Raises ValueError naming the first of ``values`` that is not a scalar (traced scalars pass)."""
   for name, value in values.items():

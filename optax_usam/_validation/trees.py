@@ -13,7 +13,7 @@ import numpy as np
 import optax
 
 from optax_usam._trees import is_float_leaf, is_mask_function
-from optax_usam._validation.scalars import check_callable, check_eps
+from optax_usam._validation.scalars import check_callable, check_eps, check_representable
 
 
 def leading_size(batch: Any) -> int:
@@ -112,6 +112,12 @@ def check_matches_params(tree: Any, params: Any, name: str, *, dtypes: bool) -> 
     if np.shape(t) != np.shape(p):
       shapes = f"has shape {np.shape(t)}, but the parameter has shape {np.shape(p)}"
       raise ValueError(f"{name} leaf {where} {shapes}.")
+    if not jnp.issubdtype(jnp.result_type(t), jnp.inexact):
+      # The norm skips non-floating leaves, so such a leaf would be moved by an unnormalized step.
+      raise TypeError(
+        f"{name} leaf {where} has dtype {jnp.result_type(t)}, but the parameter is floating "
+        f"({jnp.result_type(p)}): its gradient must be floating too."
+      )
     if dtypes and jnp.result_type(t) != jnp.result_type(p):
       raise TypeError(
         f"{name} leaf {where} has dtype {jnp.result_type(t)}, but the parameter has dtype "
@@ -137,11 +143,18 @@ def check_params_given(params: Any, method: str) -> None:
 
 
 def check_update_args(
-  updates: Any, params: Any, grad_fn: Any, eps: Any = None, dtype: Any = None, *, fresh_gradient: bool = True
+  updates: Any,
+  params: Any,
+  grad_fn: Any,
+  eps: Any = None,
+  dtype: Any = None,
+  rho: Any = None,
+  *,
+  fresh_gradient: bool = True,
 ) -> Any:
   """Params and ``grad_fn`` given, no ``optax.MaskedNode`` in params (``grad_fn`` would fail on them).
 
-  ``eps``, when given, is checked against ``dtype``, the dtype the norm is accumulated in.
+  ``eps`` and a constant ``rho``, when given, are checked against ``dtype``, the dtype of the step.
 
   Returns ``updates``, or None when they are absent: None, or, where the ascent direction does not read
   them (``fresh_gradient=False``), a tree without leaves (``nnx.Optimizer.update(model, None)`` passes one).
@@ -149,6 +162,8 @@ def check_update_args(
   check_params_given(params, "update")
   if eps is not None:
     check_eps(eps, dtype)
+  if rho is not None:
+    check_representable(rho, "rho", dtype)
   if grad_fn is None:
     raise ValueError(
       "unified_sam.update needs grad_fn=, a function params -> gradients on the "
