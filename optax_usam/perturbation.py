@@ -87,7 +87,9 @@ def perturb(
     grads: the gradient :math:`g` at ``params``, same tree structure.
     rho: the perturbation radius :math:`\rho \ge 0` (a scalar, may be traced).
     lambd: the normalization weight :math:`\lambda \in [0, 1]` (may be traced).
-    eps: added to :math:`\|g\|` in the denominator.
+    eps: added to :math:`\|g\|` in the denominator. A Python number out of
+      range (of these three) is a ValueError; an array, such as a step's
+      :math:`\rho_t`, is checked only with ``check_values``.
     scales: optional elementwise :math:`T`, a tree like ``params`` whose
       leaves are arrays or None (None means 1).
     mask: which leaves are perturbed, as in :func:`optax.masked`: a tree of
@@ -119,6 +121,7 @@ def perturb(
   _validation.check_real(params)
   _validation.check_scalars(rho=rho, lambd=lambd, eps=eps)
   dtype = accumulation_dtype(params)
+  _validation.check_perturb_values(rho, lambd, eps, dtype)
   leaves, treedef = jax.tree.flatten(params)
   grad_leaves = treedef.flatten_up_to(grads)
   t_leaves = [None] * len(leaves) if scales is None else treedef.flatten_up_to(scales)

@@ -78,3 +78,10 @@ def test_low_precision_and_integer_leaves():
 def test_microbatch_grad_fn_bad_input(batch, k, error, match):
   with pytest.raises(error, match=match):
     optax_usam.microbatch_grad_fn(lambda p, b: p, batch, k)
+
+
+def test_an_empty_batch_is_refused():
+  # A mean over no examples would be a NaN gradient.
+  grad = jax.grad(lambda params, batch: jnp.mean(batch["x"] @ params["w"]))
+  with pytest.raises(ValueError, match="batch has no examples"):
+    optax_usam.microbatch_grad_fn(grad, {"x": jnp.zeros((0, 3))}, 1)

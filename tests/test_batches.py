@@ -51,3 +51,8 @@ def test_first_fraction_keeps_the_first_ceil_f_n_examples():
     _batches.first_fraction(batch, 0.0)
   with pytest.raises(ValueError, match="leading axis"):
     _batches.first_fraction({"x": jnp.ones((4,)), "y": jnp.ones((5,))}, 0.5)
+
+
+def test_the_first_fraction_of_an_empty_batch_is_refused():
+  with pytest.raises(ValueError, match="batch has no examples"):
+    _batches.first_fraction({"x": jnp.zeros((0, 3))}, 0.5)

@@ -175,9 +175,12 @@ def test_global_norm_needs_one_scalar_all_reduce(num_devices, num_model):
 
 
 def test_perturbation_norm_is_never_negative():
-  """lambda = 1.5 on a large gradient makes the coefficient negative: ||e|| = |coefficient| ||g||."""
+  """lambda = 1.5 on a large gradient makes the coefficient negative: ||e|| = |coefficient| ||g||.
+
+  A Python 1.5 is refused (below); an array, as a step's lambda_t, is unchecked unless ``check_values``.
+  """
   g = {"w": jnp.full((4,), 10.0)}
-  out = optax_usam.perturb({"w": jnp.zeros(4)}, g, 0.1, 1.5)
+  out = optax_usam.perturb({"w": jnp.zeros(4)}, g, 0.1, jnp.asarray(1.5))
   e = np.asarray(out.params["w"])
   np.testing.assert_allclose(out.perturbation_norm, np.linalg.norm(e), rtol=1e-6)
   assert float(out.perturbation_norm) > 0
@@ -231,3 +234,19 @@ def test_zero_gradient_is_a_minimum_not_an_error(lambd):
 def test_adaptive_scales_refuse_a_negative_or_non_finite_eta(eta):
   with pytest.raises(ValueError, match="eta must be a non-negative finite float"):
     perturbation.adaptive_scales({"w": jnp.ones(2)}, eta)
+
+
+@pytest.mark.parametrize(
+  ("kwargs", "message"),
+  [
+    ({"rho": -1.0}, "rho must be a non-negative finite float"),  # it would descend, reporting ||e|| = 1
+    ({"rho": float("nan")}, "rho must be a non-negative finite float"),
+    ({"rho": 1e39}, r"rho=1e\+39 is beyond the largest float32"),
+    ({"lambd": 1.5}, r"lambd must be a float in \[0.0, 1.0\]"),
+    ({"eps": 0.0}, "eps must be a positive finite float"),  # unified_sam refuses it too
+  ],
+)
+def test_perturb_refuses_out_of_range_numbers(kwargs, message):
+  params = {"w": jnp.array([3.0, 4.0])}
+  with pytest.raises(ValueError, match=message):
+    optax_usam.perturb(params, params, **{"rho": 0.1, "lambd": 1.0, **kwargs})

@@ -195,6 +195,18 @@ def check_representable(value: Any, name: str, dtype: Any) -> None:
     )
 
 
+def check_perturb_values(rho: Any, lambd: Any, eps: Any, dtype: Any) -> None:
+  """The ranges of :func:`optax_usam.perturb`'s Python numbers; arrays (a step's rho_t, lambda_t) are the
+  caller's to check (``check_values``)."""
+  if isinstance(rho, numbers.Real):
+    check_nonnegative(rho, "rho")
+    check_representable(rho, "rho", dtype)
+  if isinstance(lambd, numbers.Real):
+    check_interval(lambd, "lambd", 0.0, 1.0)
+  if isinstance(eps, numbers.Real):
+    check_eps(eps, dtype)
+
+
 def check_scalars(**values: Any) -> None:
   """Raises ValueError naming the first of ``values`` that is not a scalar (traced scalars pass)."""
   for name, value in values.items():

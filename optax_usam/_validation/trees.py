@@ -17,11 +17,14 @@ from optax_usam._validation.scalars import check_callable, check_eps, check_repr
 
 
 def leading_size(batch: Any) -> int:
-  """The leading-axis size every leaf of ``batch`` shares; ValueError if they differ or one is a scalar."""
+  """The leading-axis size every leaf of ``batch`` shares; ValueError if they differ, a leaf is 0-d, or 0."""
   sizes = {np.shape(x)[0] if np.ndim(x) else None for x in jax.tree.leaves(batch)}
   if not sizes or None in sizes or len(sizes) != 1:
     got = f"got leading sizes {sorted(sizes, key=str)}"
     raise ValueError(f"batch must be a pytree of arrays sharing their leading axis; {got}.")
+  if sizes == {0}:
+    # A mean over no examples is 0/0: every gradient would be NaN.
+    raise ValueError("batch has no examples (its leading axis has size 0).")
   return sizes.pop()
 
 
