@@ -13,8 +13,8 @@ from optax_usam import _validation
 from optax_usam._collectives import pmean
 from optax_usam._trees import accumulation_dtype, is_float_leaf
 from optax_usam.ascent import GradFn
+from optax_usam.schedules import LambdaSchedule
 from optax_usam.transform import (
-  LambdaSchedule,
   Radius,
   Transformation,
   UnifiedSAMState,

@@ -16,7 +16,8 @@ import optax
 from optax_usam import _validation
 from optax_usam._trees import is_float_leaf
 from optax_usam.ascent import AscentDirection
-from optax_usam.transform import LambdaSchedule, Radius, Transformation, unified_sam, with_sam_options
+from optax_usam.schedules import LambdaSchedule
+from optax_usam.transform import Radius, Transformation, unified_sam, with_sam_options
 
 __all__ = ["noise", "random_smoothing_sam"]
 

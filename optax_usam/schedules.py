@@ -14,6 +14,9 @@ import chex
 from optax_usam import _validation
 from optax_usam._validation.scalars import Schedule
 
+#: What a ``lambd_schedule`` argument takes.
+LambdaSchedule = float | str | Schedule
+
 #: The named schedules as the coefficients ``(constant, per_t)`` of :func:`inverse_t`.
 LAMBDA_FORMS = {"1/t": (0.0, 1.0), "1-1/t": (1.0, -1.0)}
 #: The strings ``lambd_schedule`` accepts besides numbers and callables.
@@ -42,7 +45,7 @@ def inverse_t(constant: chex.Numeric = 0.0, per_t: chex.Numeric = 1.0) -> Schedu
 _NAMED = {name: inverse_t(*form) for name, form in LAMBDA_FORMS.items()}
 
 
-def lambda_schedule(lambd: float | str | Schedule) -> Schedule:
+def lambda_schedule(lambd: LambdaSchedule) -> Schedule:
   """``count -> lambda_t`` for a float in [0, 1], one of :data:`LAMBDA_STRINGS`, or a callable.
 
   A callable must give values in [0, 1]; its value at count 0 is checked here when it can be computed.

@@ -24,12 +24,12 @@ from optax_usam.ascent import (
   reads_gradient,
 )
 from optax_usam.perturbation import Perturbed, adaptive_scales, perturb
+from optax_usam.schedules import LambdaSchedule
 
 __all__ = ["UnifiedSAMState", "sam", "unified_sam", "usam"]
 
 # The argument types every member of the SAM family shares.
 Radius = float | optax.ScalarOrSchedule
-LambdaSchedule = float | str | Callable[[chex.Numeric], chex.Numeric]
 Transformation = optax.GradientTransformationExtraArgs
 _T = TypeVar("_T")
 
