@@ -3,6 +3,7 @@
 from optax_usam import distributed, sampling, schedules, theory
 from optax_usam.accumulation import microbatch_grad_fn
 from optax_usam.ascent import AscentDirection
+from optax_usam.chain_order import check_sam_first
 from optax_usam.cheaper import randomized_sam, reuse_sam
 from optax_usam.diagnostics import get_diagnostics, needs_fresh_gradient
 from optax_usam.directions import friendly_sam, momentum_sam, vasso
@@ -17,6 +18,7 @@ __all__ = [
   "AscentDirection",
   "SAMTrainState",
   "UnifiedSAMState",
+  "check_sam_first",
   "distributed",
   "friendly_sam",
   "get_diagnostics",

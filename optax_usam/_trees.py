@@ -1,4 +1,7 @@
-"""Predicates and the global norm on pytrees, shared by the algorithm and its checks; they raise nothing."""
+"""Predicates and the global norm on pytrees, shared by the algorithm and its checks.
+
+They raise nothing, except :func:`global_norm` when asked to sum in a dtype that is not floating.
+"""
 
 from __future__ import annotations
 
@@ -49,9 +52,12 @@ def global_norm(tree: Any, dtype: jnp.dtype | None = None) -> chex.Array:
   entry gives ``inf``, a NaN gives NaN. Norms below about 1e-19 (float32)
   read 0: their squares underflow, and there ``eps`` = 1e-12 dominates the
   denominator of :func:`optax_usam.perturb` anyway. Non-floating leaves are ignored.
-
+  A ``dtype`` given must be a floating dtype (TypeError otherwise).
   """
-  dtype = accumulation_dtype(tree) if dtype is None else dtype
+  if dtype is None:
+    dtype = accumulation_dtype(tree)
+  elif not jnp.issubdtype(dtype, jnp.floating):
+    raise TypeError(f"global_norm: dtype must be a floating dtype to sum squares in; got {jnp.dtype(dtype)}.")
   finfo = jnp.finfo(dtype)
   shift = 2.0 ** (int(finfo.maxexp) // 2)
   plain = scaled = jnp.zeros((), dtype)

@@ -24,6 +24,7 @@ import optax
 from optax_usam import _validation
 from optax_usam._collectives import pmean
 from optax_usam._trees import accumulation_dtype, global_norm, is_float_leaf
+from optax_usam.transform import Transformation
 
 __all__ = ["RandomizedState", "ReuseState", "randomized_sam", "reuse_sam"]
 
@@ -46,6 +47,28 @@ class RandomizedState(NamedTuple):
 
 # Rounding in two gradient evaluations and a projection stays within a few ulps of ||g_s||; 16 leaves margin.
 _NOISE_ULPS = 16
+# The step counts are int32 (optax's).
+_COUNT_MAX = int(jnp.iinfo(jnp.int32).max)
+
+
+def _check_sam(sam: Any, injected: str) -> Transformation:
+  """``sam`` if it is a SAM-family transformation: the wrappers return its update as the SAM gradient.
+
+  ``injected`` is the wrapper built from ``rho``, for the hint on ``optax.inject_hyperparams``.
+  """
+  if isinstance(sam, Transformation):
+    return sam
+  allowed = (
+    "a transformation of the SAM family (optax_usam.unified_sam or a member: sam, usam, gsam, vasso, "
+    "friendly_sam, momentum_sam, random_smoothing_sam), whose update returns the SAM gradient"
+  )
+  if not isinstance(sam, optax.GradientTransformation):
+    raise TypeError(f"sam must be {allowed}; got {sam!r} of type {type(sam).__name__}.")
+  raise TypeError(
+    f"sam must be {allowed}; got an optax transformation that is not one (an optimizer, an optax.chain, "
+    "optax.inject_hyperparams, a cheaper wrapper). To tune the SAM hyperparameters, inject around the "
+    f"wrapper: optax.inject_hyperparams(lambda rho: optax_usam.{injected})(rho=0.05)."
+  )
 
 
 def _is_none(x: Any) -> bool:
@@ -75,7 +98,7 @@ def _mean_over(tree: optax.Updates, axis_name: Hashable | None) -> optax.Updates
 
 
 def reuse_sam(
-  sam: optax.GradientTransformationExtraArgs,
+  sam: Transformation,
   every_k: int,
   alpha: float = 0.7,
   *,
@@ -91,9 +114,14 @@ def reuse_sam(
   :math:`1 + 1/k` gradients; memory: one parameter-sized buffer.
 
   Args:
-    sam: a :func:`optax_usam.unified_sam` transformation.
-    every_k: run ``sam`` on steps 0, k, 2k, ...
-    alpha: weight of the reused correction (LookSAM's default, 0.7).
+    sam: the transformation of :func:`optax_usam.unified_sam` or of a member of
+      its family (:func:`optax_usam.sam`, :func:`optax_usam.vasso`, ...). Anything
+      else is a TypeError: an optax optimizer, an ``optax.chain``, an
+      ``optax.inject_hyperparams`` (to tune ``rho`` at run time, inject around the
+      wrapper: ``optax.inject_hyperparams(lambda rho: reuse_sam(sam(rho), 4))``).
+    every_k: run ``sam`` on steps 0, k, 2k, ... (at most 2**31 - 1, the int32 step count).
+    alpha: weight of the reused correction (LookSAM's default, 0.7); a traced
+      one (``optax.inject_hyperparams``) is checked with ``sam``'s ``check_values``.
     axis_name: inside ``pmap``/``shard_map``, the data axis: the gradients
       of the one-gradient steps are averaged over it (give ``sam`` the same axis).
 
@@ -119,8 +147,12 @@ def reuse_sam(
     Liu et al., `Towards Efficient and Scalable Sharpness-Aware Minimization
     <https://arxiv.org/abs/2203.02714>`_, CVPR 2022.
   """
-  every_k = _validation.check_int(every_k, "every_k", 1, bounds="a positive int")
-  alpha = _validation.check_nonnegative(alpha, "alpha")
+  sam = _check_sam(sam, "reuse_sam(optax_usam.sam(rho), 4)")
+  every_k = _validation.check_int(
+    every_k, "every_k", 1, _COUNT_MAX, bounds=f"a positive int at most {_COUNT_MAX} (the int32 step count)"
+  )
+  with _validation.checking_traced_values(sam.check_values):
+    alpha = _validation.check_nonnegative(alpha, "alpha", traced=True)
 
   def init_fn(params: optax.Params) -> ReuseState:
     inner = sam.init(params)
@@ -162,7 +194,7 @@ def reuse_sam(
 
 
 def randomized_sam(
-  sam: optax.GradientTransformationExtraArgs,
+  sam: Transformation,
   probability: float | optax.Schedule,
   seed: int = 0,
   *,
@@ -176,9 +208,16 @@ def randomized_sam(
   communicate over ``axis_name``).
 
   Args:
-    sam: a :func:`optax_usam.unified_sam` transformation.
+    sam: the transformation of :func:`optax_usam.unified_sam` or of a member of
+      its family, as in :func:`optax_usam.reuse_sam`.
     probability: :math:`p_t \in [0, 1]`, a float or a schedule of the count.
-    seed: seed of the PRNG key that draws the decisions.
+      With ``sam``'s ``check_values=True``, each step's :math:`p_t` (a
+      schedule's value after count 0, a traced value) is checked too.
+    seed: seed of the PRNG key that draws the decisions, an int in
+      [-2**31, 2**32 - 1] (JAX keeps 32 bits of a seed; 64 with
+      ``jax_enable_x64``), read by ``init`` only (under
+      ``optax.inject_hyperparams`` pass it in ``static_args``: a value set in
+      the state later would not reach the key).
     axis_name: inside ``pmap``/``shard_map``, the data axis: the plain
       gradient of a skipped step is averaged over it (give ``sam`` the same axis).
 
@@ -201,8 +240,9 @@ def randomized_sam(
     Zhao et al., `Randomized Sharpness-Aware Training for Boosting
     Computational Efficiency in Deep Learning <https://arxiv.org/abs/2203.09962>`_, 2022.
   """
+  sam = _check_sam(sam, "randomized_sam(optax_usam.sam(rho), 0.25)")
   prob_fn = _validation.bounded_schedule(probability, "probability", 0.0, 1.0)
-  seed = _validation.check_int(seed, "seed", bounds="an int")
+  seed = _validation.check_seed(seed)
 
   def init_fn(params: optax.Params) -> RandomizedState:
     key = jax.random.key_data(jax.random.key(seed))
@@ -212,7 +252,11 @@ def randomized_sam(
     updates: optax.Updates, state: RandomizedState, params: optax.Params | None = None, **extra_args: Any
   ) -> tuple[optax.Updates, RandomizedState]:
     key, draw = jax.random.split(jax.random.wrap_key_data(state.key))
-    take_sam = jax.random.uniform(draw) < prob_fn(state.count)
+    p_t = prob_fn(state.count)
+    if sam.check_values:
+      # A p_t outside [0, 1] would act as 0 or 1 (NaN as 0) without a word.
+      _validation.check_at_run_time(p_t, "probability", 0.0, 1.0)
+    take_sam = jax.random.uniform(draw) < p_t
     out, inner = jax.lax.cond(
       take_sam,
       lambda: sam.update(updates, state.inner, params, **extra_args),

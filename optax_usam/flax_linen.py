@@ -15,14 +15,18 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 import chex
+import flax.errors
 import jax
 import optax
 from flax import struct
 from flax.training import train_state
 
+from optax_usam import _validation
 from optax_usam._batches import first_fraction
 from optax_usam._collectives import pmean
 from optax_usam._passes import sam_passes
+from optax_usam._validation.outputs import check_like, check_pair, check_scalar_loss, describe
+from optax_usam.chain_order import check_sam_order
 from optax_usam.diagnostics import needs_fresh_gradient
 
 __all__ = ["SAMTrainState", "StepOutput", "linen_train_step"]
@@ -32,13 +36,24 @@ BatchStats = Any
 # loss_fn(params, batch_stats, batch, rng) -> (loss, (new_batch_stats, aux))
 LossFn = Callable[[Params, BatchStats, Any, chex.PRNGKey | None], tuple[chex.Numeric, tuple[BatchStats, Any]]]
 
+_LOSS_FORM = "(loss, (new_batch_stats, aux)), new_batch_stats None for a model without BatchNorm"
+_NO_BATCH_STATS = (
+  "state.batch_stats is {}, but loss_fn's model has batch statistics (BatchNorm): create the state "
+  "with SAMTrainState.create(..., batch_stats=variables['batch_stats'])."
+)
+# What Flax raises when a model with BatchNorm is applied with batch_stats None, or without them.
+_MISSING_COLLECTION = (flax.errors.ApplyScopeInvalidVariablesTypeError, flax.errors.ScopeCollectionNotFound)
+
 
 class SAMTrainState(train_state.TrainState):
   """A :class:`~flax.training.train_state.TrainState` for SAM-style optimizers.
 
   Identical to the stock class except that :meth:`apply_gradients` forwards
-  ``grad_fn`` (and any other optimizer keyword argument) to ``tx.update``, and
-  that it has an optional ``batch_stats`` field for models with BatchNorm.
+  ``grad_fn`` (and any other optimizer keyword argument) to ``tx.update``,
+  that it has an optional ``batch_stats`` field for models with BatchNorm, and
+  that ``create`` and :meth:`apply_gradients` refuse a ``tx`` whose Unified SAM
+  transformation is not first in its chain (:func:`optax_usam.check_sam_first`;
+  a ``tx`` without one is fine).
 
   Attributes:
     batch_stats: the model's ``batch_stats`` collection, or None.
@@ -61,6 +76,15 @@ class SAMTrainState(train_state.TrainState):
 
   batch_stats: BatchStats = None
 
+  @classmethod
+  def create(
+    cls, *, apply_fn: Callable[..., Any], params: Params, tx: optax.GradientTransformation, **kwargs: Any
+  ) -> SAMTrainState:
+    """The stock ``create``, refusing a ``tx`` whose Unified SAM transformation is not first."""
+    state = super().create(apply_fn=apply_fn, params=params, tx=tx, **kwargs)
+    check_sam_order(state.opt_state, "tx", required=False)
+    return state
+
   def apply_gradients(
     self,
     *,
@@ -82,8 +106,10 @@ class SAMTrainState(train_state.TrainState):
       The new state.
 
     Raises:
-      ValueError: ``grads`` holds an ``_overwrite_with_gradient`` collection.
+      ValueError: ``grads`` holds an ``_overwrite_with_gradient`` collection,
+        or the Unified SAM transformation of ``tx`` is not first in its chain.
     """
+    check_sam_order(self.opt_state, "state.tx", required=False)
     if isinstance(grads, dict) and train_state.OVERWRITE_WITH_GRADIENT in grads:
       raise ValueError(
         f"SAMTrainState does not support the {train_state.OVERWRITE_WITH_GRADIENT!r} collection "
@@ -146,9 +172,12 @@ def linen_train_step(
   ``jit``; with ``functools.partial`` for ``loss_fn``.
 
   Args:
-    state: the train state; ``state.tx`` contains :func:`optax_usam.unified_sam`
-      (any optimizer accepting ``grad_fn`` works).
-    batch: the batch, passed to ``loss_fn`` unchanged.
+    state: the train state, a :class:`SAMTrainState` (the stock ``TrainState``
+      does not pass ``grad_fn`` on); ``state.tx`` contains
+      :func:`optax_usam.unified_sam`, first in its chain (any optimizer
+      accepting ``grad_fn`` works).
+    batch: the batch, a pytree of arrays sharing their leading (example)
+      axis, passed to ``loss_fn`` unchanged.
     loss_fn: as above.
     rng: the dropout key of this step, or None.
     axis_name: inside ``pmap``/``shard_map``, the data-parallel axis: the new
@@ -163,6 +192,14 @@ def linen_train_step(
 
   Returns:
     ``(new_state, StepOutput(loss, aux))``.
+
+  Raises:
+    TypeError: ``state`` is not a :class:`SAMTrainState`, ``loss_fn`` is not
+      callable or does not return the form above.
+    ValueError: the leaves of ``batch`` differ in leading size; the Unified
+      SAM transformation is not first in ``state.tx``; ``loss_fn`` returns a
+      loss that is not a scalar, or batch statistics unlike
+      ``state.batch_stats`` (or some where ``state.batch_stats`` is None).
 
   Examples:
     >>> import functools
@@ -189,6 +226,14 @@ def linen_train_step(
     >>> int(state.step), out.aux.shape
     (1, (8, 2))
   """
+  if not isinstance(state, SAMTrainState):
+    raise TypeError(
+      f"state must be an optax_usam.flax_linen.SAMTrainState; got {type(state).__module__}."
+      f"{type(state).__qualname__}, whose apply_gradients does not pass grad_fn to tx.update. Create it "
+      "with SAMTrainState.create(apply_fn=..., params=..., tx=..., batch_stats=...)."
+    )
+  _validation.check_callable(loss_fn, "loss_fn", "(params, batch_stats, batch, rng) -> " + _LOSS_FORM)
+  _validation.leading_size(batch)
   if ascent_fraction is not None and not needs_fresh_gradient(state.opt_state):
     raise ValueError(
       "ascent_fraction sets the batch of the first pass, but this optimizer takes none "
@@ -196,8 +241,10 @@ def linen_train_step(
     )
   first_batch = batch if ascent_fraction is None else first_fraction(batch, ascent_fraction)
 
+  checked_loss = _checked(loss_fn, state.batch_stats)
+
   def value_and_grad(params: Params, batch: Any = batch) -> tuple[Any, optax.Updates]:
-    return jax.value_and_grad(loss_fn, has_aux=True)(params, state.batch_stats, batch, rng)
+    return jax.value_and_grad(checked_loss, has_aux=True)(params, state.batch_stats, batch, rng)
 
   state, (loss, (new_batch_stats, aux)) = sam_passes(
     state.opt_state,
@@ -208,3 +255,34 @@ def linen_train_step(
   if axis_name is not None:
     new_batch_stats, loss = pmean((new_batch_stats, loss), axis_name)
   return state.replace(batch_stats=new_batch_stats), StepOutput(loss, aux)
+
+
+def _checked(loss_fn: LossFn, batch_stats: BatchStats) -> LossFn:
+  """``loss_fn``, checked to return ``(loss, (new_batch_stats, aux))``, statistics like ``batch_stats``.
+
+  A state without statistics (None, or a tree without arrays) takes none back, in any such form.
+  """
+  has_stats = bool(jax.tree.leaves(batch_stats))
+
+  def checked(params: Params, stats: BatchStats, batch: Any, rng: chex.PRNGKey | None) -> Any:
+    try:
+      out = loss_fn(params, stats, batch, rng)
+    except _MISSING_COLLECTION as err:
+      if has_stats:
+        raise
+      raise ValueError(_NO_BATCH_STATS.format(describe(batch_stats))) from err
+    loss, rest = check_pair(out, "loss_fn", _LOSS_FORM)
+    new_stats, _ = check_pair(rest, "loss_fn", _LOSS_FORM, returned=out)
+    check_scalar_loss(loss, "the loss loss_fn returns")
+    if has_stats:
+      hint = "state.batch_stats (the 'batch_stats' of model.apply(..., mutable=['batch_stats']))"
+      check_like(new_stats, batch_stats, "the new_batch_stats loss_fn returns", hint)
+    elif jax.tree.leaves(new_stats):
+      raise ValueError(
+        f"loss_fn returns new_batch_stats {describe(new_stats)}, but state.batch_stats is "
+        f"{describe(batch_stats)}: a model without BatchNorm returns (loss, (None, aux)); for one with "
+        "BatchNorm, create the state with SAMTrainState.create(..., batch_stats=variables['batch_stats'])."
+      )
+    return out
+
+  return checked

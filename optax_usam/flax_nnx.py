@@ -19,7 +19,10 @@ from typing import Any
 import jax
 from flax import nnx
 
+from optax_usam import _validation
 from optax_usam._passes import sam_passes
+from optax_usam._validation.outputs import check_pair, check_scalar_loss, describe
+from optax_usam.chain_order import check_sam_order
 
 __all__ = ["sam_update"]
 
@@ -49,8 +52,8 @@ def sam_update(
   Args:
     model: the model, in training mode; updated in place.
     optimizer: an ``nnx.Optimizer`` over ``model`` whose ``tx`` accepts
-      ``grad_fn`` (e.g. contains :func:`optax_usam.unified_sam`); its ``wrt``
-      filter selects the perturbed and trained variables.
+      ``grad_fn`` (e.g. contains :func:`optax_usam.unified_sam`, first in its
+      chain); its ``wrt`` filter selects the perturbed and trained variables.
     loss_fn: ``loss_fn(model, *args) -> loss``, or ``(loss, aux)`` with
       ``has_aux=True``.
     *args: the batch and anything else ``loss_fn`` takes.
@@ -59,6 +62,13 @@ def sam_update(
   Returns:
     What the first pass of ``loss_fn`` returned (the loss, or ``(loss, aux)``);
     without a first pass, what the pass at the ascent point returned.
+
+  Raises:
+    TypeError: ``model`` is not an ``nnx.Module``, ``optimizer`` not an
+      ``nnx.Optimizer``, ``loss_fn`` not callable, ``has_aux`` not a bool, or
+      ``loss_fn`` returns other than ``has_aux`` says.
+    ValueError: the Unified SAM transformation is not first in
+      ``optimizer.tx``, or the loss is not a scalar.
 
   Examples:
     >>> class Net(nnx.Module):
@@ -80,6 +90,14 @@ def sam_update(
     >>> losses[-1] < losses[0], int(optimizer.step[...])
     (True, 3)
   """
+  if not isinstance(model, nnx.Module):
+    raise TypeError(f"model must be an nnx.Module; got {type(model).__name__}.")
+  if not isinstance(optimizer, nnx.Optimizer):
+    raise TypeError(f"optimizer must be an nnx.Optimizer over model; got {type(optimizer).__name__}.")
+  _validation.check_callable(loss_fn, "loss_fn", "loss_fn(model, *args) -> loss, or (loss, aux)")
+  _validation.check_bools(has_aux=has_aux)
+  check_sam_order(optimizer.opt_state, "optimizer.tx", required=False)
+  loss_fn = _checked(loss_fn, has_aux)
   wrt = optimizer.wrt
   graphdef, _, rest = nnx.split(model, wrt, ...)
   # Arrays are immutable: this snapshot keeps the pre-step statistics and RNG
@@ -108,3 +126,23 @@ def sam_update(
     # No first pass: the model keeps what the pass at the ascent point wrote.
     nnx.update(model, writes)
   return out
+
+
+def _checked(loss_fn: Callable[..., Any], has_aux: bool) -> Callable[..., Any]:
+  """``loss_fn``, checked to return a scalar loss, or ``(loss, aux)`` with ``has_aux``."""
+
+  def checked(model: nnx.Module, *args: Any) -> Any:
+    out = loss_fn(model, *args)
+    if has_aux:
+      loss, _ = check_pair(out, "loss_fn", "(loss, aux) with has_aux=True")
+    elif isinstance(out, (tuple, list)):
+      raise TypeError(
+        f"loss_fn returns {describe(out)}, but with has_aux=False it must return the loss alone: pass "
+        "has_aux=True for (loss, aux)."
+      )
+    else:
+      loss = out
+    check_scalar_loss(loss, "the loss loss_fn returns")
+    return out
+
+  return checked

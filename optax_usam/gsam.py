@@ -127,4 +127,4 @@ def gsam(rho: Radius, alpha: float, lambd_schedule: LambdaSchedule = 1.0, **opti
     g_sam, state = inner.update(g if sync_perturbation else updates, state, params, grad_fn=grad_fn)
     return surrogate_gap_step(g, g_sam, alpha, params), state
 
-  return optax.GradientTransformationExtraArgs(inner.init, update_fn)
+  return Transformation(inner.init, update_fn, inner.check_values)

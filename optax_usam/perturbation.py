@@ -12,7 +12,6 @@ from typing import Any, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
-from jax.experimental import checkify
 
 from optax_usam import _validation
 from optax_usam._trees import accumulation_dtype, global_norm, is_float_leaf
@@ -84,20 +83,25 @@ def perturb(
 
   Args:
     params: the current parameters :math:`x`.
-    grads: the gradient :math:`g` at ``params``, same tree structure.
-    rho: the perturbation radius :math:`\rho \ge 0` (a scalar, may be traced).
+    grads: the gradient :math:`g` at ``params``, same tree structure and
+      shapes, real and floating where ``params`` are.
+    rho: the perturbation radius :math:`\rho \ge 0` (a real scalar, may be traced).
     lambd: the normalization weight :math:`\lambda \in [0, 1]` (may be traced).
     eps: added to :math:`\|g\|` in the denominator. A Python number out of
       range (of these three) is a ValueError; an array, such as a step's
       :math:`\rho_t`, is checked only with ``check_values``.
     scales: optional elementwise :math:`T`, a tree like ``params`` whose
-      leaves are arrays or None (None means 1).
+      leaves are None (meaning 1) or real arrays of the parameter's shape
+      (or one that broadcasts to it).
     mask: which leaves are perturbed, as in :func:`optax.masked`: a tree of
       bools like ``params`` (or a prefix of it), or a callable from params
       to such a tree; False leaves are neither moved nor counted in the norm.
       None perturbs every floating leaf.
-    check_values: check :math:`\rho \ge 0` finite and :math:`\lambda \in [0, 1]`
-      with ``jax.experimental.checkify.debug_check``; run the step under
+    check_values: check, when the step runs, :math:`\rho \ge 0`,
+      :math:`\lambda \in [0, 1]` and :math:`\epsilon > 0` finite, and that
+      ``params + e`` is finite wherever ``params`` is (it is not when
+      :math:`e` overflows the parameters' dtype, 65504 in float16), with
+      ``jax.experimental.checkify.debug_check``; run the step under
       ``checkify.checkify(..., errors=checkify.user_checks)`` to see them.
       Off by default: a jitted function that holds checks loses JAX's fast
       dispatch path (measured: +6% on a 3 ms MLP step).
@@ -122,6 +126,9 @@ def perturb(
   _validation.check_scalars(rho=rho, lambd=lambd, eps=eps)
   dtype = accumulation_dtype(params)
   _validation.check_perturb_values(rho, lambd, eps, dtype)
+  _validation.check_matches_params(grads, params, "grads", dtypes=False)
+  if scales is not None:
+    _validation.check_scales(scales, params)
   leaves, treedef = jax.tree.flatten(params)
   grad_leaves = treedef.flatten_up_to(grads)
   t_leaves = [None] * len(leaves) if scales is None else treedef.flatten_up_to(scales)
@@ -138,8 +145,9 @@ def perturb(
   lambd = jnp.asarray(lambd, dtype)
   if check_values:
     # Values a schedule produces after count 0, or traced ones, cannot be seen when the step is built.
-    checkify.debug_check((rho >= 0) & (rho < jnp.inf), "rho must be finite and >= 0; got rho_t = {}", rho)
-    checkify.debug_check((lambd >= 0) & (lambd <= 1), "lambd must be in [0, 1]; got lambd_t = {}", lambd)
+    _validation.check_at_run_time(rho, "rho", 0.0, jnp.inf)
+    _validation.check_at_run_time(lambd, "lambd", 0.0, 1.0)
+    _validation.check_at_run_time(eps, "eps", 0.0, jnp.inf, open_low=True)
   denominator = grad_norm + eps
   # A traced eps (inject_hyperparams) that is 0 in this dtype must not turn a zero gradient into 0/0.
   normalized = jnp.where(denominator > 0, lambd / jnp.where(denominator > 0, denominator, 1), 0)
@@ -153,6 +161,8 @@ def perturb(
     return x + step.astype(x.dtype)
 
   perturbed = treedef.unflatten([move(*leaf) for leaf in zip(leaves, t_leaves, tg, strict=True)])
+  if check_values:
+    _validation.check_ascent_point(params, perturbed)
   if scales is None:
     # ||e|| = scale * ||g||: no second reduction over the parameters.
     e_norm = grad_norm

@@ -48,7 +48,8 @@ _NAMED = {name: inverse_t(*form) for name, form in LAMBDA_FORMS.items()}
 def lambda_schedule(lambd: LambdaSchedule) -> Schedule:
   """``count -> lambda_t`` for a float in [0, 1], one of :data:`LAMBDA_STRINGS`, or a callable.
 
-  A callable must give values in [0, 1]; its value at count 0 is checked here when it can be computed.
+  A callable must give real scalars in [0, 1]: its value at count 0 is checked here when it can be computed,
+  the type and shape of each value as it is traced.
 
   Examples:
     >>> from optax_usam import schedules

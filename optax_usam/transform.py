@@ -30,8 +30,24 @@ __all__ = ["UnifiedSAMState", "sam", "unified_sam", "usam"]
 
 # The argument types every member of the SAM family shares.
 Radius = float | optax.ScalarOrSchedule
-Transformation = optax.GradientTransformationExtraArgs
 _T = TypeVar("_T")
+
+
+class Transformation(optax.GradientTransformationExtraArgs):
+  """What :func:`unified_sam` and every member of the SAM family return: an optax transformation whose
+  ``update`` gives the SAM gradient.
+
+  The type is how :func:`optax_usam.reuse_sam` and :func:`optax_usam.randomized_sam` tell what they may wrap
+  (``optax.chain`` and ``optax.inject_hyperparams`` return plain optax transformations). ``check_values`` is
+  :func:`unified_sam`'s: the wrappers check their own traced hyperparameters with it.
+  """
+
+  check_values: bool = False
+
+  def __new__(cls, init: Any, update: Any, check_values: bool = False) -> Transformation:
+    self = super().__new__(cls, init, update)
+    self.check_values = check_values
+    return self
 
 
 class UnifiedSAMState(NamedTuple):
@@ -100,7 +116,7 @@ def unified_sam(
   example below). ``update`` takes ``grad_fn``, the gradient on the same batch.
 
   ``optax.inject_hyperparams(unified_sam)(rho=..., lambd_schedule=...)``
-  works under ``jit``: traced values are used as they are (not range-checked).
+  works under ``jit``: traced values are range-checked only with ``check_values``.
   For gradient accumulation use :func:`optax_usam.microbatch_grad_fn`:
   ``optax.MultiSteps`` around this transformation takes the gradient at the
   perturbed point on the last micro-batch only (``docs/recipes.md``).
@@ -135,9 +151,14 @@ def unified_sam(
       restrict SAM to some parameters: inside ``optax.masked``,
       ``optax.partition`` or ``optax.multi_transform`` ``grad_fn`` would see
       only part of the parameters, so ``update`` refuses that.
-    check_values: check each step's :math:`\rho_t \ge 0` and
-      :math:`\lambda_t \in [0, 1]` (values a schedule gives after count 0,
-      traced values) with ``checkify.debug_check``; they report under
+    check_values: check, when the step runs, what cannot be read when it is
+      built: each step's :math:`\rho_t \ge 0` and :math:`\lambda_t \in [0, 1]`
+      (values a schedule gives after count 0), every traced hyperparameter
+      (``eps``, ``adaptive_eta`` and each member's own, such as VaSSO's
+      ``theta``, under ``optax.inject_hyperparams`` in ``jit``) against the
+      range its concrete value must lie in, and that :math:`x_t + e_t` is
+      finite wherever :math:`x_t` is (:math:`e_t` can overflow float16),
+      with ``checkify.debug_check``; they report under
       ``jax.experimental.checkify.checkify(step, errors=checkify.user_checks)``.
       Off by default: it costs jit's fast dispatch path (see :func:`perturb`).
     direction: an :class:`optax_usam.AscentDirection`: normalize its
@@ -184,11 +205,13 @@ def unified_sam(
     Foret et al., `Sharpness-Aware Minimization for Efficiently Improving
     Generalization <https://arxiv.org/abs/2010.01412>`_, ICLR 2021.
   """
-  rho_fn = _validation.bounded_schedule(rho, "rho", 0.0, jnp.inf)
-  lambd_fn = schedules.lambda_schedule(lambd_schedule)
-  eps, adaptive_eta, adaptive_mask, perturb_mask = _validation.check_sam_options(
-    eps, axis_name, sync_perturbation, adaptive, adaptive_eta, adaptive_mask, perturb_mask, check_values
-  )
+  # Traced values (inject_hyperparams under jit) and a schedule's later values are checked as the step runs.
+  with _validation.checking_traced_values(check_values):
+    rho_fn = _validation.bounded_schedule(rho, "rho", 0.0, jnp.inf)
+    lambd_fn = schedules.lambda_schedule(lambd_schedule)
+    eps, adaptive_eta, adaptive_mask, perturb_mask = _validation.check_sam_options(
+      eps, axis_name, sync_perturbation, adaptive, adaptive_eta, adaptive_mask, perturb_mask, check_values
+    )
   direction = _validation.check_direction(direction, ASCENT_SOURCES)
   fresh_gradient = reads_gradient(direction)
   # One perturbation for the whole batch: average g_t before it is used.
@@ -211,6 +234,7 @@ def unified_sam(
     **extra_args: Any,
   ) -> tuple[optax.Updates, UnifiedSAMState]:
     del extra_args
+    _validation.check_state(state, UnifiedSAMState)
     dtype = state.grad_norm.dtype
     g = _validation.check_update_args(
       updates, params, grad_fn, eps, dtype, rho, fresh_gradient=fresh_gradient
@@ -223,7 +247,9 @@ def unified_sam(
     # x_t + e_t, with e_t = rho_t (1 - lambda_t + lambda_t / ||d_t||) d_t (ASAM: in the adapted space).
     scales = adaptive_scales(params, adaptive_eta, adaptive_mask) if adaptive else None
     mask = _validation.expand_perturb_mask(perturb_mask, params)
-    ascent = perturb(params, d, rho_t, lambd_t, eps, scales=scales, mask=mask, check_values=check_values)
+    ascent = perturb(params, d, rho_t, lambd_t, eps, scales=scales, mask=mask)
+    if check_values:
+      _validation.check_ascent_point(params, ascent.params)
     # The output: the gradient at x_t + e_t, on the same batch.
     g_sam = grad_fn(ascent.params)
     _validation.check_matches_params(g_sam, params, "grad_fn(params + e)", dtypes=True)
@@ -243,7 +269,7 @@ def unified_sam(
     count = optax.safe_increment(state.count)
     return UnifiedSAMState(count, grad_norm, lambd_t, rho_t, perturbation_norm, direction_state)
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return Transformation(init_fn, update_fn, check_values)
 
 
 def with_sam_options(member: Callable[..., _T]) -> Callable[..., _T]:
@@ -252,7 +278,8 @@ def with_sam_options(member: Callable[..., _T]) -> Callable[..., _T]:
   The options are written once, in :func:`unified_sam`'s signature. The constructor's own signature
   (what ``inspect`` and so ``optax.inject_hyperparams`` see) becomes its parameters followed by those
   options (``direction`` aside: a member is a direction), so every numeric one is injectable; an unknown
-  keyword is a TypeError naming the options.
+  keyword is a TypeError naming the options. With ``check_values=True`` the member's own checks of traced
+  hyperparameters (``optax.inject_hyperparams`` under ``jit``) are checked when the step runs.
   """
   own = inspect.signature(member)
   kept = [p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
@@ -272,7 +299,8 @@ def with_sam_options(member: Callable[..., _T]) -> Callable[..., _T]:
       raise TypeError(
         f"{member.__name__}(): {err}; its keyword options are unified_sam's: {names}."
       ) from None
-    return member(*args, **kwargs)
+    with _validation.checking_traced_values(kwargs.get("check_values", False)):
+      return member(*args, **kwargs)
 
   build.__signature__ = signature  # type: ignore[attr-defined]
   # Tools that read the source through __wrapped__ (Sphinx's preserved defaults) would find fewer defaults

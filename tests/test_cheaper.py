@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.experimental import checkify
 
 import optax_usam
 from tests import mlp_problem
@@ -93,6 +94,195 @@ def test_randomized_sam_frequency_and_reproducibility():
 def test_bad_arguments(build, error, match):
   with pytest.raises(error, match=match):
     build(optax_usam.sam(0.1))
+
+
+WRAPPERS = {
+  "reuse_sam": lambda s: optax_usam.reuse_sam(s, 2),
+  "randomized_sam": lambda s: optax_usam.randomized_sam(s, 0.5),
+}
+FAMILY = {
+  "unified_sam": lambda: optax_usam.unified_sam(0.1, "1-1/t"),
+  "sam": lambda: optax_usam.sam(0.1),
+  "usam": lambda: optax_usam.usam(0.1),
+  "vasso": lambda: optax_usam.vasso(0.1, theta=0.4),
+  "friendly_sam": lambda: optax_usam.friendly_sam(0.1),
+  "momentum_sam": lambda: optax_usam.momentum_sam(0.1),
+  "gsam": lambda: optax_usam.gsam(0.1, alpha=0.3),
+  "random_smoothing_sam": lambda: optax_usam.random_smoothing_sam(0.1, noise_std=0.01),
+}
+
+
+@pytest.mark.parametrize("wrapper", WRAPPERS)
+@pytest.mark.parametrize("member", FAMILY)
+def test_wrappers_take_every_member_of_the_family(wrapper, member):
+  params = {"w": jnp.array([1.0, -2.0])}
+  grad = jax.grad(lambda p: jnp.sum(jnp.cos(p["w"])))
+  tx = WRAPPERS[wrapper](FAMILY[member]())
+  out, _ = tx.update(grad(params), tx.init(params), params, grad_fn=grad)
+  chex.assert_tree_all_finite(out)
+
+
+@pytest.mark.parametrize("wrapper", WRAPPERS)
+@pytest.mark.parametrize(
+  "sam,error,match",
+  [
+    # Optax's transformations ran and their update was returned as if it were the SAM gradient.
+    (optax.sgd(0.1), TypeError, r"sam must be .*SAM family.*got an optax transformation"),
+    (optax.chain(optax_usam.sam(0.1), optax.sgd(0.1)), TypeError, r"sam must be .*optax\.chain"),
+    (optax.inject_hyperparams(optax_usam.sam)(rho=0.1), TypeError, r"inject_hyperparams\(lambda rho"),
+    (optax_usam.reuse_sam(optax_usam.sam(0.1), 2), TypeError, r"sam must be .*SAM family"),
+    # Not transformations at all: AttributeError at init.
+    ("sam", TypeError, r"sam must be .*SAM family.*got 'sam' of type str"),
+    (None, TypeError, r"sam must be .*SAM family.*got None"),
+  ],
+  ids=["sgd", "chain", "inject_hyperparams", "a-wrapper", "str", "None"],
+)
+def test_wrappers_refuse_what_is_not_a_sam_transformation_when_built(wrapper, sam, error, match):
+  with pytest.raises(error, match=match):
+    WRAPPERS[wrapper](sam)
+
+
+def test_hyperparameters_are_injected_around_the_wrapper():
+  """What the refusal of an injected SAM transformation proposes: the same steps, rho in the state."""
+  p0, x, y = mlp_problem.problem(5)
+  injected = optax.inject_hyperparams(lambda rho: optax_usam.reuse_sam(optax_usam.sam(rho), 2))(rho=0.1)
+  a, calls, state = _run(injected, p0, x, y, 5)
+  b, _, _ = _run(optax_usam.reuse_sam(optax_usam.sam(0.1), 2), p0, x, y, 5)
+  chex.assert_trees_all_close(a, b, rtol=1e-6)
+  assert calls == 3
+  assert float(optax_usam.get_diagnostics(state)["rho"]) == pytest.approx(0.1)
+
+
+def test_randomized_sam_under_inject_hyperparams_with_the_user_s_seed():
+  """Its seed, made an array by inject_hyperparams, was refused as not an int although the user passed one."""
+  p0, x, y = mlp_problem.problem(6)
+  factory = optax.inject_hyperparams(optax_usam.randomized_sam, static_args=("sam",))
+  injected = factory(sam=optax_usam.sam(0.1), probability=0.4, seed=3)
+  a, calls_a, _ = _run(injected, p0, x, y, 12)
+  b, calls_b, _ = _run(optax_usam.randomized_sam(optax_usam.sam(0.1), 0.4, seed=3), p0, x, y, 12)
+  chex.assert_trees_all_close(a, b, rtol=1e-6)
+  assert calls_a == calls_b
+
+
+def test_reuse_sam_under_inject_hyperparams_says_every_k_is_static():
+  factory = optax.inject_hyperparams(optax_usam.reuse_sam, static_args=("sam",))
+  with pytest.raises(TypeError, match=r"every_k must be .*static_args"):
+    factory(sam=optax_usam.sam(0.1), every_k=2).init({"w": jnp.zeros(2)})
+
+
+def test_reuse_sam_under_inject_hyperparams_with_a_traced_alpha():
+  p0, x, y = mlp_problem.problem(7)
+  factory = optax.inject_hyperparams(optax_usam.reuse_sam, static_args=("sam", "every_k"))
+  a, calls_a, _ = _run(factory(sam=optax_usam.sam(0.1), every_k=2, alpha=0.5), p0, x, y, 5)
+  b, calls_b, _ = _run(optax_usam.reuse_sam(optax_usam.sam(0.1), 2, alpha=0.5), p0, x, y, 5)
+  chex.assert_trees_all_close(a, b, rtol=1e-6)
+  assert calls_a == calls_b == 3
+
+
+INT32_MAX = 2**31 - 1
+
+
+@pytest.mark.parametrize(
+  "build,ok",
+  [
+    (lambda s: optax_usam.reuse_sam(s, INT32_MAX), True),
+    # Accepted, then an OverflowError when the int32 step count met it.
+    (lambda s: optax_usam.reuse_sam(s, INT32_MAX + 1), False),
+    (lambda s: optax_usam.reuse_sam(s, 2**40), False),
+  ],
+)
+def test_every_k_must_fit_the_int32_step_count(build, ok):
+  if ok:
+    build(optax_usam.sam(0.1))
+    return
+  with pytest.raises(ValueError, match=rf"every_k must be a positive int at most {INT32_MAX}.*int32"):
+    build(optax_usam.sam(0.1))
+
+
+@pytest.mark.parametrize(
+  "seed,x64,ok",
+  [
+    (-(2**31), False, True),
+    (2**32 - 1, False, True),
+    (2**32, False, False),  # JAX keeps the low 32 bits: the key of seed 0
+    (-(2**31) - 1, False, False),
+    (2**40, True, True),
+    (2**63, True, False),  # OverflowError at init
+    (2**70, False, False),
+  ],
+)
+def test_randomized_sam_seed_must_fit_the_key(seed, x64, ok):
+  with jax.enable_x64(x64):
+    if ok:
+      tx = optax_usam.randomized_sam(optax_usam.sam(0.1), 0.5, seed=seed)
+      tx.init({"w": jnp.zeros(2)})
+      return
+    with pytest.raises(ValueError, match=r"seed must be an int in \[-?\d+, \d+\]"):
+      optax_usam.randomized_sam(optax_usam.sam(0.1), 0.5, seed=seed)
+
+
+def _checked_step(tx):
+  params = {"w": jnp.array([1.0, -2.0])}
+  grad = jax.grad(lambda p: jnp.sum(jnp.cos(p["w"])))
+  step = lambda state: tx.update(grad(params), state, params, grad_fn=grad)[1]
+  return params, jax.jit(checkify.checkify(step, errors=checkify.user_checks))
+
+
+@pytest.mark.parametrize("check_values", [True, False])
+@pytest.mark.parametrize("probability", [-0.5, 1.5, float("nan")])
+def test_check_values_checks_the_traced_probability(check_values, probability):
+  """inject_hyperparams makes the probability a traced array: with check_values on, each p_t is checked."""
+  factory = optax.inject_hyperparams(optax_usam.randomized_sam, static_args=("sam",))
+  tx = factory(sam=optax_usam.sam(0.1, check_values=check_values), probability=0.5)
+  params, checked = _checked_step(tx)
+  state = tx.init(params)
+  err, state = checked(state)
+  err.throw()
+  state.hyperparams["probability"] = jnp.asarray(probability, state.hyperparams["probability"].dtype)
+  err, _ = checked(state)
+  if check_values:
+    with pytest.raises(checkify.JaxRuntimeError, match=r"probability must be .*\[0\.0, 1\.0\]"):
+      err.throw()
+  else:
+    err.throw()
+
+
+@pytest.mark.parametrize("check_values", [True, False])
+def test_check_values_checks_a_traced_alpha(check_values):
+  factory = optax.inject_hyperparams(optax_usam.reuse_sam, static_args=("sam", "every_k"))
+  tx = factory(sam=optax_usam.sam(0.1, check_values=check_values), every_k=2, alpha=0.7)
+  params, checked = _checked_step(tx)
+  state = tx.init(params)
+  err, state = checked(state)
+  err.throw()
+  state.hyperparams["alpha"] = jnp.asarray(-1.0)
+  err, _ = checked(state)
+  if check_values:
+    with pytest.raises(checkify.JaxRuntimeError, match=r"alpha must be a non-negative finite float"):
+      err.throw()
+  else:
+    err.throw()
+
+
+def test_check_values_with_a_constant_probability_passes():
+  tx = optax_usam.randomized_sam(optax_usam.sam(0.1, check_values=True), 0.5)
+  params, checked = _checked_step(tx)
+  state = tx.init(params)
+  for _ in range(3):
+    err, state = checked(state)
+    err.throw()
+
+
+def test_check_values_checks_a_probability_schedule_after_count_0():
+  tx = optax_usam.randomized_sam(optax_usam.sam(0.1, check_values=True), lambda count: 0.6 + 0.3 * count)
+  params, checked = _checked_step(tx)
+  state = tx.init(params)
+  for _ in range(2):  # p_0 = 0.6, p_1 = 0.9
+    err, state = checked(state)
+    err.throw()
+  err, state = checked(state)  # p_2 = 1.2
+  with pytest.raises(checkify.JaxRuntimeError, match=r"probability must be .*\[0\.0, 1\.0\]"):
+    err.throw()
 
 
 @pytest.mark.parametrize(

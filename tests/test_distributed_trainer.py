@@ -409,9 +409,9 @@ def test_the_tx_of_a_per_device_step_outside_shard_map_is_a_value_error():
     jax.jit(lambda p, s: tx.update(grad_fn(p), s, p, grad_fn=grad_fn))(params, tx.init(params))
 
 
-def trainer(loss=loss_fn, **kwargs):
+def trainer(loss=loss_fn, base=None, **kwargs):
   kwargs = {"mesh": distributed.make_mesh(), "rho": RHO, "lambd_schedule": LAMBD, **kwargs}
-  return distributed.make_sharded_trainer(loss, optax.sgd(LR), {"w": np.ones(2)}, **kwargs)
+  return distributed.make_sharded_trainer(loss, base or optax.sgd(LR), {"w": np.ones(2)}, **kwargs)
 
 
 @pytest.mark.parametrize(
@@ -420,6 +420,22 @@ def trainer(loss=loss_fn, **kwargs):
     (lambda: trainer(data_axis="batch"), ValueError, "data_axis='batch' is not an axis"),
     (lambda: trainer(per_device_perturbation=1), TypeError, "per_device_perturbation must be a bool"),
     (lambda: trainer(loss=None), TypeError, "loss_fn must be callable"),
+    (
+      lambda: distributed.make_sharded_trainer(
+        loss_fn, None, {"w": np.ones(2)}, mesh=distributed.make_mesh()
+      ),
+      TypeError,
+      r"base_optimizer must be an optax.GradientTransformation, e.g. optax.sgd\(0.1\); got None",
+    ),
+    (lambda: trainer(mesh=None), TypeError, "mesh must be a jax.sharding.Mesh, .* got NoneType"),
+    (lambda: trainer(mesh="data"), TypeError, "mesh must be a jax.sharding.Mesh, .* got str"),
+    # Unified SAM inside base_optimizer would come after the trainer's own, and after the base's own steps.
+    (
+      lambda: trainer(base=optax.chain(optax.adamw(1e-3), optax_usam.sam(0.05))),
+      ValueError,
+      r"base_optimizer holds a Unified SAM transformation \(base_optimizer.init\(params\)\[1\]\)",
+    ),
+    (lambda: trainer(base=optax_usam.sam(0.05)), ValueError, "base_optimizer holds a Unified SAM"),
     (
       lambda: trainer(axis_name="data"),
       ValueError,

@@ -56,6 +56,7 @@ API_MODULES = (
   # The modules behind the top-level names: their other public names (__all__) are documented too.
   "optax_usam.accumulation",
   "optax_usam.ascent",
+  "optax_usam.chain_order",
   "optax_usam.cheaper",
   "optax_usam.diagnostics",
   "optax_usam.directions",

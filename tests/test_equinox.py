@@ -216,3 +216,17 @@ def test_adaptive_mask_over_an_equinox_module():
   }
   _, norm = ref.perturbation(_np_leaves(grads), RHO, 1.0, scales=scales)
   np.testing.assert_allclose(optax_usam.get_diagnostics(state)["grad_norm"], norm, rtol=1e-5)
+
+
+def test_a_whole_model_is_refused_with_what_to_pass():
+  """Its activation functions are leaves: one TypeError naming the first, saying what to pass instead."""
+  model = _mlp()
+  tx = optax.chain(optax_usam.sam(RHO), optax.sgd(0.1))
+  with pytest.raises(
+    TypeError, match=r"params leaf \.activation is a function.*eqx\.filter\(model, eqx\.is_array\)"
+  ):
+    tx.init(model)
+  params = eqx.filter(model, eqx.is_array)
+  grads = eqx.filter_grad(_loss)(model, *map(jnp.asarray, _data()))
+  with pytest.raises(TypeError, match=r"unified_sam\.update: params leaf \.activation is a function"):
+    tx.update(grads, tx.init(params), model, grad_fn=lambda p: grads)

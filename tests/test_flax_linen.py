@@ -290,3 +290,123 @@ def test_linen_train_step_one_pass_refuses_ascent_fraction():
   state, batch = _setup(optax.chain(optax_usam.momentum_sam(RHO), optax.sgd(LR)))
   with pytest.raises(ValueError, match="ascent_fraction"):
     linen_train_step(state, batch, _loss_fn, jax.random.key(0), ascent_fraction=0.5)
+
+
+def _stats_loss(returned):
+  """A loss_fn over Net returning ``returned(loss, new_batch_stats, logits)``, not the documented form."""
+
+  def loss_fn(params, batch_stats, batch, rng):
+    loss, (stats, logits) = _loss_fn(params, batch_stats, batch, rng)
+    return returned(loss, stats, logits)
+
+  return loss_fn
+
+
+@pytest.mark.parametrize(
+  ("loss_fn", "error", "match"),
+  [
+    (
+      _stats_loss(lambda loss, s, a: loss),
+      TypeError,
+      r"loss_fn must return \(loss, \(new_batch_stats, aux\)\)",
+    ),
+    (_stats_loss(lambda loss, s, a: (loss, s)), TypeError, r"got \(float32\[\], \{'BatchNorm_0'"),
+    (_stats_loss(lambda loss, s, a: (loss, a)), TypeError, r"got \(float32\[\], float32\[32,3\]\)"),
+    (_stats_loss(lambda loss, s, a: (loss * jnp.ones(3), (s, a))), ValueError, r"must be a scalar"),
+    (_stats_loss(lambda loss, s, a: (loss > 0, (s, a))), TypeError, "must be a real floating scalar"),
+    (
+      _stats_loss(lambda loss, s, a: (loss, ({"x": loss}, a))),
+      ValueError,
+      r"the new_batch_stats loss_fn returns must have the structure and shapes of state.batch_stats",
+    ),
+    (_stats_loss(lambda loss, s, a: (loss, (None, a))), ValueError, "got None"),
+    (None, TypeError, "loss_fn must be callable"),
+  ],
+)
+def test_a_loss_fn_of_the_wrong_form_is_one_clear_error(loss_fn, error, match):
+  state, batch = _setup(optax.chain(optax_usam.sam(RHO), optax.sgd(LR)))
+  with pytest.raises(error, match=match):
+    jax.jit(functools.partial(linen_train_step, loss_fn=loss_fn))(state, batch, rng=jax.random.key(0))
+
+
+def test_a_stock_train_state_is_refused_by_name():
+  state, batch = _setup(optax.chain(optax_usam.sam(RHO), optax.sgd(LR)))
+  stock = train_state.TrainState.create(apply_fn=state.apply_fn, params=state.params, tx=state.tx)
+  with pytest.raises(TypeError, match=r"state must be an optax_usam.flax_linen.SAMTrainState; got flax\."):
+    linen_train_step(stock, batch, _loss_fn, jax.random.key(0))
+
+
+def _no_stats_in_variables(params, batch_stats, batch, rng):
+  # A loss that leaves batch_stats out when it is None: Flax creates fresh statistics.
+  variables = {"params": params} if batch_stats is None else {"params": params, "batch_stats": batch_stats}
+  logits, updates = Net().apply(
+    variables, batch["x"], train=True, mutable=["batch_stats"], rngs={"dropout": rng}
+  )
+  return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean(), (
+    updates["batch_stats"],
+    logits,
+  )
+
+
+@pytest.mark.parametrize(
+  ("loss_fn", "match"),
+  [
+    (_loss_fn, r"state.batch_stats is None, but loss_fn's model has batch statistics \(BatchNorm\)"),
+    (
+      _no_stats_in_variables,
+      r"loss_fn returns new_batch_stats \{'BatchNorm_0'.*but state.batch_stats is None",
+    ),
+  ],
+)
+def test_a_state_without_batch_stats_for_a_model_with_batchnorm_is_one_clear_error(loss_fn, match):
+  state, batch = _setup(optax.chain(optax_usam.sam(RHO), optax.sgd(LR)))
+  state = state.replace(batch_stats=None)
+  with pytest.raises(ValueError, match=match):
+    jax.jit(functools.partial(linen_train_step, loss_fn=loss_fn))(state, batch, rng=jax.random.key(0))
+
+
+@pytest.mark.parametrize("ascent_fraction", [None, 0.5])
+def test_batch_leaves_of_different_leading_sizes_are_refused(ascent_fraction):
+  state, batch = _setup(optax.chain(optax_usam.sam(RHO), optax.sgd(LR)))
+  batch = {"x": batch["x"], "y": batch["y"][:31]}
+  with pytest.raises(
+    ValueError, match=r"batch must be a pytree of arrays sharing their leading axis; .*\[31, 32\]"
+  ):
+    linen_train_step(state, batch, _loss_fn, jax.random.key(0), ascent_fraction=ascent_fraction)
+
+
+SAM_SECOND = optax.chain(optax.adamw(1e-3), optax_usam.unified_sam(RHO, "1-1/t"))
+
+
+def test_unified_sam_after_another_transformation_is_refused_at_create():
+  state, _ = _setup(optax.chain(optax_usam.sam(RHO), optax.sgd(LR)))
+  with pytest.raises(
+    ValueError, match=r"tx puts the Unified SAM transformation after another one \(opt_state\[1\]\)"
+  ):
+    SAMTrainState.create(apply_fn=state.apply_fn, params=state.params, tx=SAM_SECOND)
+
+
+def test_unified_sam_after_another_transformation_is_refused_by_the_step():
+  """A state built around create (replace, a checkpoint) is caught where the step updates it."""
+  state, batch = _setup(optax.chain(optax_usam.sam(RHO), optax.sgd(LR)))
+  state = state.replace(tx=SAM_SECOND, opt_state=SAM_SECOND.init(state.params))
+  with pytest.raises(ValueError, match=r"state.tx puts the Unified SAM transformation after another one"):
+    jax.jit(functools.partial(linen_train_step, loss_fn=_loss_fn))(state, batch, rng=jax.random.key(0))
+
+
+@pytest.mark.parametrize(
+  "tx",
+  [
+    optax.sgd(LR),  # no Unified SAM: a plain step, whose sgd ignores grad_fn
+    optax.chain(optax.inject_hyperparams(optax_usam.sam)(rho=RHO), optax.sgd(LR)),
+    optax.chain(optax_usam.reuse_sam(optax_usam.sam(RHO), 2), optax.sgd(LR)),
+    optax.MultiSteps(optax.chain(optax_usam.sam(RHO), optax.sgd(LR)), 2),
+    optax.chain(optax_usam.sam(RHO), optax.apply_if_finite(optax.sgd(LR), 3)),
+  ],
+  ids=["no_sam", "inject_hyperparams", "reuse_sam", "multi_steps", "apply_if_finite"],
+)
+def test_the_wrappers_the_docs_show_pass_the_order_check(tx):
+  state, batch = _setup(tx)
+  step = jax.jit(functools.partial(linen_train_step, loss_fn=_loss_fn))
+  new_state, out = step(state, batch, rng=jax.random.key(0))
+  assert int(new_state.step) == 1 and np.isfinite(out.loss)

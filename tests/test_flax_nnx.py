@@ -192,3 +192,65 @@ def test_sam_update_compiles_one_pass_for_momentum_sam_and_two_for_sam(sam_tx, p
   text = step.lower(model, optimizer, jnp.ones((8, 5)), jnp.zeros(8, jnp.int32)).compile().as_text()
   assert hlo.products(text)[0] == 5 * passes
   assert_no_control_flow(text)
+
+
+def _loss_aux(model, x, y):
+  logits = model(x)
+  return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
+
+
+SAM_FIRST = {
+  "sam": lambda: optax.chain(optax_usam.sam(RHO), optax.sgd(LR)),
+  "momentum_sam": lambda: optax.chain(optax_usam.momentum_sam(RHO), optax.sgd(LR)),
+}
+
+
+@pytest.mark.parametrize("tx", SAM_FIRST.values(), ids=SAM_FIRST.keys())
+@pytest.mark.parametrize(
+  ("loss_fn", "has_aux", "error", "match"),
+  [
+    (
+      _loss_aux,
+      False,
+      TypeError,
+      r"loss_fn returns \(float32\[\], float32\[32,3\]\), but with has_aux=False",
+    ),
+    (_loss, True, TypeError, r"loss_fn must return \(loss, aux\) with has_aux=True; got float32\[\]"),
+    (_loss, "yes", TypeError, "has_aux must be a bool; got 'yes'"),
+    (lambda m, x, y: _loss(m, x, y) * jnp.ones(2), False, ValueError, r"must be a scalar .*got shape \(2,\)"),
+    (None, False, TypeError, "loss_fn must be callable"),
+  ],
+)
+def test_a_loss_fn_unlike_has_aux_is_one_clear_error(tx, loss_fn, has_aux, error, match):
+  model = Net(nnx.Rngs(0, dropout=1))
+  optimizer = nnx.Optimizer(model, tx(), wrt=nnx.Param)
+  step = nnx.jit(lambda model, optimizer, x, y: sam_update(model, optimizer, loss_fn, x, y, has_aux=has_aux))
+  with pytest.raises(error, match=match):
+    step(model, optimizer, *_data())
+
+
+def test_arguments_of_the_wrong_kind_are_named():
+  model = Net(nnx.Rngs(0, dropout=1))
+  optimizer = nnx.Optimizer(model, optax.chain(optax_usam.sam(RHO), optax.sgd(LR)), wrt=nnx.Param)
+  with pytest.raises(TypeError, match=r"model must be an nnx\.Module; got dict"):
+    sam_update({"w": 1.0}, optimizer, _loss, *_data())
+  with pytest.raises(
+    TypeError, match=r"optimizer must be an nnx\.Optimizer over model; got GradientTransformation"
+  ):
+    sam_update(model, optax.sgd(LR), _loss, *_data())
+
+
+def test_unified_sam_after_another_transformation_is_refused():
+  model = Net(nnx.Rngs(0, dropout=1))
+  tx = optax.chain(optax.adamw(1e-3), optax_usam.unified_sam(RHO, "1/t"))
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  with pytest.raises(ValueError, match=r"optimizer.tx puts the Unified SAM transformation after another one"):
+    sam_update(model, optimizer, _loss, *_data())
+  assert int(optimizer.step[...]) == 0  # refused before any pass
+
+
+def test_an_optimizer_without_unified_sam_still_steps():
+  model = Net(nnx.Rngs(0, dropout=1))
+  optimizer = nnx.Optimizer(model, optax.sgd(LR), wrt=nnx.Param)
+  assert np.isfinite(sam_update(model, optimizer, _loss, *_data()))
+  assert int(optimizer.step[...]) == 1

@@ -2,10 +2,12 @@
 
 inject_hyperparams, gradient accumulation with MultiSteps (microbatch_grad_fn is tested in
 tests/test_accumulation.py), perturb_mask and the refusal of optax.masked/partition/multi_transform,
-apply_if_finite, None and integer leaves.
+apply_if_finite, lookahead, None and integer leaves.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -367,6 +369,48 @@ def test_apply_if_finite_around_the_chain_cannot_see_grad_fn():
   tx = optax.apply_if_finite(optax.chain(optax_usam.sam(0.1), optax.sgd(0.1)), max_consecutive_errors=3)
   updates, _ = tx.update(g, tx.init(params), params, grad_fn=grad)
   assert np.isnan(updates["w"]).all()
+
+
+# ---------------------------------------------------------------------------- lookahead
+
+
+def test_lookahead_takes_unified_sam_with_grad_fn_bound_for_the_step():
+  """optax.lookahead passes no extra arguments to the optimizer inside it: its update refuses grad_fn=, and
+  without it unified_sam's error says to bind grad_fn for the step, which gives Lookahead over SAM + SGD."""
+  p0, x, y = mlp_problem.problem()
+  rho, sync_period, slow_step_size, steps = 0.1, 2, 0.5, 5
+  fast, slow = dict(p0), dict(p0)
+  for t in range(steps):
+    g = ref.mlp_grad(fast, x, y)
+    e, _ = ref.perturbation(g, rho, 1.0)
+    g_sam = ref.mlp_grad({k: fast[k] + e[k] for k in fast}, x, y)
+    fast = {k: fast[k] - LR * g_sam[k] for k in fast}
+    if (t + 1) % sync_period == 0:
+      slow = {k: slow[k] + slow_step_size * (fast[k] - slow[k]) for k in slow}
+      fast = dict(slow)
+  with jax.enable_x64(True):
+    params = optax.LookaheadParams.init_synced(jax.tree.map(jnp.asarray, p0))
+    grad = jax.grad(lambda p: mlp_problem.jax_loss(p, x, y))
+    sam = optax_usam.sam(rho)
+    lookahead = lambda inner: optax.lookahead(optax.chain(inner, optax.sgd(LR)), sync_period, slow_step_size)
+    state = lookahead(sam).init(params)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'grad_fn'"):  # optax's own signature
+      lookahead(sam).update(grad(params.fast), state, params, grad_fn=grad)
+    with pytest.raises(
+      ValueError, match=r"optax\.lookahead.*functools\.partial\(tx\.update, grad_fn=grad_fn\)"
+    ):
+      lookahead(sam).update(grad(params.fast), state, params)
+
+    @jax.jit
+    def step(params, state):
+      bound = optax.GradientTransformation(sam.init, functools.partial(sam.update, grad_fn=grad))
+      updates, state = lookahead(bound).update(grad(params.fast), state, params)
+      return optax.apply_updates(params, updates), state
+
+    for _ in range(steps):
+      params, state = step(params, state)
+  _assert_close(params.slow, slow)
+  _assert_close(params.fast, fast)
 
 
 # ---------------------------------------------------------------------------- None and integer leaves

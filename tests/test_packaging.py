@@ -104,3 +104,15 @@ def test_wheel_installs_and_imports_with_the_core_dependencies_only(tmp_path):
   installed = run(python, "-m", "pip", "list", "--format=freeze").lower()
   assert "flax" not in installed and "optax" in installed, installed
   assert run(python, "-c", CHECK_INSTALLED, version, cwd=tmp_path).strip() == "ok"
+
+
+def test_the_bench_extra_pins_the_cpu_torch_the_docs_install():
+  """unifiedsam requires torch unpinned, which resolves to the newest torch, a CUDA build of several GB: the
+  extra pins the version whose wheel on the project's package index is the CPU build, and the documented
+  install goes through the extra."""
+  bench = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["bench"]
+  assert {"torch==2.13.0", "unifiedsam==1.0.0"} <= set(bench), bench
+  for page in ("docs/benchmarks.md", "docs/getting_started.md"):
+    text = (ROOT / page).read_text()
+    assert 'pip install -e ".[bench]"' in text, page
+    assert "unifiedsam==1.0.0 --no-deps" not in text and "\npip install torch" not in text, page

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.experimental import checkify
 
 import optax_usam
 from optax_usam import distributed, perturbation
@@ -250,3 +251,57 @@ def test_perturb_refuses_out_of_range_numbers(kwargs, message):
   params = {"w": jnp.array([3.0, 4.0])}
   with pytest.raises(ValueError, match=message):
     optax_usam.perturb(params, params, **{"rho": 0.1, "lambd": 1.0, **kwargs})
+
+
+@pytest.mark.parametrize(
+  ("kwargs", "error", "message"),
+  [
+    ({"grads": {"v": jnp.ones(2)}}, ValueError, "grads must have the tree structure of params"),
+    ({"grads": {"w": jnp.ones(3)}}, ValueError, r"grads leaf \['w'\] has shape \(3,\)"),
+    ({"grads": {"w": jnp.array([1 + 1j, 2j])}}, TypeError, r"grads leaf \['w'\] is complex"),
+    ({"scales": {"v": jnp.ones(2)}}, ValueError, "scales must have the tree structure of params"),
+    ({"scales": {"w": jnp.ones(3)}}, ValueError, r"scales leaf \['w'\] has shape \(3,\)"),
+    ({"lambd": "1/t"}, TypeError, "lambd must be a real number or a real scalar array; got '1/t'"),
+    ({"rho": None}, TypeError, "rho must be a real number or a real scalar array; got None"),
+    ({"rho": "0.1"}, TypeError, "rho must be a real number"),  # it was used as 0.1
+  ],
+)
+def test_perturb_names_a_bad_argument(kwargs, error, message):
+  params = {"w": jnp.array([3.0, 4.0])}
+  args = {"grads": params, "rho": 0.1, "lambd": 1.0, **kwargs}
+  with pytest.raises(error, match=message):
+    optax_usam.perturb(params, **args)
+
+
+def test_scales_may_be_none_or_broadcast_to_their_leaf():
+  params = {"w": jnp.array([[3.0, 4.0]]), "b": jnp.ones(2)}
+  out = optax_usam.perturb(params, params, 0.1, 0.0, scales={"w": jnp.asarray(2.0), "b": None})
+  np.testing.assert_allclose(out.params["w"], params["w"] * (1 + 0.1 * 4), rtol=1e-6)  # x + rho T^2 g
+
+
+@pytest.mark.parametrize(
+  ("kwargs", "message"),
+  [
+    ({"rho": 10.0}, r"params \+ e is not finite at leaf \['w'\] where params are: e overflowed float16"),
+    ({"eps": -1.0}, r"eps must be a finite float in \(0.0, inf\); got -1.0 when the step ran"),
+    ({"lambd": 1.5}, r"lambd must be a finite float in \[0.0, 1.0\]; got 1.5"),
+  ],
+)
+def test_check_values_reports_at_run_time(kwargs, message):
+  """Traced values (as a step's rho_t) and a perturbation float16 cannot hold: reported under checkify."""
+  params = {"w": jnp.array([1.0, 2.0], jnp.float16)}
+  grads = {"w": jnp.array([1e4, 0.0], jnp.float16)}
+  args = {"rho": 1.0, "lambd": 0.0, "eps": 1e-12, **kwargs}
+
+  def run(values, check_values=True):
+    return optax_usam.perturb(params, grads, **values, check_values=check_values).params
+
+  checked = jax.jit(checkify.checkify(run, errors=checkify.user_checks), static_argnums=1)
+  traced = {k: jnp.asarray(v) for k, v in args.items()}
+  with pytest.raises(checkify.JaxRuntimeError, match=message):
+    checked(traced, True)[0].throw()
+  assert checked(traced, False)[0].get() is None
+  assert (
+    checked({k: jnp.asarray(v) for k, v in {"rho": 1.0, "lambd": 0.0, "eps": 1e-12}.items()}, True)[0].get()
+    is None
+  )

@@ -347,7 +347,30 @@ def test_documented_recipes_without_the_helper(recipe, sync):
       TypeError,
       "adaptive_mask",
     ),
-    ({"rho": lambda c: jnp.full((1,), 0.1), "lambd_schedule": 1.0}, ValueError, "must return a scalar"),
+    (
+      {"rho": lambda c: jnp.full((1,), 0.1), "lambd_schedule": 1.0},
+      ValueError,
+      "rho: a schedule must return a scalar",
+    ),
+    (
+      {"rho": 0.1, "lambd_schedule": lambda c: jnp.ones(2)},
+      ValueError,
+      "lambd_schedule: a schedule must return a",
+    ),
+    # A schedule's value must be a real number: None failed at update, "0.5" was used as 0.5, complex warned.
+    ({"rho": lambda c: None, "lambd_schedule": 1.0}, TypeError, "rho: a schedule must return a real number"),
+    ({"rho": lambda c: "0.5", "lambd_schedule": 1.0}, TypeError, "rho: a schedule must return a real number"),
+    ({"rho": lambda c: jnp.asarray(0.1 + 1j), "lambd_schedule": 1.0}, TypeError, "rho: .*dtype=complex64"),
+    (
+      {"rho": 0.1, "lambd_schedule": lambda c: "0.5"},
+      TypeError,
+      "lambd_schedule: a schedule must return a real",
+    ),
+    (
+      {"rho": 0.1, "lambd_schedule": lambda c: 0.5 + 0.5j},
+      TypeError,
+      "lambd_schedule: a schedule must return",
+    ),
   ],
 )
 def test_bad_construction_arguments(kwargs, error, match):
@@ -391,6 +414,20 @@ def test_params_none_and_mismatched_updates():
     tx.update(grads, state, None, grad_fn=lambda q: q)
   with pytest.raises(ValueError, match="updates must have the tree structure"):
     tx.update({"w": grads["w"]}, state, params, grad_fn=lambda q: q)
+
+
+@pytest.mark.parametrize(
+  ("state", "got"),
+  [
+    (None, "got None"),
+    (optax.EmptyState(), "got a state of type EmptyState"),
+    ((optax.EmptyState(),), "got a state of type tuple"),
+  ],
+)
+def test_update_refuses_a_state_its_init_did_not_return(state, got):
+  params, grads = _update_args()
+  with pytest.raises(TypeError, match=f"state must be the UnifiedSAMState its init returned; {got}"):
+    optax_usam.sam(0.1).update(grads, state, params, grad_fn=lambda q: q)
 
 
 @pytest.mark.parametrize(
@@ -481,12 +518,30 @@ def test_out_of_range_schedule_values_are_caught_by_checkify(rho, lambd):
     err, state = checked(state)
     err.throw()
   err, state = checked(state)
-  with pytest.raises(checkify.JaxRuntimeError, match=r"rho_t|lambd_t"):
+  with pytest.raises(checkify.JaxRuntimeError, match=r"(rho|lambd_schedule) must be .* when the step ran"):
     err.throw()
   # Not checkified (and without check_values), the same step runs; the logged ||e|| is still a norm.
   unchecked = optax_usam.unified_sam(rho, lambd)
   _, plain = unchecked.update(grad(QUADRATIC), state, QUADRATIC, grad_fn=grad)
   assert not float(optax_usam.get_diagnostics(plain)["perturbation_norm"]) < 0
+
+
+def test_check_values_reports_an_ascent_point_beyond_the_parameters_dtype():
+  """float16 holds 65504: x + e = 1 + 10 * 1e4 is inf there, and grad_fn would be evaluated at inf."""
+  params = {"w": jnp.array([1.0, 2.0], jnp.float16), "b": jnp.zeros(2, jnp.float16)}
+  grads = {"w": jnp.array([1e4, 0.0], jnp.float16), "b": jnp.zeros(2, jnp.float16)}
+
+  def step(tx):
+    run = lambda s: tx.update(grads, s, params, grad_fn=lambda q: q)[0]
+    return jax.jit(checkify.checkify(run, errors=checkify.user_checks))(tx.init(params))
+
+  err, out = step(optax_usam.unified_sam(10.0, 0.0, check_values=True))
+  assert np.isinf(out["w"][0])
+  with pytest.raises(checkify.JaxRuntimeError, match=r"params \+ e is not finite at leaf \['w'\].*float16"):
+    err.throw()
+  # In range, and unchecked, nothing is reported.
+  assert step(optax_usam.unified_sam(1.0, 0.0, check_values=True))[0].get() is None
+  assert step(optax_usam.unified_sam(10.0, 0.0))[0].get() is None
 
 
 # ---------------------------------------------------------------------------- schedules under vmap
@@ -695,3 +750,49 @@ def test_a_rho_the_parameters_dtype_cannot_hold_is_refused(rho):
     np.testing.assert_allclose(
       float(optax_usam.get_diagnostics(state)["perturbation_norm"]), float(rho), rtol=1e-12
     )
+
+
+# What a traced hyperparameter of each member must not be, and what NaN is for all of them.
+OUT_OF_RANGE = {
+  "rho": -1.0,
+  "lambd_schedule": 1.5,
+  "eps": -1.0,  # it gave a SAM ||e|| of 0.19 for rho = 0.1 with no word
+  "adaptive_eta": -1.0,
+  "theta": 1.5,
+  "sigma": -1.0,
+  "momentum": 1.0,
+  "alpha": -1.0,
+  "noise_std": -1.0,
+  "gradient_weight": 0.0,
+}
+
+
+@pytest.mark.parametrize("name", [*MEMBERS, "unified_sam"])
+def test_check_values_covers_every_traced_hyperparameter(name):
+  """inject_hyperparams under jit traces each numeric hyperparameter: check_values=True checks all of them."""
+  member, own = MEMBERS.get(name, (optax_usam.unified_sam, {"lambd_schedule": 0.5}))
+  params = {"w": jnp.array([1.0, -2.0, 0.5])}
+  grad_fn = jax.grad(lambda p: jnp.sum(jnp.cos(p["w"])) + 0.5 * jnp.sum(p["w"] ** 2))
+
+  def run(injected):
+    state = injected.init(params)
+
+    def step(state):
+      g = grad_fn(params) if optax_usam.needs_fresh_gradient(state) else None
+      return injected.update(g, state, params, grad_fn=grad_fn)[0]
+
+    checked = jax.jit(checkify.checkify(step, errors=checkify.user_checks))
+    return state, lambda key, value: checked(
+      state._replace(hyperparams={**state.hyperparams, key: jnp.asarray(value, state.hyperparams[key].dtype)})
+    )[0]
+
+  state, checked = run(optax.inject_hyperparams(member)(rho=0.05, **own, adaptive=True, check_values=True))
+  traced = [key for key, value in state.hyperparams.items() if jnp.issubdtype(value.dtype, jnp.floating)]
+  assert set(traced) >= {"rho", "eps", "adaptive_eta", *own}
+  assert checked("rho", 0.05).get() is None
+  for key in traced:
+    for bad in (OUT_OF_RANGE[key], float("nan")):
+      message = checked(key, bad).get()
+      assert message is not None and message.startswith(f"{key} must be"), (key, bad, message)
+  _, unchecked = run(optax.inject_hyperparams(member)(rho=0.05, **own, adaptive=True))
+  assert unchecked("eps", -1.0).get() is None

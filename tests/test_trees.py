@@ -71,3 +71,9 @@ def test_global_norm_beyond_float32_squares_is_exact(magnitude):
   tree32 = {k: jnp.asarray(v, jnp.float32) if k != "n" else v for k, v in tree.items()}
   want = ref.global_norm(np.asarray(tree32[k], np.float64) for k in ("w", "b"))  # the int leaf is ignored
   np.testing.assert_allclose(_trees.global_norm(tree32), want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.bool_, jnp.complex64])
+def test_global_norm_sums_in_a_floating_dtype_only(dtype):
+  with pytest.raises(TypeError, match="global_norm: dtype must be a floating dtype"):
+    _trees.global_norm({"w": jnp.ones(3)}, dtype)

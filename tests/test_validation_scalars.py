@@ -2,7 +2,8 @@
 
 What each public function refuses is tested in its module's file; here the rules they share: a bool is not
 a number, a 0-d array is, a traced value passes only where a check allows it, a schedule is checked at
-count 0 when that value can be computed, and eps is checked against the dtype the norm is summed in.
+count 0 when that value can be computed, and eps is checked against the dtype the norm is summed in; a
+traced value is checked when the step runs only inside ``checking_traced_values`` (``check_values=True``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.experimental import checkify
 
 from optax_usam._validation import scalars
 
@@ -113,3 +115,62 @@ def test_non_scalars_are_named():
   scalars.check_scalars(rho=0.1, lambd=jnp.asarray(0.5))
   with pytest.raises(ValueError, match=r"lambd must be a scalar; got shape \(2,\)"):
     scalars.check_scalars(rho=0.1, lambd=jnp.ones(2))
+
+
+@pytest.mark.parametrize(
+  ("returned", "error", "match"),
+  [
+    (None, TypeError, "lambd: a schedule must return a real number.*got None"),
+    ("0.5", TypeError, "lambd: a schedule must return a real number.*got '0.5'"),  # it was used as 0.5
+    (0.5 + 0.5j, TypeError, r"lambd: a schedule must return a real number.*got \(0.5\+0.5j\)"),
+    (jnp.asarray(0.5 + 0.5j), TypeError, "lambd: a schedule must return a real number.*complex64"),
+    (jnp.ones(2), ValueError, r"lambd: a schedule must return a scalar; got shape \(2,\)"),
+  ],
+)
+def test_a_schedule_must_return_a_real_scalar(returned, error, match):
+  with pytest.raises(error, match=match):
+    scalars.bounded_schedule(lambda count: returned, "lambd", 0.0, 1.0)
+  # A value that goes wrong in the step only (count 0 is read concretely) is refused as the step is traced.
+  later = lambda count: returned if isinstance(count, jax.core.Tracer) else 0.5
+  schedule = scalars.bounded_schedule(later, "lambd", 0.0, 1.0)
+  with pytest.raises(error, match=match):
+    jax.jit(schedule)(1)
+
+
+def _reported(fn, *args) -> str | None:
+  """The message of the check ``fn`` fails when run under checkify, or None."""
+  err, _ = jax.jit(checkify.checkify(fn, errors=checkify.user_checks))(*args)
+  return err.get()
+
+
+@pytest.mark.parametrize(
+  ("check", "bad", "good"),
+  [
+    (lambda v: scalars.check_interval(v, "theta", 0.0, 1.0), 1.5, 1.0),
+    (lambda v: scalars.check_interval(v, "momentum", 0.0, 1.0, open_high=True), 1.0, 0.0),
+    (lambda v: scalars.check_nonnegative(v, "sigma", traced=True), -1.0, 0.0),
+    (lambda v: scalars.check_positive(v, "eps", traced=True), 0.0, 1e-12),
+    (lambda v: scalars.bounded_schedule(v, "rho", 0.0, np.inf)(0), np.inf, 0.0),
+    (lambda v: scalars.bounded_schedule(lambda count: v * (count + 1), "rho", 0.0, 1.0)(1), 0.75, 0.5),
+  ],
+)
+def test_traced_values_are_checked_when_the_step_runs_only_when_asked(check, bad, good):
+  """What optax.inject_hyperparams gives under jit: the value is known only to the run."""
+
+  def build(value, enabled):
+    with scalars.checking_traced_values(enabled):
+      return check(value)
+
+  message = _reported(lambda v: build(v, True), bad)
+  assert message is not None and "when the step ran (check_values=True)" in message
+  assert _reported(lambda v: build(v, True), float("nan")) is not None
+  assert _reported(lambda v: build(v, True), good) is None
+  assert _reported(lambda v: build(v, False), bad) is None  # off by default: nothing added to the step
+
+
+def test_check_at_run_time_names_the_value_and_its_range():
+  message = _reported(lambda v: scalars.check_at_run_time(v, "probability", 0.0, 1.0), 1.5)
+  assert message.startswith("probability must be a finite float in [0.0, 1.0]; got 1.5 when the step ran")
+  assert _reported(lambda v: scalars.check_at_run_time(v, "x", 0.0, 1.0, open_low=True), 0.0) is not None
+  # A Python number was checked when the step was built: nothing is added for it.
+  assert _reported(lambda v: (scalars.check_at_run_time(2.0, "x", 0.0, 1.0), v)[1], 0.0) is None

@@ -104,3 +104,27 @@ def test_an_integer_gradient_of_a_float_parameter_is_refused(tx, updates, name):
   with pytest.raises(TypeError, match=rf"{name} leaf \['w'\] has dtype int32, but the parameter is floating"):
     tx.update(updates, tx.init(params), params, grad_fn=grad_fn)
   assert not calls  # refused before any ascent point is evaluated
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_a_complex_gradient_of_a_real_parameter_is_refused(jit):
+  """Its imaginary part was dropped without a word; under jit the dtype is known at trace time."""
+  params = {"w": jnp.array([0.3, -0.2])}
+  calls = []
+  grad_fn = lambda p: calls.append(p) or jax.tree.map(jnp.ones_like, p)
+  tx = optax_usam.sam(0.1)
+  update = lambda g: tx.update(g, tx.init(params), params, grad_fn=grad_fn)
+  with pytest.raises(
+    TypeError, match=r"updates leaf \['w'\] is complex \(complex64\), but the parameter is real"
+  ):
+    (jax.jit(update) if jit else update)({"w": jnp.array([1 + 1j, 2 - 1j], jnp.complex64)})
+  assert not calls
+
+
+def test_params_must_be_arrays():
+  """A function among the leaves (an Equinox model passed whole) is named, with what to pass instead."""
+  with pytest.raises(TypeError, match=r"params leaf \['act'\] is a function, not an array.*eqx.filter"):
+    trees.check_params_given({"w": jnp.ones(2), "act": jnp.tanh}, "init")
+  with pytest.raises(TypeError, match=r"params leaf \['name'\] is a str"):
+    trees.check_params_given({"w": jnp.ones(2), "name": "dense"}, "update")
+  trees.check_params_given({"w": jnp.ones(2), "n": 3, "x": 0.5, "np": np.ones(2), "none": None}, "init")

@@ -10,6 +10,7 @@ when a transformation is built or, for trees, at trace time.
 from optax_usam._validation.options import check_direction, check_sam_options
 from optax_usam._validation.scalars import (
   bounded_schedule,
+  check_at_run_time,
   check_bools,
   check_callable,
   check_choice,
@@ -28,14 +29,18 @@ from optax_usam._validation.scalars import (
   check_smoothness,
   check_summable_powers,
   check_unit_interval,
+  checking_traced_values,
 )
 from optax_usam._validation.trees import (
+  check_ascent_point,
   check_divides,
   check_mask,
   check_matches_params,
   check_params_given,
   check_real,
+  check_scales,
   check_selects_some,
+  check_state,
   check_update_args,
   expand_perturb_mask,
   leading_size,
@@ -44,6 +49,8 @@ from optax_usam._validation.trees import (
 
 __all__ = [
   "bounded_schedule",
+  "check_ascent_point",
+  "check_at_run_time",
   "check_bools",
   "check_callable",
   "check_choice",
@@ -65,12 +72,15 @@ __all__ = [
   "check_real",
   "check_sam_options",
   "check_scalars",
+  "check_scales",
   "check_seed",
   "check_selects_some",
   "check_smoothness",
+  "check_state",
   "check_summable_powers",
   "check_unit_interval",
   "check_update_args",
+  "checking_traced_values",
   "expand_perturb_mask",
   "leading_size",
   "leaf_mask",

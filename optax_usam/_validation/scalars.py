@@ -2,22 +2,98 @@
 
 Hyperparameters that may be numbers or schedules become functions of the optax
 ``count`` (int32, 0 on the first update), rejected when a transformation is
-built rather than turning into NaN inside a trace.
+built rather than turning into NaN inside a trace. A value known only when the
+step runs (a traced hyperparameter, a schedule's value after count 0) is
+checked then, with ``check_values=True``: :func:`check_at_run_time`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 
 Schedule = Callable[[chex.Numeric], chex.Numeric]
+
+# Whether a range check given a traced value adds its run-time check (see checking_traced_values).
+_CHECK_TRACED = contextvars.ContextVar("optax_usam_check_traced", default=False)
+
+
+@contextlib.contextmanager
+def checking_traced_values(enabled: bool) -> Iterator[None]:
+  """Within it, the range checks below given a traced value check it when the step runs.
+
+  ``unified_sam(..., check_values=True)`` and every member of the SAM family built with it check their
+  hyperparameters inside it: under ``optax.inject_hyperparams`` in ``jit`` the transformation is rebuilt in
+  each step's trace from traced hyperparameters, which only the run can read.
+  """
+  token = _CHECK_TRACED.set(bool(enabled))
+  try:
+    yield
+  finally:
+    _CHECK_TRACED.reset(token)
+
+
+def _interval(low: float, high: float, open_low: bool = False, open_high: bool = False) -> str:
+  right = ", inf)" if math.isinf(high) else f", {high}{')' if open_high else ']'}"
+  return f"{'(' if open_low else '['}{low}{right}"
+
+
+def _inside(x: Any, low: float, high: float, open_low: bool = False, open_high: bool = False) -> Any:
+  """Whether ``x`` (a float, or an array: then elementwise) is finite and in the interval."""
+  finite = math.isfinite(x) if isinstance(x, float) else jnp.isfinite(x)
+  above = x > low if open_low else x >= low
+  below = x < high if open_high else x <= high
+  return finite & above & below
+
+
+def check_at_run_time(
+  value: chex.Numeric,
+  name: str,
+  low: float,
+  high: float,
+  *,
+  open_low: bool = False,
+  open_high: bool = False,
+  allowed: str | None = None,
+) -> None:
+  """Checks that ``value`` is finite and in the interval when the step runs (``check_values=True``).
+
+  The run-time form of this module's range checks, for a value no check can read when the step is built: a
+  traced hyperparameter, a schedule's value after count 0. It is a ``checkify.debug_check``: it reports under
+  ``checkify.checkify(step, errors=checkify.user_checks)`` and does nothing otherwise, but a jitted step that
+  holds it loses JAX's fast dispatch path, so callers add it only with ``check_values``. ``allowed`` words
+  the range (default: a finite float in the interval). A Python number is skipped: check it when the step
+  is built.
+  """
+  if isinstance(value, numbers.Real):
+    return
+  allowed = allowed or f"a finite float in {_interval(low, high, open_low, open_high)}"
+  value = jnp.asarray(value)
+  checkify.debug_check(
+    _inside(value, low, high, open_low, open_high),
+    f"{name} must be {allowed}; got {{}} when the step ran (check_values=True).",
+    value,
+  )
+
+
+def _is_real(value: Any) -> bool:
+  """Whether ``value`` is a real number, or an array (traced or not) of bools, integers or floats."""
+  if isinstance(value, numbers.Real):
+    return True
+  dtype = getattr(value, "dtype", None)
+  return dtype is not None and any(
+    jnp.issubdtype(dtype, kind) for kind in (jnp.bool_, jnp.integer, jnp.floating)
+  )
 
 
 def _as_number(value: Any, name: str, allowed: str, traced: bool) -> float | jax.Array:
@@ -41,33 +117,51 @@ def _as_number(value: Any, name: str, allowed: str, traced: bool) -> float | jax
   raise TypeError(f"{name} must be {allowed}; got {value!r} of type {type(value).__name__}.")
 
 
+def _schedule_value(value: Any, name: str) -> Any:
+  """``value``, one a schedule returned, if it is a real scalar; raises naming the schedule otherwise."""
+  if not _is_real(value):
+    raise TypeError(
+      f"{name}: a schedule must return a real number or a real scalar array; got {value!r} of type "
+      f"{type(value).__name__}."
+    )
+  if np.ndim(value) != 0:
+    raise ValueError(f"{name}: a schedule must return a scalar; got shape {np.shape(value)}.")
+  return value
+
+
 def _concrete_at_zero(schedule: Schedule) -> float | None:
   """The schedule's value at count 0, or None when it closes over traced values (a vmapped sweep)."""
   value = schedule(jnp.zeros((), jnp.int32))
-  if np.ndim(value) != 0:
-    raise ValueError(f"a schedule must return a scalar; got shape {np.shape(value)} at count 0.")
   try:
     return float(np.asarray(value))
-  except (TypeError, jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+  except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
     return None
 
 
-def _in_range(value: float, low: float, high: float) -> bool:
-  return math.isfinite(value) and low <= value <= high
-
-
 def bounded_schedule(value: float | Schedule, name: str, low: float, high: float) -> Schedule:
-  """``count -> value`` for a number in [low, high] or a schedule whose value at count 0 is."""
-  bounds = f"[{low}, {high}]" if math.isfinite(high) else f"[{low}, inf)"
+  """``count -> value`` for a number in [low, high] or a schedule whose value at count 0 is.
+
+  Every value a schedule returns must be a real scalar, checked as it is traced (at no run-time cost). Built
+  inside :func:`checking_traced_values`, the schedule also checks the range of each value when the step runs,
+  and a traced number is checked then.
+  """
+  bounds = _interval(low, high)
   allowed = f"a finite float in {bounds} or a schedule (callable count -> {name})"
+  at_run_time = _CHECK_TRACED.get()
   if callable(value):
-    first = _concrete_at_zero(value)
-    if first is not None and not _in_range(first, low, high):
+    schedule = value
+
+    def checked(count: chex.Numeric) -> chex.Numeric:
+      result = _schedule_value(schedule(count), name)
+      if at_run_time:
+        check_at_run_time(result, name, low, high)
+      return result
+
+    first = _concrete_at_zero(checked)
+    if first is not None and not _inside(first, low, high):
       raise ValueError(f"{name} schedule must give values in {bounds}; {name}(0) = {first}.")
-    return value
-  number = _as_number(value, name, allowed, traced=True)
-  if isinstance(number, float) and not _in_range(number, low, high):
-    raise ValueError(f"{name} must be {allowed}; got {number}.")
+    return checked
+  number = _check_range(value, name, allowed, low, high, traced=True)
   return lambda count: number
 
 
@@ -85,43 +179,54 @@ def check_inverse_t(constant: Any, per_t: Any) -> None:
   """lambda_t = constant + per_t / t stays in [0, 1] for t >= 1: its ends constant + per_t and constant do."""
   constant = check_interval(constant, "constant", 0.0, 1.0)
   per_t = _as_number(per_t, "per_t", "a finite float", traced=True)
-  if isinstance(constant, float) and isinstance(per_t, float) and not _in_range(constant + per_t, 0.0, 1.0):
+  if isinstance(constant, float) and isinstance(per_t, float) and not _inside(constant + per_t, 0.0, 1.0):
     raise ValueError(
       "constant + per_t is lambda at t = 1 and must be in [0, 1]; "
       f"got {constant} + {per_t} = {constant + per_t}."
     )
 
 
+def _check_range(
+  value: Any,
+  name: str,
+  allowed: str,
+  low: float,
+  high: float,
+  *,
+  open_low: bool = False,
+  open_high: bool = False,
+  traced: bool,
+) -> float | jax.Array:
+  """``value`` as a float in the interval, or ValueError; with ``traced``, a traced scalar as is.
+
+  Traced values come from ``optax.inject_hyperparams`` or a vmapped sweep: inside
+  :func:`checking_traced_values` they are checked when the step runs.
+  """
+  number = _as_number(value, name, allowed, traced)
+  if isinstance(number, float):
+    if not _inside(number, low, high, open_low, open_high):
+      raise ValueError(f"{name} must be {allowed}; got {number}.")
+  elif _CHECK_TRACED.get():
+    check_at_run_time(number, name, low, high, open_low=open_low, open_high=open_high, allowed=allowed)
+  return number
+
+
 def check_nonnegative(value: Any, name: str, *, traced: bool = False) -> float | jax.Array:
   """``value`` as a float after checking it is finite and non-negative (traced: as is)."""
-  number = _as_number(value, name, "a non-negative finite float", traced)
-  if isinstance(number, float) and not _in_range(number, 0.0, math.inf):
-    raise ValueError(f"{name} must be a non-negative finite float; got {number}.")
-  return number
+  return _check_range(value, name, "a non-negative finite float", 0.0, math.inf, traced=traced)
 
 
 def check_positive(value: Any, name: str, *, traced: bool = False) -> float | jax.Array:
   """``value`` as a float after checking it is finite and positive (traced: as is)."""
-  number = _as_number(value, name, "a positive finite float", traced)
-  if isinstance(number, float) and not (math.isfinite(number) and number > 0):
-    raise ValueError(f"{name} must be a positive finite float; got {number}.")
-  return number
+  return _check_range(value, name, "a positive finite float", 0.0, math.inf, open_low=True, traced=traced)
 
 
 def check_interval(
   value: Any, name: str, low: float, high: float, *, open_low: bool = False, open_high: bool = False
 ) -> float | jax.Array:
-  """``value`` as a float in [low, high], either end open on request; a traced scalar as is.
-
-  Traced values come from ``optax.inject_hyperparams`` or a vmapped sweep: they cannot be range-checked.
-  """
-  bounds = f"{'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
-  number = _as_number(value, name, f"a float in {bounds}", traced=True)
-  if isinstance(number, float) and (
-    not _in_range(number, low, high) or (open_low and number == low) or (open_high and number == high)
-  ):
-    raise ValueError(f"{name} must be a float in {bounds}; got {number}.")
-  return number
+  """``value`` as a float in [low, high], either end open on request; a traced scalar as is."""
+  allowed = f"a float in {_interval(low, high, open_low, open_high)}"
+  return _check_range(value, name, allowed, low, high, open_low=open_low, open_high=open_high, traced=True)
 
 
 def check_unit_interval(value: Any, name: str, *, open_at_zero: bool = False) -> float:
@@ -134,6 +239,12 @@ def check_unit_interval(value: Any, name: str, *, open_at_zero: bool = False) ->
 
 def check_int(value: Any, name: str, low: float = -math.inf, high: float = math.inf, *, bounds: str) -> int:
   """``value`` as an int (a bool is not one) in [low, high]; ``bounds`` words that range."""
+  if isinstance(value, (jax.Array, np.ndarray)) and jnp.issubdtype(value.dtype, jnp.integer):
+    # The user passed an int: optax.inject_hyperparams made it an array (traced under jit).
+    raise TypeError(
+      f"{name} must be {bounds}, fixed when the transformation is built; got an {value.dtype} array. "
+      f"Under optax.inject_hyperparams, list {name!r} in static_args."
+    )
   if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
     raise TypeError(f"{name} must be {bounds}; got {value!r}.")
   if not low <= value <= high:
@@ -151,11 +262,20 @@ def check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
 
 
 def check_seed(seed: Any) -> int | jax.Array:
-  """A PRNG seed: an int, or a scalar integer array (``optax.inject_hyperparams`` turns ints into those)."""
+  """A PRNG seed: an int that ``jax.random.key`` keeps whole, or a scalar integer array
+  (``optax.inject_hyperparams`` turns ints into those).
+
+  Without ``jax_enable_x64`` JAX keeps the low 32 bits of a seed (2**32 gives the key of 0); with it, a seed
+  beyond int64 overflows.
+  """
   is_array = isinstance(seed, (jax.Array, np.ndarray))
   if is_array and seed.shape == () and jnp.issubdtype(seed.dtype, jnp.integer):
     return seed
-  return check_int(seed, "seed", bounds="an int")
+  if jax.config.jax_enable_x64:
+    low, high, kept = -(2**63), 2**63 - 1, "64-bit seeds"
+  else:
+    low, high, kept = -(2**31), 2**32 - 1, "32 bits of a seed without jax_enable_x64"
+  return check_int(seed, "seed", low, high, bounds=f"an int in [{low}, {high}] (JAX keeps {kept})")
 
 
 def check_bools(**flags: Any) -> None:
@@ -208,8 +328,13 @@ def check_perturb_values(rho: Any, lambd: Any, eps: Any, dtype: Any) -> None:
 
 
 def check_scalars(**values: Any) -> None:
-  """Raises ValueError naming the first of ``values`` that is not a scalar (traced scalars pass)."""
+  """Raises naming the first of ``values`` that is not a real scalar: TypeError for a string, None or a
+  complex number, ValueError for an array that is not 0-d (traced scalars pass)."""
   for name, value in values.items():
+    if not _is_real(value):
+      raise TypeError(
+        f"{name} must be a real number or a real scalar array; got {value!r} of type {type(value).__name__}."
+      )
     if np.shape(value) != ():
       raise ValueError(f"{name} must be a scalar; got shape {np.shape(value)}.")
 

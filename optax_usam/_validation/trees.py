@@ -5,12 +5,14 @@ They read structures, shapes and dtypes only, so under ``jit`` they fire at trac
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import checkify
 
 from optax_usam._trees import is_float_leaf, is_mask_function
 from optax_usam._validation.scalars import check_callable, check_eps, check_representable
@@ -121,6 +123,14 @@ def check_matches_params(tree: Any, params: Any, name: str, *, dtypes: bool) -> 
         f"{name} leaf {where} has dtype {jnp.result_type(t)}, but the parameter is floating "
         f"({jnp.result_type(p)}): its gradient must be floating too."
       )
+    if jnp.issubdtype(jnp.result_type(t), jnp.complexfloating) and not jnp.issubdtype(
+      jnp.result_type(p), jnp.complexfloating
+    ):
+      # Casting to the parameter's dtype would drop the imaginary part without a word.
+      raise TypeError(
+        f"{name} leaf {where} is complex ({jnp.result_type(t)}), but the parameter is real "
+        f"({jnp.result_type(p)}): the gradient of a real parameter must be real."
+      )
     if dtypes and jnp.result_type(t) != jnp.result_type(p):
       raise TypeError(
         f"{name} leaf {where} has dtype {jnp.result_type(t)}, but the parameter has dtype "
@@ -141,8 +151,76 @@ def check_real(params: Any) -> None:
 
 
 def check_params_given(params: Any, method: str) -> None:
+  """``params`` given, and a pytree of arrays: a function or another object among its leaves is refused.
+
+  The usual such leaf is an Equinox model's activation function, when the model is passed whole.
+  """
   if params is None:
     raise ValueError(f"unified_sam.{method} needs params (where the gradients are taken); got params=None.")
+  for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+    if not isinstance(x, (jax.Array, np.ndarray, np.generic, numbers.Number)):
+      raise TypeError(
+        f"unified_sam.{method}: params leaf {jax.tree_util.keystr(path) or '<root>'} is "
+        f"{'a function' if callable(x) else 'a ' + type(x).__name__}, not an array; params must be a pytree "
+        "of arrays. For an Equinox "
+        "model pass its arrays, eqx.filter(model, eqx.is_array), and let grad_fn recombine them with the "
+        "rest (eqx.partition, eqx.combine)."
+      )
+
+
+def check_state(state: Any, state_type: type) -> None:
+  """Raises TypeError unless ``state`` is a ``state_type``, the state this transformation's init returns."""
+  if not isinstance(state, state_type):
+    got = "None" if state is None else f"a state of type {type(state).__name__}"
+    raise TypeError(
+      f"unified_sam.update: state must be the {state_type.__name__} its init returned; got {got}. "
+      "In a chain, give the chain's state to the chain's update."
+    )
+
+
+def check_scales(scales: Any, params: Any) -> None:
+  """``scales`` (ASAM's T): a tree like ``params`` whose leaves are None or real arrays scaling theirs."""
+  try:
+    leaves = jax.tree.structure(params).flatten_up_to(scales)
+  except (ValueError, TypeError) as err:
+    raise ValueError(f"scales must have the tree structure of params (None leaves allowed): {err}") from None
+  for (path, p), t in zip(jax.tree_util.tree_flatten_with_path(params)[0], leaves, strict=True):
+    if t is None or not is_float_leaf(p):
+      continue
+    where = jax.tree_util.keystr(path) or "<root>"
+    if jnp.issubdtype(jnp.result_type(t), jnp.complexfloating):
+      raise TypeError(f"scales leaf {where} is complex ({jnp.result_type(t)}); scales must be real.")
+    try:
+      shape = np.broadcast_shapes(np.shape(t), np.shape(p))
+    except ValueError:
+      shape = None
+    if shape != np.shape(p):
+      raise ValueError(
+        f"scales leaf {where} has shape {np.shape(t)}, which does not scale the parameter's {np.shape(p)} "
+        "elementwise."
+      )
+
+
+def check_ascent_point(params: Any, perturbed: Any) -> None:
+  """Checks, when the step runs, that each floating leaf of ``params + e`` is finite where ``params`` is.
+
+  A perturbation beyond the parameters' dtype (65504 in float16) or a non-finite gradient makes it inf or
+  NaN, and ``grad_fn`` would be evaluated there. A ``checkify.debug_check`` per leaf, added with
+  ``check_values`` as :func:`optax_usam._validation.scalars.check_at_run_time` is.
+  """
+  paths = jax.tree_util.tree_flatten_with_path(params)[0]
+  for (path, x), y in zip(paths, jax.tree.leaves(perturbed), strict=True):
+    if not is_float_leaf(x):
+      continue
+    dtype = jnp.result_type(x)
+    # checkify formats the message: braces in a key must not read as fields.
+    where = (jax.tree_util.keystr(path) or "<root>").replace("{", "{{").replace("}", "}}")
+    checkify.debug_check(
+      jnp.all(jnp.isfinite(y) | ~jnp.isfinite(x)),
+      f"the ascent point params + e is not finite at leaf {where} where params are: e overflowed "
+      f"{dtype.name} (largest finite value {float(jnp.finfo(dtype).max):.5g}), or the gradient is not "
+      "finite. Use a smaller rho, or a wider parameter dtype (check_values=True).",
+    )
 
 
 def check_update_args(
@@ -169,8 +247,10 @@ def check_update_args(
     check_representable(rho, "rho", dtype)
   if grad_fn is None:
     raise ValueError(
-      "unified_sam.update needs grad_fn=, a function params -> gradients on the "
-      "current batch, to evaluate the gradient at the perturbed point."
+      "unified_sam.update needs grad_fn=, a function params -> gradients on the current batch, to evaluate "
+      "the gradient at the perturbed point. A wrapper that passes no extra arguments to the optimizer inside "
+      "it (optax.lookahead) drops grad_fn: bind it for the step instead, optax.GradientTransformation("
+      "tx.init, functools.partial(tx.update, grad_fn=grad_fn)) (docs/recipes.md, Lookahead)."
     )
   check_callable(grad_fn, "grad_fn", "params -> gradients")
   is_masked = lambda x: isinstance(x, optax.MaskedNode)

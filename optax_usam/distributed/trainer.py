@@ -14,6 +14,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from optax_usam._collectives import pmean
 from optax_usam._passes import sam_passes
+from optax_usam.chain_order import sam_state_paths
 from optax_usam.distributed.mesh import batch_sharding
 from optax_usam.distributed.sharding_checks import check_placed, placed_like
 from optax_usam.transform import unified_sam
@@ -131,11 +132,15 @@ def make_sharded_trainer(
     result cannot deadlock XLA's CPU client.
 
   Raises:
-    ValueError: ``data_axis`` is not an axis of ``mesh``, or ``sam_kwargs``
-      holds ``axis_name`` or ``sync_perturbation``; and what
-      :func:`optax_usam.unified_sam` raises for its arguments.
-    TypeError: ``loss_fn`` is not callable, or ``per_device_perturbation`` is
-      not a bool; and what :func:`optax_usam.unified_sam` raises.
+    ValueError: ``data_axis`` is not an axis of ``mesh``, ``base_optimizer``
+      holds a Unified SAM transformation (the trainer puts one first itself,
+      from ``sam_kwargs``), or ``sam_kwargs`` holds ``axis_name`` or
+      ``sync_perturbation``; and what :func:`optax_usam.unified_sam` raises
+      for its arguments.
+    TypeError: ``loss_fn`` is not callable, ``base_optimizer`` is not an
+      ``optax.GradientTransformation``, ``mesh`` is not a
+      :class:`jax.sharding.Mesh`, or ``per_device_perturbation`` is not a
+      bool; and what :func:`optax_usam.unified_sam` raises.
 
   Examples:
     On every device (one or many), parameters split FSDP-style where they are
@@ -156,12 +161,21 @@ def make_sharded_trainer(
     >>> print(f"{float(loss):.4f}")
     0.1283
   """
+  if not callable(loss_fn):
+    raise TypeError(f"loss_fn must be callable (params, batch) -> loss; got {type(loss_fn).__name__}.")
+  if not all(callable(getattr(base_optimizer, name, None)) for name in ("init", "update")):
+    raise TypeError(
+      f"base_optimizer must be an optax.GradientTransformation, e.g. optax.sgd(0.1); got {base_optimizer!r}."
+    )
+  if not isinstance(mesh, Mesh):
+    raise TypeError(
+      f"mesh must be a jax.sharding.Mesh, e.g. optax_usam.distributed.make_mesh(); got {type(mesh).__name__}."
+    )
   if data_axis not in mesh.axis_names:
     raise ValueError(f"data_axis={data_axis!r} is not an axis of the mesh; its axes are {mesh.axis_names}.")
   if not isinstance(per_device_perturbation, bool):
     raise TypeError(f"per_device_perturbation must be a bool; got {per_device_perturbation!r}.")
-  if not callable(loss_fn):
-    raise TypeError(f"loss_fn must be callable (params, batch) -> loss; got {type(loss_fn).__name__}.")
+  _check_no_sam(base_optimizer, params)
   for name in _TRAINER_OWNED:
     if name in sam_kwargs:
       raise ValueError(
@@ -208,6 +222,19 @@ def make_sharded_trainer(
 
   on_cpu = any(d.platform == "cpu" for d in mesh.devices.flat)
   return ShardedTrainer(tx, init, _Step(jitted_step, wanted, CPU_MAX_STEPS_AHEAD if on_cpu else None))
+
+
+def _check_no_sam(base_optimizer: optax.GradientTransformation, params: optax.Params) -> None:
+  """Refuses a ``base_optimizer`` holding Unified SAM: it would come after the trainer's own, not first."""
+  paths = sam_state_paths(jax.eval_shape(base_optimizer.init, params))
+  if paths:
+    raise ValueError(
+      f"base_optimizer holds a Unified SAM transformation (base_optimizer.init(params)"
+      f"{jax.tree_util.keystr(paths[0])}): "
+      "make_sharded_trainer puts unified_sam first itself, from its keyword arguments (rho=..., "
+      "lambd_schedule=...), and base_optimizer is applied to the gradient it returns; in base_optimizer "
+      "it would come after another transformation and train, but not as SAM. Pass the base optimizer alone."
+    )
 
 
 def _bound_loss(loss_fn: LossFn, per_device: bool, data_axis: str) -> LossFn:
