@@ -4,6 +4,11 @@ faults it once met, kept from coming back:
 * 2 processes at the default length (300 steps) hung for good after ``step 100``, and ignored SIGTERM while
   hung.
 * ``--auto-cluster`` off a cluster, and a coordinator port in use, ended in raw tracebacks.
+* A global batch larger than the training set, or not split evenly over the processes, gave a process an
+  empty slice: it exited 0 while the others died in a Gloo timeout.
+* Processes started with different flags trained, each with its own.
+* A process started alone waited 300 s, then aborted with a native stack (SIGABRT), as did the survivor of a
+  killed process (at once, or after up to 100 s); both are one line now, within ``--timeout``.
 
 Processes run in sessions of their own and are SIGKILLed at their time limit, so a regression fails these
 tests instead of hanging the suite. The library's faults are tested in tests/test_distributed_trainer.py, the
@@ -153,6 +158,23 @@ def test_one_process_fsdp_and_two_processes_train_the_same_model(tmp_path):
       "argument --batch-size: batch leaves need a leading dimension divisible over 8 devices",
     ),
     (["--auto_cluster"], "unrecognized arguments: --auto_cluster"),
+    (["--seed", "-1"], "argument --seed: must be a non-negative integer; got -1"),
+    (["--timeout", "0", "--auto-cluster"], "argument --timeout: must be a positive integer; got 0"),
+    (["--timeout", "5"], "--timeout is for a multi-process run"),
+    # The single-process job's rule and words; refused on every process before it joins the others.
+    (["--batch-size", "1501"], "--batch-size 1501 is larger than the 1500 training images"),
+    *[
+      (
+        ["--batch-size", size, "--coordinator", "h:1", "--num-processes", "2", "--process-id", i],
+        match,
+      )
+      for size, match in [
+        ("4000", "--batch-size 4000 is larger than the 1500 training images"),
+        ("7", "--batch-size 7 must be divisible by the 2 processes"),
+        ("1", "--batch-size 1 must be divisible by the 2 processes"),
+      ]
+      for i in ("0", "1")
+    ],
     (["--bogus"], "unrecognized arguments"),
   ],
 )
@@ -259,3 +281,95 @@ def test_coordinator_port_in_use_is_one_line_and_exit_2():
   assert done.returncode == 2, done.stderr[-2000:]
   assert done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
   assert done.stderr.startswith(f"distributed: error: --coordinator {address}: the port is in use")
+
+
+def test_processes_started_with_different_flags_are_each_refused(tmp_path):
+  address = free_address()
+  first, second = two_processes(address, "--timeout", "60")
+  jobs, logs = [], [tmp_path / f"p{i}.log" for i in range(2)]
+  try:
+    for argv, log in zip([first, [*second, "--rho", "0.1", "--batch-size", "64"]], logs, strict=True):
+      jobs.append(start(argv, log))
+    codes = [job.wait(timeout=TIMEOUT_S) for job in jobs]
+  finally:
+    for job in jobs:
+      stop(job)
+  for code, log in zip(codes, logs, strict=True):
+    errors = [line for line in log.read_text().splitlines() if "error" in line.lower()]
+    assert code == 2 and len(errors) == 1, log.read_text()[-3000:]
+    assert errors[0].startswith("distributed: error: every process must be started with process 0's flags")
+    assert "--batch-size 64 on process 1 but 128 on process 0" in errors[0]
+    assert "--rho 0.1 on process 1 but 0.05 on process 0" in errors[0]
+
+
+def one_error_line(output: str) -> str:
+  """The last line of a failed process's output, checked to be its only error and no native stack."""
+  assert "Traceback" not in output and "Check failure" not in output, output[-3000:]
+  lines = output.strip().splitlines()
+  assert lines[-1].startswith("distributed: error: "), output[-3000:]
+  assert sum("error" in line.lower() for line in lines) == 1, output[-3000:]
+  return lines[-1]
+
+
+def test_a_process_started_alone_gives_up_after_the_timeout(tmp_path):
+  # Process 0 starts the coordinator and waits for process 1; process 1 finds no coordinator. JAX itself
+  # aborted both (SIGABRT) after 300 s.
+  jobs, logs = [], [tmp_path / f"p{i}.log" for i in range(2)]
+  began = time.monotonic()
+  try:
+    for i, log in enumerate(logs):
+      jobs.append(start(two_processes(free_address(), "--timeout", "3")[i], log))
+    codes = [job.wait(timeout=TIMEOUT_S) for job in jobs]
+  finally:
+    for job in jobs:
+      stop(job)
+  # 3 s, and the start and JAX's own delays on a loaded machine; never the 300 s of JAX's default.
+  assert time.monotonic() - began < 90
+  for i, (code, log) in enumerate(zip(codes, logs, strict=True)):
+    assert code == 1, log.read_text()[-3000:]
+    assert one_error_line(log.read_text()) == (
+      f"distributed: error: process {i} of 2: the processes did not all join within --timeout 3 s; "
+      "start every process of the run, with the same coordinator"
+    )
+
+
+# Whichever comes first: a step's all-reduce finds the connection reset, or JAX's distributed service (its
+# coordinator runs in process 0) sees a process gone and aborts the others.
+SURVIVOR_ERRORS = (
+  r"distributed: error: a step failed, most likely as another process stopped: .*Gloo.*",
+  r"distributed: error: process \d of 2: another process of the run stopped, and JAX's distributed service "
+  "ended this one",
+)
+
+
+@pytest.mark.parametrize("victim", [0, 1])
+def test_a_killed_process_ends_the_other_with_one_line(victim, tmp_path):
+  jobs, logs = [], [tmp_path / f"p{i}.log" for i in range(2)]
+  try:
+    for argv, log in zip(
+      two_processes(free_address(), "--steps", "100000", "--log-every", "1", "--timeout", "20"),
+      logs,
+      strict=True,
+    ):
+      jobs.append(start(argv, log))
+    deadline = time.monotonic() + 90
+    while not re.search(r"step\s+2 ", logs[0].read_text()):
+      assert time.monotonic() < deadline and all(j.poll() is None for j in jobs), logs[0].read_text()[-2000:]
+      time.sleep(0.2)
+    # kill -9 of the command the user started: its worker must stop with it.
+    os.kill(jobs[victim].pid, signal.SIGKILL)
+    killed = time.monotonic()
+    survivor, log = jobs[1 - victim], logs[1 - victim]
+    try:
+      code = survivor.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+      pytest.fail(f"the survivor still runs 60 s after its peer was killed:\n{log.read_text()[-2000:]}")
+  finally:
+    for job in jobs:
+      stop(job)
+  # Before: SIGABRT and a native stack, at once or up to 100 s later. Now within --timeout (20 s; most
+  # often at once), plus slack for a loaded machine.
+  assert time.monotonic() - killed < 35
+  assert code == 1
+  line = one_error_line(log.read_text())
+  assert any(re.fullmatch(error, line) for error in SURVIVOR_ERRORS), line

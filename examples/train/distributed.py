@@ -18,17 +18,28 @@ Two processes on one machine (each with 2 virtual CPU devices)::
 A cluster (SLURM, TPU pod, ...): one process per host, with
 ``--auto-cluster`` (``jax.distributed.initialize()`` finds the coordinator and
 the process ids) or the three explicit flags. Every process loads the same data
-and feeds only its own slice of each global batch. SIGTERM stops each process
-(JAX's preemption service, which would catch it, is switched off); bad flags,
-values the library refuses, and a cluster that cannot be found or joined end in
-one ``error:`` line and exit status 2.
+and feeds only its own slice of each global batch, and every process must be
+started with process 0's flags (all but the per-process ones, see
+:data:`PER_PROCESS`). SIGTERM stops each process (JAX's preemption service,
+which would catch it, is switched off); bad flags, values the library refuses,
+and a cluster that cannot be found end in one ``error:`` line and exit status 2.
+
+A process of a multi-process run trains in a child process: JAX's distributed
+service ends a process with SIGABRT and a native stack when the others do not
+all join within ``--timeout`` seconds, or when one of them stops, and only a
+parent can turn that into one ``error:`` line (exit status 1).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import signal
 import socket
+import subprocess
+import sys
+import threading
 import time
 from typing import Any
 
@@ -44,8 +55,37 @@ from optax_usam import distributed
 from optax_usam.schedules import LAMBDA_STRINGS
 
 PROG = "distributed"
+MODULE = "examples.train.distributed"
 # The library's argument names, for its errors, to the flags that set them.
 FLAGS = {"rho": "--rho", "lambd": "--lambd", "num_model": "--num-model", "batch": "--batch-size"}
+TRAIN_ROWS = 1500
+DEFAULT_TIMEOUT_S = 120
+# The settings that may differ between the processes of a run: which process this is, how it finds the
+# coordinator, and how long it waits. Every other flag must be process 0's.
+PER_PROCESS = ("process_id", "coordinator", "auto_cluster", "timeout")
+# Set in a worker's environment: the descriptor of its end of the link to the command that started it.
+WORKER_FD = "EXAMPLES_TRAIN_DISTRIBUTED_WORKER_FD"
+JOINED = b"joined"
+
+
+def non_negative_int(text: str) -> int:
+  """``type=`` for a seed: an integer >= 0 (NumPy's generators take no negative seed)."""
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+  if value < 0:
+    raise argparse.ArgumentTypeError(f"must be a non-negative integer; got {value}")
+  return value
+
+
+def check_batch_split(batch_size: int, processes: int) -> None:
+  """Raises :class:`cli.UsageError` unless each of ``processes`` gets an equal, non-empty slice of a batch."""
+  if batch_size % processes:
+    raise cli.UsageError(
+      f"--batch-size {batch_size} must be divisible by the {processes} processes, "
+      "which each feed an equal slice of it"
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -81,11 +121,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     help=f"a float in [0, 1] or one of {', '.join(LAMBDA_STRINGS)}",
   )
   p.add_argument("--lr", type=cli.positive_float, default=0.1)
-  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--seed", type=non_negative_int, default=0)
   p.add_argument("--log-every", type=cli.positive_int, default=100)
+  p.add_argument(
+    "--timeout",
+    type=cli.positive_int,
+    default=None,
+    help="multi-process runs: seconds to wait for every process to join, and for a silent one before "
+    f"giving up (default: {DEFAULT_TIMEOUT_S})",
+  )
   args = p.parse_args(argv)
 
+  if args.batch_size > TRAIN_ROWS:
+    p.error(f"--batch-size {args.batch_size} is larger than the {TRAIN_ROWS} training images")
   explicit = [args.coordinator, args.num_processes, args.process_id]
+  if not args.auto_cluster and all(v is None for v in explicit):
+    if args.timeout is not None:
+      p.error(
+        "--timeout is for a multi-process run: give it with --coordinator/--num-processes/--process-id "
+        "or --auto-cluster"
+      )
+  elif args.timeout is None:
+    args.timeout = DEFAULT_TIMEOUT_S
   if any(v is not None for v in explicit):
     if args.auto_cluster:
       p.error("give either --auto-cluster or --coordinator/--num-processes/--process-id, not both")
@@ -96,6 +153,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     host, _, port = args.coordinator.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
       p.error(f"--coordinator must be HOST:PORT with a port in 1..65535; got {args.coordinator!r}")
+    check_batch_split(args.batch_size, args.num_processes)
   with cli.library_errors(FLAGS):
     optax_usam.unified_sam(args.rho, args.lambd)
   return args
@@ -130,12 +188,18 @@ def join_cluster(args: argparse.Namespace) -> None:
   # The preemption service turns SIGTERM into a notice for preemption sync points, which this
   # script never polls: with it on, SIGTERM would not stop a run (only SIGKILL would).
   jax.config.update("jax_enable_preemption_service", False)
+  # Without these JAX waits 300 s for the others to join and 100 s for a silent one, then aborts.
+  timeouts = {
+    "initialization_timeout": args.timeout,
+    "heartbeat_timeout_seconds": args.timeout,
+    "shutdown_timeout_seconds": args.timeout,
+  }
   try:
     if args.auto_cluster:
-      jax.distributed.initialize()
+      jax.distributed.initialize(**timeouts)
     else:
       jax.distributed.initialize(
-        args.coordinator, num_processes=args.num_processes, process_id=args.process_id
+        args.coordinator, num_processes=args.num_processes, process_id=args.process_id, **timeouts
       )
   except (ValueError, TypeError) as err:
     # Off a cluster, jax.distributed.initialize() lacks the coordinator, process count or id.
@@ -151,24 +215,56 @@ def join_cluster(args: argparse.Namespace) -> None:
     raise cli.UsageError(f"jax.distributed.initialize() failed{where}: {first_line(err)}") from err
 
 
+def shown(value: Any) -> str:
+  """A setting as the user wrote it; a switch is on or off."""
+  if value is None:
+    return "unset"
+  if isinstance(value, bool):
+    return "on" if value else "off"
+  return str(value)
+
+
+def check_same_settings(args: argparse.Namespace, timeout_s: int) -> None:
+  """Raises :class:`cli.UsageError`, on every process, if a process's flags differ from process 0's.
+
+  Each process publishes its settings in the key-value store of JAX's distributed service and reads all the
+  others', so every process finds the same differences and refuses the run before any collective.
+  """
+  # JAX has no public key-value API: its distributed client is the one jax.experimental.multihost_utils uses.
+  from jax._src import distributed as jax_distributed
+
+  client = jax_distributed.global_state.client
+  mine = {k: v for k, v in vars(args).items() if k not in PER_PROCESS}
+  client.key_value_set(f"{MODULE}/settings/{jax.process_index()}", json.dumps(mine))
+  every = [
+    json.loads(client.blocking_key_value_get(f"{MODULE}/settings/{i}", timeout_s * 1000))
+    for i in range(jax.process_count())
+  ]
+  differences = [
+    f"--{name.replace('_', '-')} {shown(other[name])} on process {i} but {shown(value)} on process 0"
+    for i, other in enumerate(every[1:], start=1)
+    for name, value in every[0].items()
+    if other.get(name) != value
+  ]
+  if differences:
+    raise cli.UsageError(
+      "every process must be started with process 0's flags (all but --process-id, --coordinator, "
+      f"--auto-cluster and --timeout); got {'; '.join(differences)}"
+    )
+
+
 def load_digits(seed: int) -> tuple[Any, Any, Any, Any]:
-  """Standardized digits, split 1500 / 297 by a fixed permutation."""
+  """Standardized digits, split 1500 (``TRAIN_ROWS``) / 297 by a fixed permutation."""
   x, y = sk_digits(return_X_y=True)
   x = ((x - x.mean(0)) / (x.std(0) + 1e-6)).astype(np.float32)
   order = np.random.default_rng(seed).permutation(len(x))
-  train, test = order[:1500], order[1500:]
+  train, test = order[:TRAIN_ROWS], order[TRAIN_ROWS:]
   return x[train], y[train].astype(np.int32), x[test], y[test].astype(np.int32)
 
 
 def run(args: argparse.Namespace) -> None:
-  if args.coordinator is not None or args.auto_cluster:
-    join_cluster(args)
+  """Trains and reports, on this process's devices and those of the processes it has joined."""
   devices, processes, me = jax.device_count(), jax.process_count(), jax.process_index()
-  if args.batch_size % processes:
-    raise cli.UsageError(
-      f"--batch-size {args.batch_size} must be divisible by the {processes} processes, "
-      "which each feed an equal slice of it"
-    )
   with cli.library_errors(FLAGS):
     mesh = distributed.make_mesh(args.num_model)
 
@@ -239,18 +335,121 @@ def run(args: argparse.Namespace) -> None:
   accuracy = float(np.mean(np.argmax(logits_fn(host, jnp.asarray(x_test)), -1) == y_test))
   if me == 0:
     print(f"test accuracy {accuracy:.4f}  ({per_step * 1e3:.1f} ms/step after compilation)", flush=True)
-  if processes > 1:
-    jax.distributed.shutdown()
+
+
+def watch_parent(link: socket.socket) -> None:
+  """Ends this worker as soon as the command that started it is gone (its end of ``link`` closes).
+
+  ``kill -9`` of the command must stop this process of the run, as it did before there was a worker.
+  """
+
+  def wait() -> None:
+    try:
+      while link.recv(64):
+        pass
+    except ConnectionResetError:
+      pass  # The command died before reading what this worker sent: also gone.
+    os.kill(os.getpid(), signal.SIGKILL)
+
+  threading.Thread(target=wait, daemon=True).start()
+
+
+def worker(args: argparse.Namespace, link: socket.socket) -> None:
+  """One process of a multi-process run, started by :func:`supervise`: joins, checks, trains.
+
+  Tells the command through ``link`` once the cluster is joined; a step that fails (another process has
+  stopped: its connections reset) ends this process at once with one line.
+  """
+  watch_parent(link)
+  join_cluster(args)
+  link.sendall(JOINED)
+  check_same_settings(args, args.timeout)
+  check_batch_split(args.batch_size, jax.process_count())
+  try:
+    run(args)
+  except jax.errors.JaxRuntimeError as err:
+    cli.report(
+      PROG, cli.CommandError(f"a step failed, most likely as another process stopped: {first_line(err)}")
+    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # JAX's shutdown at exit would wait --timeout seconds for the stopped process, then abort.
+    os._exit(1)
+  jax.distributed.shutdown()
+
+
+class WorkerError(cli.CommandError):
+  """A failed worker, reported with its own exit status."""
+
+  def __init__(self, message: str, exit_code: int) -> None:
+    super().__init__(message)
+    self.exit_code = exit_code
+
+
+def supervise(argv: list[str], args: argparse.Namespace) -> None:
+  """Runs this process of a multi-process run as a worker child; raises :class:`WorkerError` if it fails.
+
+  JAX's distributed service ends a process with SIGABRT and a native stack when the processes do not all
+  join within the timeout, or when one of them stops; no handler in that process can stop it. Here the
+  worker's stdout passes through, its stderr is held back and shown only if it succeeds: a worker that
+  failed is one line, its own ``error:`` line if it wrote one.
+  """
+  ours, theirs = socket.socketpair()
+  env = {**os.environ, WORKER_FD: str(theirs.fileno())}
+  with theirs:
+    child = subprocess.Popen(
+      [sys.executable, "-m", MODULE, *argv], env=env, stderr=subprocess.PIPE, pass_fds=(theirs.fileno(),)
+    )
+  with ours:
+    try:
+      _, err = child.communicate()
+    except KeyboardInterrupt:
+      child.kill()
+      child.wait()
+      raise cli.CommandError("interrupted") from None
+    joined = ours.recv(len(JOINED)) == JOINED
+  text, code = err.decode(errors="replace"), child.returncode
+  if code == 0:
+    sys.stderr.write(text)
+    return
+  who = "this process" if args.auto_cluster else f"process {args.process_id} of {args.num_processes}"
+  own = [line for line in text.splitlines() if line.startswith(f"{PROG}: error: ")]
+  if own:
+    raise WorkerError(own[-1].removeprefix(f"{PROG}: error: "), max(code, 1))
+  if code == -signal.SIGABRT and not joined:
+    raise WorkerError(
+      f"{who}: the processes did not all join within --timeout {args.timeout} s; start every process "
+      "of the run, with the same coordinator",
+      1,
+    )
+  if code == -signal.SIGABRT:
+    raise WorkerError(
+      f"{who}: another process of the run stopped, and JAX's distributed service ended this one", 1
+    )
+  if code < 0:
+    raise WorkerError(f"{who} was ended by {signal.Signals(-code).name}", 1)
+  last = [line for line in text.splitlines() if line.strip()]
+  raise WorkerError(f"{who} failed: {last[-1] if last else f'exit status {code}'}", code)
 
 
 def main(argv: list[str] | None = None) -> None:
+  """The command: one process trains here; each process of a multi-process run, in a worker (supervise)."""
+  argv = sys.argv[1:] if argv is None else argv
+  link = os.environ.pop(WORKER_FD, None)
   with cli.exit_on_error(PROG):
     args = parse_args(argv)
+    multi = args.coordinator is not None or args.auto_cluster
+    if multi and link is None:
+      supervise(argv, args)
+      return
     if args.cpu_devices is not None:
       # Read when JAX starts its backend, at the first use of a device below: not yet started here.
       flags = os.environ.get("XLA_FLAGS", "")
       os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={args.cpu_devices}"
-    run(args)
+    if multi:
+      worker(args, socket.socket(fileno=int(link)))
+    else:
+      run(args)
 
 
 if __name__ == "__main__":
