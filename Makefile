@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# Into runs/<dataset>/, which git ignores; ARGS="--out examples/results/digits" rewrites the committed results.
 train: $(STAMP)
 	$(BIN)/python -m examples.train $(ARGS)
 

@@ -1,12 +1,13 @@
 """examples/train/checkpoints.py: the CIFAR run directories under faults.
 
-Each fault of a run directory (kill -9 during a checkpoint write, a damaged checkpoint) must either be
-survived, with the same final parameters and results as an uninterrupted run, or be refused in one line, as
-must a --resume under other settings.
+Each fault of a run directory (kill -9 during a checkpoint write, a damaged checkpoint, a full disk, a file
+where a folder belongs) must either be survived, with the same final parameters and results as an
+uninterrupted run, or be refused in one line, as must a --resume under other settings.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import jax
 import numpy as np
 import pytest
 
+from examples.train.checkpoints import RUN_DIR_ENTRIES
 from tests.train_helpers import cifar, cifar_subprocess, final_checkpoint, last_line, only_line, run_dir
 
 METHOD = ["--methods", "1-1/t"]
@@ -141,3 +143,61 @@ def test_no_intact_checkpoint_is_one_line_and_exit_2(reference_runs, tmp_path, c
   err = capsys.readouterr().err
   last_line(err, "no intact checkpoint (step 4, 3: ", f"delete {run_dir(out)} to start over")
   assert sorted(p.name for p in checkpoints.iterdir()) == ["3", "4"]  # left as they were
+
+
+@pytest.mark.parametrize(
+  "entry", ["runs", "run", *RUN_DIR_ENTRIES], ids=lambda entry: entry.replace(".", "_").replace("-", "_")
+)
+def test_a_file_where_the_run_keeps_a_folder_or_the_reverse_is_one_line_and_exit_2(
+  entry, reference_runs, tmp_path, capsys
+):
+  out = _copy(reference_runs, "stopped", tmp_path / "stopped")
+  run = run_dir(out)
+  path = {"runs": run.parent, "run": run}.get(entry, run / entry)
+  folder = RUN_DIR_ENTRIES.get(entry, True)
+  shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+  path.mkdir() if not folder else path.write_text("")
+  before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+  assert cifar([*METHOD, "--resume"], out) == 2
+  kinds = "is a file where the run keeps a folder" if folder else "is a folder where the run keeps a file"
+  only_line(capsys.readouterr().err, f"{path} {kinds}: move it away, or use another --out")
+  assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing trained or written
+
+
+@pytest.mark.parametrize(
+  "error",
+  [
+    OSError(errno.ENOSPC, "No space left on device"),
+    # How tensorstore, orbax's writer, reports it (a full tmpfs, by hand): a ValueError with the OS's code.
+    ValueError(
+      'RESOURCE_EXHAUSTED: Error writing local file "_sharding": Failed to write 366 bytes to file 17: No '
+      "space left on device [os_error_code='28']"
+    ),
+  ],
+  ids=["oserror", "tensorstore"],
+)
+def test_a_full_disk_during_a_resume_is_one_line_and_the_next_resume_equals_a_straight_run(
+  error, reference_runs, tmp_path, capsys, monkeypatch
+):
+  from orbax.checkpoint._src.path import atomicity
+
+  out = _copy(reference_runs, "stopped", tmp_path / "stopped")
+  finalize = atomicity.AtomicRenameTemporaryPath.finalize
+
+  async def full_disk(self):
+    # The disk fills while the checkpoint of step 6 is written, in one of orbax's threads.
+    if self.get_final().name == "6":
+      raise error
+    await finalize(self)
+
+  monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", full_disk)
+  assert cifar([*METHOD, "--resume"], out) == 1
+  last_line(
+    capsys.readouterr().err,
+    f"cannot write into {run_dir(out)}: No space left on device (OSError ENOSPC); ",
+    "the checkpoints written before are intact: continue with --resume",
+  )
+  assert "6" not in {p.name for p in (run_dir(out) / "checkpoints").iterdir()}
+  monkeypatch.undo()  # space freed
+  assert cifar([*METHOD, "--resume"], out) == 0
+  _assert_same_as_straight(out, reference_runs)

@@ -1,7 +1,9 @@
-"""examples/train/cli.py: the one-line errors and the type parsers of the harness's commands and the
-benchmarks."""
+"""examples/train/cli.py: the one-line errors, the type parsers, the options given and the folders written of
+the harness's commands and the benchmarks."""
 
 from __future__ import annotations
+
+import errno
 
 import pytest
 
@@ -66,3 +68,61 @@ def test_report_returns_the_exit_status_of_each_kind_of_error(capsys):
   assert cli.report("example.py", cli.UsageError("bad\n  flag")) == 2
   assert cli.report("example.py", cli.CommandError("diverged")) == 1
   assert capsys.readouterr().err == "example.py: error: bad flag\nexample.py: error: diverged\n"
+
+
+def test_given_options_are_those_on_the_command_line_whatever_their_values():
+  p = _parser()
+  p.add_argument("--resume", action="store_true")
+  assert cli.given_options(p, []) == set()
+  # A default given explicitly counts: the user asked for it.
+  assert cli.given_options(p, ["--epochs", "1", "--resume", "--lambd=1/t"]) == {"epochs", "resume", "lambd"}
+
+
+def test_check_folder_accepts_a_folder_to_be_made_and_refuses_a_file_on_the_way(tmp_path):
+  cli.check_folder(tmp_path / "new" / "deeper", "--out")
+  assert not (tmp_path / "new").exists()  # checked, not made
+  (tmp_path / "file").write_text("")
+  for path in (tmp_path / "file", tmp_path / "file" / "sub"):
+    with pytest.raises(cli.UsageError, match=f"^argument --out: {tmp_path / 'file'} is a file, not a folder"):
+      cli.check_folder(path, "--out")
+
+
+def test_check_folder_refuses_a_folder_it_cannot_write_into(tmp_path, monkeypatch):
+  # Permissions do not stop root: the refusal of the file system is simulated.
+  def refuse(*args, **kwargs):
+    raise PermissionError(errno.EACCES, "Permission denied")
+
+  monkeypatch.setattr(cli.tempfile, "TemporaryFile", refuse)
+  with pytest.raises(
+    cli.UsageError, match=f"^argument --out: cannot write into {tmp_path}: Permission denied$"
+  ):
+    cli.check_folder(tmp_path / "new", "--out")
+
+
+# A full disk as Python reports it, and as tensorstore (orbax's writer) does, raised from a thread of orbax.
+TENSORSTORE_ENOSPC = ValueError(
+  'RESOURCE_EXHAUSTED: Error writing local file "/x/6.orbax-checkpoint-tmp/_sharding": Failed to write 366 '
+  "bytes to file 17: No space left on device [os_error_code='28']"
+)
+
+
+@pytest.mark.parametrize(
+  "error",
+  [OSError(errno.ENOSPC, "No space left on device"), TENSORSTORE_ENOSPC],
+  ids=["oserror", "tensorstore"],
+)
+def test_write_errors_name_the_folder_and_the_cause(error, tmp_path):
+  with pytest.raises(cli.CommandError) as err, cli.write_errors(tmp_path, "; try again"):
+    try:
+      raise error
+    except Exception as inner:
+      raise RuntimeError("a wrapper of the library") from inner
+  assert type(err.value) is cli.CommandError and err.value.exit_code == 1
+  assert (
+    str(err.value) == f"cannot write into {tmp_path}: No space left on device (OSError ENOSPC); try again"
+  )
+
+
+def test_write_errors_let_every_other_error_pass(tmp_path):
+  with pytest.raises(ValueError, match="not a write"), cli.write_errors(tmp_path):
+    raise ValueError("not a write")

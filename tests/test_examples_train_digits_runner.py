@@ -17,7 +17,7 @@ from examples.train.methods import make_tx, parse_method
 from examples.train.training import make_loss_fn
 from optax_usam.flax_linen import SAMTrainState
 from tests import numpy_reference as ref
-from tests.train_helpers import DIGITS_1_EPOCH
+from tests.train_helpers import DIGITS_1_EPOCH, small_models
 
 
 def test_digits_job_writes_table_png_json_and_shares_order_and_init(tmp_path, capsys):
@@ -104,10 +104,12 @@ def test_digits_job_compiles_each_step_kind_once_and_the_same_table_with_any_wor
   assert compiled["seconds"] <= min(counter.seconds + 1e-3, serial["seconds"])
 
 
-def test_resnet18_trains_on_the_digits(tmp_path, capsys, monkeypatch):
-  # The whole digits set takes a minute or more for ResNet-18 on 2 CPU cores, and its compilation most of the
-  # rest: 128 images and SAM only (SGD takes the same path with another optimizer; the tiny model's test
-  # runs both). What used to fail (no BatchNorm statistics were created) fails on any number of images.
+@pytest.mark.parametrize("model", sorted(models.MODELS))
+def test_every_model_trains_on_the_digits(model, tmp_path, capsys, monkeypatch):
+  # The whole digits set takes a minute or more for ResNet-18 on 2 CPU cores: 128 images, SAM only (SGD takes
+  # the same path with another optimizer) and narrow CIFAR models. What used to fail (no BatchNorm statistics
+  # were created) fails on any number of images and at any width.
+  small_models(monkeypatch)
   load = data_lib.load_digits
 
   def few_digits(seed, noise):
@@ -116,9 +118,9 @@ def test_resnet18_trains_on_the_digits(tmp_path, capsys, monkeypatch):
     return data_lib.Dataset(train_split, data_lib.Split(full.test.x[:64], full.test.y[:64]), 10)
 
   monkeypatch.setattr(data_lib, "load_digits", few_digits)
-  argv = ["--model", "resnet18", "--methods", "sam", *DIGITS_1_EPOCH, "--out", str(tmp_path)]
+  argv = ["--model", model, "--methods", "sam", *DIGITS_1_EPOCH, "--out", str(tmp_path)]
   assert job.main(argv) == 0
-  assert "digits (resnet18)" in capsys.readouterr().out
+  assert f"digits ({model})" in capsys.readouterr().out
   results = json.loads((tmp_path / "digits_results.json").read_text())["results"]
   assert set(results) == {"SAM"}
   assert all(0 <= r["final_test_acc"][0] <= 100 for r in results.values())

@@ -1,5 +1,6 @@
 """examples/train/results.py and the committed examples/results/: one folder per dataset's job, each file in
-it written by a command the docs show, and the README's table is the one the main job's JSON holds."""
+it written by a command the docs show (one that names the folder: the job's default folder is the ignored
+runs/), and the README's table is the one the main job's JSON holds."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def test_every_committed_file_is_written_by_a_documented_command():
   for argv in documented_runs():
     args = job.parse_args(argv)
     stem = args.name or f"{args.dataset}_results"
-    written.setdefault(Path(args.out) / stem, []).append(results.settings(args))
+    # The docs' commands run from the repository's root.
+    written.setdefault(ROOT / args.out / stem, []).append(results.settings(args))
   # CIFAR runs (runs/) are ignored by git.
   files = [p for p in COMMITTED.rglob("*") if p.is_file() and "runs" not in p.relative_to(COMMITTED).parts]
   assert len(files) >= 12, files

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from examples.train import job
+from examples.train import job, models
 
 ROOT = Path(__file__).resolve().parent.parent
 # 48 mock images at batch 16: 3 steps per epoch, 2 epochs, checkpoints at steps 3 and 6.
@@ -41,6 +41,13 @@ CIFAR_ARGS = [
 ]
 NUM_EXAMPLES = 48
 DIGITS_1_EPOCH = ["--epochs", "1", "--seeds", "1", "--no-progress"]
+
+
+def small_models(monkeypatch: Any) -> None:
+  """Makes ``--model resnet18`` and ``--model wrn28-10`` build their classes narrow (and WRN shallow), to
+  train in seconds on a CPU: the same modules with BatchNorm statistics, fewer channels."""
+  monkeypatch.setitem(models.MODELS, "resnet18", lambda n: models.ResNet18(num_classes=n, width=4))
+  monkeypatch.setitem(models.MODELS, "wrn28-10", lambda n: models.WideResNet(10, 1, num_classes=n))
 
 
 def only_line(err: str, *needles: str) -> str:

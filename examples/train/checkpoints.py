@@ -1,7 +1,8 @@
 """The run directories of the CIFAR runner: one per (method, seed), with its settings, log and checkpoints.
 
 A run continues (``--resume``) only under the settings it was started with, from its newest checkpoint that
-restores completely; a damaged newer one is moved aside and reported in one line.
+restores completely; a damaged newer one is moved aside and reported in one line. A file where the run keeps
+a folder (or the reverse) is refused before the first step.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import sys
 import time
@@ -17,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from examples.train.cli import UsageError
+from examples.train.cli import UsageError, os_error_code
 from examples.train.methods import Method
 from examples.train.training import all_finite
 from optax_usam.flax_linen import SAMTrainState
@@ -38,6 +40,16 @@ CONFIG_NAMES = {
   "noise": "--noise",
   "devices": "local device count",
   "train_images": "training images",
+}
+
+
+# What a run directory holds: each entry, and whether it is a folder. Anything else in its place is refused.
+RUN_DIR_ENTRIES = {
+  "config.json": False,
+  "log.jsonl": False,
+  "result.json": False,
+  "checkpoints": True,
+  "corrupt-checkpoints": True,
 }
 
 
@@ -85,6 +97,15 @@ def check_run_dir(run: CifarRun, resume: bool) -> None:
   the total number of steps, so the steps already taken followed another schedule than the new command's,
   and the run would match neither an uninterrupted run of the old settings nor one of the new.
   """
+  expected = [
+    (run.dir.parent, True),
+    (run.dir, True),
+    *((run.dir / n, f) for n, f in RUN_DIR_ENTRIES.items()),
+  ]
+  for path, folder in expected:
+    if path.exists() and path.is_dir() != folder:
+      found, kept = ("a file", "a folder") if folder else ("a folder", "a file")
+      raise UsageError(f"{path} is {found} where the run keeps {kept}: move it away, or use another --out")
   has_checkpoints = any((run.dir / "checkpoints").glob("*"))
   if not resume:
     if has_checkpoints:
@@ -159,6 +180,23 @@ def _drop_orbax_teardown_reports() -> None:
 
   hook.drops_orbax_teardown = True  # type: ignore[attr-defined]
   sys.unraisablehook = hook
+
+
+class _DropFailedWrites(logging.Filter):
+  """Drops asyncio's report of a task whose write failed in the operating system (a full disk): orbax leaves
+  such tasks of a failed checkpoint unretrieved, and asyncio logs each one with its traceback when it is
+  collected, after the job has said it in one line (:func:`examples.train.cli.write_errors`)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    return exc is None or os_error_code(exc) is None
+
+
+def drop_failed_write_reports() -> None:
+  """Installs :class:`_DropFailedWrites` on asyncio's logger, once."""
+  logger = logging.getLogger("asyncio")
+  if not any(isinstance(f, _DropFailedWrites) for f in logger.filters):
+    logger.addFilter(_DropFailedWrites())
 
 
 def _one_line(err: BaseException, limit: int = 160) -> str:

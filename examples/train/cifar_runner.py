@@ -23,15 +23,17 @@ from examples.train.checkpoints import (
   CifarRun,
   check_run_dir,
   cifar_runs,
+  drop_failed_write_reports,
   open_manager,
+  quiet_absl,
   restore_newest_intact,
   save_args,
   write_atomic,
 )
-from examples.train.cli import UsageError
+from examples.train.cli import UsageError, write_errors
 from examples.train.methods import make_tx
 from examples.train.progress import Progress
-from examples.train.training import check_finite, diagnostics, make_loss_fn
+from examples.train.training import check_finite, diagnostics, make_loss_fn, model_variables
 from optax_usam.flax_linen import SAMTrainState, linen_train_step
 
 AXIS = "data"
@@ -63,7 +65,7 @@ def make_evaluate(model: Any) -> Callable[[SAMTrainState, data_lib.Split], float
 
   @jax.jit
   def correct(params, batch_stats, x, y):
-    logits = model.apply({"params": params, "batch_stats": batch_stats}, data_lib.normalize(x), train=False)
+    logits = model.apply(model_variables(params, batch_stats), data_lib.normalize(x), train=False)
     return jnp.sum(jnp.argmax(logits, -1) == y)
 
   return functools.partial(_evaluate, correct)
@@ -104,7 +106,7 @@ def run_cifar_one(
   variables = model.init(jax.random.key(seed), jnp.zeros((1, *dataset.train.x.shape[1:])), train=False)
   tx = make_tx(method, args, total_steps, axis_name=AXIS)
   state = SAMTrainState.create(
-    apply_fn=model.apply, params=variables["params"], tx=tx, batch_stats=variables["batch_stats"]
+    apply_fn=model.apply, params=variables["params"], tx=tx, batch_stats=variables.get("batch_stats")
   )
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P(AXIS))
   state = jax.device_put(state, replicated)
@@ -169,9 +171,12 @@ def run_cifar_one(
   finally:
     if bar is not None:
       bar.close()
-    # An error above must not cut short the write of the last good checkpoint.
-    manager.wait_until_finished()
-    manager.close()
+    # An error above must not cut short the write of the last good checkpoint; one of that write must not
+    # leave the manager's threads running.
+    try:
+      manager.wait_until_finished()
+    finally:
+      manager.close()
   curve = [history[e]["test_acc"] for e in sorted(history)]
   result = {
     "final_test_acc": evaluate(state, dataset.test),
@@ -196,6 +201,12 @@ def run_cifar(args: argparse.Namespace) -> dict[str, Any] | None:
     raise UsageError(
       f"--batch-size {args.batch_size} is larger than the {len(dataset.train.y)} training images"
     )
+  steps = len(dataset.train.y) // args.batch_size
+  if args.stop_after_steps is not None and args.stop_after_steps >= steps * args.epochs:
+    raise UsageError(
+      f"--stop-after-steps {args.stop_after_steps} stops nothing: the runs end at step {steps * args.epochs} "
+      f"(--epochs {args.epochs} x {steps} steps of --batch-size {args.batch_size})"
+    )
   runs = cifar_runs(args, len(dataset.train.y), n_dev)
   # Every run directory is checked before the first step, not after hours of the runs before it.
   for run in runs:
@@ -205,10 +216,20 @@ def run_cifar(args: argparse.Namespace) -> dict[str, Any] | None:
     f"{args.model}, data parallel over {n_dev} device(s)",
     file=sys.stderr,
   )
+  # A write that fails (a full disk) ends the job in one line naming the run's folder and the cause; orbax's
+  # threads, which log each failure with its traceback, and the tasks it leaves behind stay quiet. The
+  # checkpoint being written stays uncommitted (orbax commits a step by renaming its temporary folder, and
+  # removes such folders when it opens the run again), so --resume continues from the one before.
+  advice = "; the checkpoints written before are intact: continue with --resume once it can be written"
+  drop_failed_write_reports()
   results: dict[str, Any] = {}
   stopped = False
   for method in args.methods:
-    per_seed = [run_cifar_one(args, dataset, run, mesh) for run in runs if run.method == method]
+    per_seed = []
+    for run in runs:
+      if run.method == method:
+        with write_errors(run.dir, advice), quiet_absl():
+          per_seed.append(run_cifar_one(args, dataset, run, mesh))
     if any(r is None for r in per_seed):
       stopped = True
       continue

@@ -1,11 +1,14 @@
 """The command-line helpers of this package's commands and of the benchmarks: one-line errors, type parsers,
-the library's errors.
+the library's errors, the options given, the folders written.
 
 Every failure a command reports is a :class:`CommandError`: one line on stderr, ``prog: error: ...``, and
 its ``exit_code`` (2 for bad input, :class:`UsageError`). :class:`Parser` raises one for argparse's own
 errors instead of printing its usage block; :func:`library_errors` turns the ``ValueError``/``TypeError``
 that ``optax_usam`` raises when a transformation is built into one that names the flag, so the commands
-leave those checks to the library. A ``main`` that returns its exit status ends in :func:`report`; one
+leave those checks to the library. :func:`given_options` tells the options the user gave from those left at
+their defaults (to refuse one the run would ignore); :func:`check_folder` refuses an output folder that cannot
+be written before any work, and :func:`write_errors` turns a write that fails later (a full disk) into one
+line naming the folder. A ``main`` that returns its exit status ends in :func:`report`; one
 that exits wraps its body in :func:`exit_on_error`::
 
   parser = cli.Parser(prog="command")
@@ -21,10 +24,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import math
+import os
 import re
 import sys
-from collections.abc import Callable, Iterator, Mapping
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from optax_usam.schedules import LAMBDA_STRINGS
@@ -90,6 +97,69 @@ def library_errors(flags: Mapping[str, str]) -> Iterator[None]:
         found.append((match.start(), flag))
     prefix = f"argument {min(found)[1]}: " if found else ""
     raise UsageError(prefix + message) from err
+
+
+def given_options(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
+  """The destinations (``args.<dest>``) of the options ``argv`` gives, a default value given included.
+
+  ``argv`` is parsed again into a namespace where every destination already holds a marker: argparse fills
+  in a default only where a destination is missing, so the options still holding the marker were not given
+  (for options that store a value, as ``store`` and ``store_true`` do).
+  """
+  unset = object()
+  dests = vars(parser.parse_args(argv))
+  marked = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(dests, unset)))
+  return {dest for dest, value in vars(marked).items() if value is not unset}
+
+
+def check_folder(path: Path, flag: str) -> None:
+  """Refuses ``path`` as the folder a command writes into, in one line naming ``flag``, before any work.
+
+  ``path`` or its nearest existing parent must be a folder in which this process can create a file (tried
+  with a temporary file, removed at once: permissions alone do not tell, e.g. on a read-only file system).
+  """
+  existing = path
+  while not existing.exists() and existing.parent != existing:
+    existing = existing.parent
+  if not existing.is_dir():
+    where = "" if existing == path else f" (on the way to {path})"
+    raise UsageError(f"argument {flag}: {existing} is a file, not a folder{where}")
+  try:
+    with tempfile.TemporaryFile(dir=existing):
+      pass
+  except OSError as err:
+    raise UsageError(f"argument {flag}: cannot write into {existing}: {err.strerror}") from err
+
+
+def os_error_code(err: BaseException) -> int | None:
+  """The operating system's error code behind ``err``, if any: an ``OSError`` it is or was raised from, or the
+  code tensorstore (orbax's writer) reports in its message as ``[os_error_code='28']``."""
+  seen: set[int] = set()
+  current: BaseException | None = err
+  while current is not None and id(current) not in seen:
+    seen.add(id(current))
+    if isinstance(current, OSError) and current.errno:
+      return current.errno
+    match = re.search(r"os_error_code='(\d+)'", str(current))
+    if match:
+      return int(match[1])
+    current = current.__cause__ or current.__context__
+  return None
+
+
+@contextlib.contextmanager
+def write_errors(folder: Path, advice: str = "") -> Iterator[None]:
+  """Turns an error of the operating system raised inside (a full disk while writing into ``folder``) into a
+  :class:`CommandError`: one line naming ``folder`` and the cause, e.g. ``No space left on device (OSError
+  ENOSPC)``, followed by ``advice``; every other error passes unchanged."""
+  try:
+    yield
+  except Exception as err:
+    code = os_error_code(err)
+    if code is None:
+      raise
+    name = errno.errorcode.get(code, str(code))
+    raise CommandError(f"cannot write into {folder}: {os.strerror(code)} (OSError {name}){advice}") from err
 
 
 def positive_int(text: str) -> int:

@@ -26,7 +26,7 @@ from examples.train.methods import (
   shares_sam_step,
 )
 from examples.train.progress import Progress
-from examples.train.training import check_finite, diagnostics, make_loss_fn
+from examples.train.training import check_finite, diagnostics, make_loss_fn, model_variables
 from optax_usam.flax_linen import SAMTrainState, linen_train_step
 
 
@@ -96,8 +96,8 @@ def run_digits(args: argparse.Namespace) -> dict[str, Any]:
 
   @jax.jit
   def test_accuracy(params, batch_stats, x, y):
-    variables = {"params": params} if batch_stats is None else {"params": params, "batch_stats": batch_stats}
-    return 100.0 * jnp.mean(jnp.argmax(model.apply(variables, x, train=False), -1) == y)
+    logits = model.apply(model_variables(params, batch_stats), x, train=False)
+    return 100.0 * jnp.mean(jnp.argmax(logits, -1) == y)
 
   train_step = make_train_step(loss_fn)
   bar = Progress(len(args.methods) * len(seeds) * args.epochs, "digits", args.no_progress)

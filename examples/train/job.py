@@ -3,12 +3,16 @@
 Default (no arguments): a small CNN on scikit-learn's bundled 8x8 digits with
 40% symmetric label noise, 40 epochs, comparing SGD, USAM (lambda=0), SAM
 (lambda=1), lambda=0.5, '1/t' and '1-1/t' over 3 seeds; prints a table of test
-accuracy and writes a PNG and a JSON under --out (default examples/results/<dataset>/).
-From the repository's root::
+accuracy and writes a PNG and a JSON under --out (default runs/<dataset>/, which git ignores; the
+committed results change only through --out examples/results/<dataset>). From the repository's root::
 
   python -m examples.train
   python -m examples.train --methods sgd,sam --rho 0.05 --epochs 20 --seeds 5
   python -m examples.train --methods sgd,sam,vasso,momentum-sam --vasso-theta 0.2
+  python -m examples.train --no-progress --out examples/results/digits   # rewrites the committed results
+
+An option the run would ignore (a parameter of no method it runs, a CIFAR option on the digits) or two that
+contradict each other (--lambd and --methods) are refused in one line naming both.
 
 CIFAR (the paper's setting; the data must be prepared with tfds first)::
 
@@ -38,12 +42,16 @@ from examples.train.methods import (
   check_with_library,
   family_default,
   family_flag,
+  method_options,
+  method_readers,
   parse_method,
 )
 
 PROG = "train"
-# Each dataset's job writes into a folder of its own here, unless --out says otherwise.
-RESULTS = Path(__file__).resolve().parent.parent / "results"
+ROOT = Path(__file__).resolve().parents[2]
+# Each dataset's job writes into a folder of its own here (ignored by git), unless --out says otherwise: the
+# committed results (examples/results/<dataset>) change only through a command that names them.
+RUNS = ROOT / "runs"
 DATASETS = ("digits", "cifar10", "cifar100")
 DEFAULT_METHODS = "sgd,usam,sam,0.5,1/t,1-1/t"
 # Per-dataset defaults of the options left at None on the command line.
@@ -62,7 +70,9 @@ def build_parser() -> cli.Parser:
     default=None,
     help=f"one of {', '.join(sorted(models.MODELS))} (default: cnn for digits, wrn28-10 for CIFAR)",
   )
-  p.add_argument(
+  # --lambd runs its lambdas instead of --methods: given both, one would be dropped.
+  selection = p.add_mutually_exclusive_group()
+  selection.add_argument(
     "--methods",
     default=DEFAULT_METHODS,
     help=(
@@ -92,8 +102,10 @@ def build_parser() -> cli.Parser:
       text = f"{name}: {meaning} (default: {default:g})"
       flag = family_flag(name, parameter)
       p.add_argument(flag, type=float, default=default, metavar=parameter.upper(), help=text)
-  p.add_argument(
-    "--lambd", default=None, help="comma-separated lambdas to run instead of --methods (SGD is not added)"
+  selection.add_argument(
+    "--lambd",
+    default=None,
+    help="comma-separated lambdas to run instead of --methods, not with it (SGD is not added)",
   )
   p.add_argument(
     "--rho", type=float, default=0.1, help="perturbation radius for every SAM method (default: 0.1)"
@@ -137,7 +149,8 @@ def build_parser() -> cli.Parser:
   p.add_argument(
     "--out",
     default=None,
-    help="folder of the PNG, the JSON and the CIFAR checkpoints (default: examples/results/<dataset>)",
+    help="folder of the PNG, the JSON and the CIFAR checkpoints (default: runs/<dataset>, ignored by git; "
+    "--out examples/results/<dataset> rewrites the committed results)",
   )
   p.add_argument(
     "--name",
@@ -165,18 +178,51 @@ def build_parser() -> cli.Parser:
   return p
 
 
+def check_every_option_is_read(args: argparse.Namespace, given: set[str], selection: str) -> None:
+  """Refuses an option given on the command line that this run would ignore, in one line naming it and the
+  option that leaves it unread: a parameter of no method selected (``--methods sam --vasso-theta 5``), a
+  digits option on CIFAR or a CIFAR option on the digits. ``selection`` is the option that chose the
+  methods, with its value; an option left at its default is not checked.
+  """
+  digits = args.dataset == "digits"
+  dataset = f"--dataset {args.dataset}"
+  read = set().union(*map(method_options, args.methods))
+  every = set().union(*(method_options(parse_method(n)) for n in ("sam", *CHEAPER_VARIANTS, *FAMILY)))
+  # option: (whether this run reads it, the option that decides, who reads it)
+  readers = {
+    **{dest: (dest in read, selection, method_readers(dest)) for dest in every},
+    "workers": (digits, dataset, "a digits run"),
+    "dtype": (
+      digits and args.model == "cnn",
+      f"--model {args.model}" if digits else dataset,
+      "the digits cnn",
+    ),
+    "data_dir": (not digits, dataset, "a CIFAR run"),
+    "resume": (not digits, dataset, "a CIFAR run"),
+    "stop_after_steps": (not digits, dataset, "a CIFAR run"),
+  }
+  for dest in sorted(given & set(readers)):
+    reads, decider, who = readers[dest]
+    if not reads:
+      flag = "--" + dest.replace("_", "-")
+      raise cli.UsageError(f"argument {flag}: this run ignores it ({decider}); only {who} reads it")
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   """The parsed command line, checked for what the library does not see; then checked by the library."""
-  args = build_parser().parse_args(argv)
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  given = cli.given_options(parser, argv)
   if args.dataset not in DATASETS:
     raise cli.UsageError(f"unknown dataset {args.dataset!r}: use one of {', '.join(DATASETS)}")
   for key, value in DEFAULTS[args.dataset].items():
     if getattr(args, key) is None:
       setattr(args, key, value)
   if args.out is None:
-    args.out = str(RESULTS / args.dataset)
+    args.out = str(RUNS / args.dataset)
   if args.model not in models.MODELS:
     raise cli.UsageError(f"unknown model {args.model!r}: use one of {', '.join(sorted(models.MODELS))}")
+  selection = f"--lambd {args.lambd}" if args.lambd is not None else f"--methods {args.methods}"
   tokens = (args.lambd if args.lambd is not None else args.methods).split(",")
   args.methods = [parse_method(t) for t in tokens if t.strip()]
   if args.lambd is not None and any(m.lambd is None for m in args.methods):
@@ -187,8 +233,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   if len(set(names)) < len(names):
     raise cli.UsageError(f"a method is given twice: {', '.join(names)}")
   combinations = [
-    (args.dataset != "digits" and args.dtype != "float32", "--dtype bfloat16 applies to the digits CNN only"),
-    (args.model != "cnn" and args.dtype != "float32", "--dtype bfloat16 applies to the cnn model only"),
     (
       args.dataset != "digits" and any(m.variant in CHEAPER_VARIANTS for m in args.methods),
       f"the cheaper variants {', '.join(CHEAPER_VARIANTS)} run on the digits only",
@@ -199,10 +243,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
       f"the SAM family {', '.join(FAMILY)} runs on the digits only",
     ),
     (
-      args.dataset == "digits" and (args.resume or args.stop_after_steps is not None),
-      "--resume and --stop-after-steps apply to CIFAR runs only",
-    ),
-    (
       args.name is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", args.name),
       f"--name must be letters, digits, _ and - (a file stem); got {args.name!r}",
     ),
@@ -210,6 +250,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   for wrong, message in combinations:
     if wrong:
       raise cli.UsageError(message)
+  check_every_option_is_read(args, given, selection)
+  # Before any training: a file or a read-only folder there would fail only when the results are written.
+  cli.check_folder(Path(args.out), "--out")
   check_with_library(args.methods, args, "--lambd" if args.lambd is not None else "--methods")
   return args
 
@@ -225,19 +268,20 @@ def main(argv: Sequence[str] | None = None) -> int:
       start = time.perf_counter()
       with CompileCounter() as compilations:
         results = run_digits(args) if args.dataset == "digits" else run_cifar(args)
+    if results is None:
+      return 0
+    seconds = time.perf_counter() - start
+    config = results_lib.settings(args)
+    print(results_lib.title(config))
+    print(results_lib.table(results))
+    compiled = compilations.summary()
+    print(
+      f"wall time {seconds:.0f} s on {jax.local_device_count()} {jax.default_backend()} device(s), "
+      f"{compiled['count']} compilations ({compiled['seconds']:.1f} s)"
+    )
+    with cli.write_errors(Path(args.out)):
+      json_path, png_path = results_lib.write(results, config, Path(args.out), seconds, compiled, args.name)
   except cli.CommandError as err:
     return cli.report(PROG, err)
-  if results is None:
-    return 0
-  seconds = time.perf_counter() - start
-  config = results_lib.settings(args)
-  print(results_lib.title(config))
-  print(results_lib.table(results))
-  compiled = compilations.summary()
-  print(
-    f"wall time {seconds:.0f} s on {jax.local_device_count()} {jax.default_backend()} device(s), "
-    f"{compiled['count']} compilations ({compiled['seconds']:.1f} s)"
-  )
-  json_path, png_path = results_lib.write(results, config, Path(args.out), seconds, compiled, args.name)
   print(f"wrote {json_path} and {png_path}")
   return 0

@@ -23,8 +23,12 @@ from optax_usam.flax_linen import SAMTrainState, linen_train_step
 from optax_usam.schedules import LAMBDA_FORMS, LAMBDA_STRINGS, inverse_t
 
 # The cheaper variants of SAM: reuse the SAM correction (LookSAM), take SAM steps at random, or take the
-# ascent gradient on a sub-batch.
-CHEAPER_VARIANTS = ("reuse-sam", "random-sam", "subbatch-sam")
+# ascent gradient on a sub-batch; each with the option (argparse's dest) of its parameter.
+CHEAPER_VARIANTS = {
+  "reuse-sam": "reuse_every",
+  "random-sam": "sam_probability",
+  "subbatch-sam": "ascent_fraction",
+}
 # The SAM family (docs/sam_family.md), at the library's lambda = 1: the command-line name, its optax_usam
 # constructor, and the parameters the command line sets (what each means, for --help). Each parameter has the
 # flag --<name>-<parameter> (kebab-case) with the constructor's default; the library checks the values.
@@ -73,6 +77,27 @@ def family_default(name: str, parameter: str) -> float:
   constructor, _ = FAMILY[name]
   default = inspect.signature(getattr(optax_usam, constructor)).parameters[parameter].default
   return OWN_DEFAULTS[name, parameter] if default is inspect.Parameter.empty else default
+
+
+def method_options(method: Method) -> set[str]:
+  """The options (argparse's dests) ``method`` reads: none for SGD; ``rho`` and its cheaper variant's or SAM
+  family member's parameters for the others. The job refuses an option given that no method of the run
+  reads."""
+  if method.lambd is None:
+    return set()
+  if method.variant in CHEAPER_VARIANTS:
+    return {"rho", CHEAPER_VARIANTS[method.variant]}
+  _, parameters = FAMILY.get(method.variant, ("", {}))
+  return {"rho", *(family_dest(method.variant, p) for p in parameters)}
+
+
+def method_readers(dest: str) -> str:
+  """Which methods read the option ``dest`` (one of :func:`method_options`'), in words, for an error."""
+  if dest in method_options(parse_method("sam")):
+    return "a method other than sgd"
+  return " or ".join(
+    name for name in (*CHEAPER_VARIANTS, *FAMILY) if dest in method_options(parse_method(name))
+  )
 
 
 def parse_method(token: str) -> Method:

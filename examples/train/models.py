@@ -72,14 +72,18 @@ class _BasicBlock(nn.Module):
 
 
 class ResNet18(nn.Module):
-  """ResNet-18 for 32x32 inputs (He et al. 2016, CIFAR variant): 11,173,962 parameters for 10 classes."""
+  """ResNet-18 for 32x32 inputs (He et al. 2016, CIFAR variant): 11,173,962 parameters for 10 classes.
+
+  ``width`` is the number of channels of the stem and the first stage (64), doubled at each later stage.
+  """
 
   num_classes: int = 10
+  width: int = 64
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
-    x = nn.relu(_BatchNorm(use_running_average=not train)(_Conv(64, (3, 3), padding=1)(x)))
-    for i, planes in enumerate((64, 128, 256, 512)):
+    x = nn.relu(_BatchNorm(use_running_average=not train)(_Conv(self.width, (3, 3), padding=1)(x)))
+    for i, planes in enumerate(self.width * k for k in (1, 2, 4, 8)):
       for j in range(2):
         x = _BasicBlock(planes, 2 if i > 0 and j == 0 else 1)(x, train)
     return nn.Dense(self.num_classes)(jnp.mean(x, axis=(1, 2)))

@@ -20,13 +20,17 @@ class DivergedError(CommandError):
   """A run reached a non-finite loss or parameter: exit status 1, and no results are written."""
 
 
+def model_variables(params: Any, batch_stats: Any) -> dict[str, Any]:
+  """The variables ``model.apply`` takes: ``batch_stats`` only for a model that has them (BatchNorm; the
+  digits CNN has none, and Flax refuses a ``None`` collection)."""
+  return {"params": params} if batch_stats is None else {"params": params, "batch_stats": batch_stats}
+
+
 def make_loss_fn(model: Any) -> Callable[..., Any]:
   """``loss_fn(params, batch_stats, batch, rng)`` for :func:`optax_usam.flax_linen.linen_train_step`."""
 
   def loss_fn(params, batch_stats, batch, rng):
-    variables = {"params": params}
-    if batch_stats is not None:
-      variables["batch_stats"] = batch_stats
+    variables = model_variables(params, batch_stats)
     rngs = {"dropout": rng} if rng is not None else {}
     logits, updates = model.apply(variables, batch["x"], train=True, mutable=["batch_stats"], rngs=rngs)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
