@@ -12,8 +12,6 @@ import optax
 
 from optax_usam import _validation
 from optax_usam._trees import is_float_leaf
-from optax_usam._validation.outputs import check_pair, check_scalar_loss
-from optax_usam._validation.trees import check_matches_params
 
 __all__ = ["microbatch_grad_fn"]
 
@@ -129,7 +127,7 @@ def microbatch_grad_fn(
         "batch_grad_fn returns (value, gradients), as jax.value_and_grad does: pass with_loss=True "
         "(and has_aux=True for ((loss, aux), gradients)), or give jax.grad(loss_fn)."
       )
-    check_matches_params(grad_shapes, params, "the gradients batch_grad_fn returns", dtypes=False)
+    _validation.check_matches_params(grad_shapes, params, "the gradients batch_grad_fn returns", dtypes=False)
     leaves, treedef = jax.tree.flatten(grad_shapes)
     wide = lambda s: jnp.promote_types(s.dtype, jnp.float32)
 
@@ -177,9 +175,8 @@ def _parts(with_loss: bool, has_aux: bool) -> Callable[[Any], tuple[Any, Any, op
   def parts(out: Any) -> tuple[Any, Any, optax.Updates]:
     if not with_loss:
       return None, None, out
-    value, grads = check_pair(out, "batch_grad_fn", form)
-    loss, aux = check_pair(value, "batch_grad_fn", form, returned=out) if has_aux else (value, None)
-    check_scalar_loss(loss, "the loss batch_grad_fn returns")
+    value, grads = _validation.check_pair(out, "batch_grad_fn", form)
+    loss, aux = _validation.check_loss_output(value, has_aux, "batch_grad_fn", form, returned=out)
     return loss, aux, grads
 
   return parts

@@ -119,7 +119,8 @@ def reuse_sam(
       else is a TypeError: an optax optimizer, an ``optax.chain``, an
       ``optax.inject_hyperparams`` (to tune ``rho`` at run time, inject around the
       wrapper: ``optax.inject_hyperparams(lambda rho: reuse_sam(sam(rho), 4))``).
-    every_k: run ``sam`` on steps 0, k, 2k, ... (at most 2**31 - 1, the int32 step count).
+    every_k: run ``sam`` on steps 0, k, 2k, ... (at most 2**31 - 1, the int32 step count), fixed
+      when the wrapper is built (under ``optax.inject_hyperparams`` list it in ``static_args``).
     alpha: weight of the reused correction (LookSAM's default, 0.7); a traced
       one (``optax.inject_hyperparams``) is checked with ``sam``'s ``check_values``.
     axis_name: inside ``pmap``/``shard_map``, the data axis: the gradients
@@ -214,8 +215,8 @@ def randomized_sam(
       With ``sam``'s ``check_values=True``, each step's :math:`p_t` (a
       schedule's value after count 0, a traced value) is checked too.
     seed: seed of the PRNG key that draws the decisions, an int in
-      [-2**31, 2**32 - 1] (JAX keeps 32 bits of a seed; 64 with
-      ``jax_enable_x64``), read by ``init`` only (under
+      [-2**31, 2**31 - 1] (JAX keeps 32 bits of a seed, so wider ones would
+      share keys; [-2**63, 2**63 - 1] with ``jax_enable_x64``), read by ``init`` only (under
       ``optax.inject_hyperparams`` pass it in ``static_args``: a value set in
       the state later would not reach the key).
     axis_name: inside ``pmap``/``shard_map``, the data axis: the plain
@@ -241,7 +242,9 @@ def randomized_sam(
     Computational Efficiency in Deep Learning <https://arxiv.org/abs/2203.09962>`_, 2022.
   """
   sam = _check_sam(sam, "randomized_sam(optax_usam.sam(rho), 0.25)")
-  prob_fn = _validation.bounded_schedule(probability, "probability", 0.0, 1.0)
+  # A p_t outside [0, 1] would act as 0 or 1 (NaN as 0) without a word: with check_values, each is checked.
+  with _validation.checking_traced_values(sam.check_values):
+    prob_fn = _validation.bounded_schedule(probability, "probability", 0.0, 1.0)
   seed = _validation.check_seed(seed)
 
   def init_fn(params: optax.Params) -> RandomizedState:
@@ -252,11 +255,7 @@ def randomized_sam(
     updates: optax.Updates, state: RandomizedState, params: optax.Params | None = None, **extra_args: Any
   ) -> tuple[optax.Updates, RandomizedState]:
     key, draw = jax.random.split(jax.random.wrap_key_data(state.key))
-    p_t = prob_fn(state.count)
-    if sam.check_values:
-      # A p_t outside [0, 1] would act as 0 or 1 (NaN as 0) without a word.
-      _validation.check_at_run_time(p_t, "probability", 0.0, 1.0)
-    take_sam = jax.random.uniform(draw) < p_t
+    take_sam = jax.random.uniform(draw) < prob_fn(state.count)
     out, inner = jax.lax.cond(
       take_sam,
       lambda: sam.update(updates, state.inner, params, **extra_args),

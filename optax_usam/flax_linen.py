@@ -17,6 +17,7 @@ from typing import Any
 import chex
 import flax.errors
 import jax
+import numpy as np
 import optax
 from flax import struct
 from flax.training import train_state
@@ -25,7 +26,6 @@ from optax_usam import _validation
 from optax_usam._batches import first_fraction
 from optax_usam._collectives import pmean
 from optax_usam._passes import sam_passes
-from optax_usam._validation.outputs import check_like, check_pair, check_scalar_loss, describe
 from optax_usam.chain_order import check_sam_order
 from optax_usam.diagnostics import needs_fresh_gradient
 
@@ -176,8 +176,10 @@ def linen_train_step(
       does not pass ``grad_fn`` on); ``state.tx`` contains
       :func:`optax_usam.unified_sam`, first in its chain (any optimizer
       accepting ``grad_fn`` works).
-    batch: the batch, a pytree of arrays sharing their leading (example)
-      axis, passed to ``loss_fn`` unchanged.
+    batch: the batch, passed to ``loss_fn`` unchanged: a pytree whose
+      arrays share their leading (example) axis; 0-d leaves (a temperature)
+      and no leaves at all (a ``loss_fn`` that closes over its data) are
+      fine, except with ``ascent_fraction``.
     loss_fn: as above.
     rng: the dropout key of this step, or None.
     axis_name: inside ``pmap``/``shard_map``, the data-parallel axis: the new
@@ -196,7 +198,8 @@ def linen_train_step(
   Raises:
     TypeError: ``state`` is not a :class:`SAMTrainState`, ``loss_fn`` is not
       callable or does not return the form above.
-    ValueError: the leaves of ``batch`` differ in leading size; the Unified
+    ValueError: the leaves of ``batch`` differ in leading size (or, with
+      ``ascent_fraction``, one has no leading axis); the Unified
       SAM transformation is not first in ``state.tx``; ``loss_fn`` returns a
       loss that is not a scalar, or batch statistics unlike
       ``state.batch_stats`` (or some where ``state.batch_stats`` is None).
@@ -233,7 +236,7 @@ def linen_train_step(
       "with SAMTrainState.create(apply_fn=..., params=..., tx=..., batch_stats=...)."
     )
   _validation.check_callable(loss_fn, "loss_fn", "(params, batch_stats, batch, rng) -> " + _LOSS_FORM)
-  _validation.leading_size(batch)
+  _check_batch(batch, ascent_fraction)
   if ascent_fraction is not None and not needs_fresh_gradient(state.opt_state):
     raise ValueError(
       "ascent_fraction sets the batch of the first pass, but this optimizer takes none "
@@ -257,6 +260,23 @@ def linen_train_step(
   return state.replace(batch_stats=new_batch_stats), StepOutput(loss, aux)
 
 
+def _check_batch(batch: Any, ascent_fraction: float | None) -> None:
+  """Refuses leaves of ``batch`` that differ in leading (example) size.
+
+  A 0-d leaf (a temperature) or a batch without leaves (a ``loss_fn`` that closes over its data) is passed
+  to ``loss_fn`` as it is, except with ``ascent_fraction``, which cuts every leaf along that axis.
+  """
+  leaves = jax.tree.leaves(batch)
+  with_axis = [x for x in leaves if np.ndim(x)]
+  if ascent_fraction is not None and (not leaves or len(with_axis) < len(leaves)):
+    raise ValueError(
+      "ascent_fraction takes the first examples of every leaf of batch, so each needs a leading (example) "
+      f"axis; got batch {_validation.describe(batch)}."
+    )
+  if with_axis:
+    _validation.leading_size(with_axis)
+
+
 def _checked(loss_fn: LossFn, batch_stats: BatchStats) -> LossFn:
   """``loss_fn``, checked to return ``(loss, (new_batch_stats, aux))``, statistics like ``batch_stats``.
 
@@ -270,18 +290,18 @@ def _checked(loss_fn: LossFn, batch_stats: BatchStats) -> LossFn:
     except _MISSING_COLLECTION as err:
       if has_stats:
         raise
-      raise ValueError(_NO_BATCH_STATS.format(describe(batch_stats))) from err
-    loss, rest = check_pair(out, "loss_fn", _LOSS_FORM)
-    new_stats, _ = check_pair(rest, "loss_fn", _LOSS_FORM, returned=out)
-    check_scalar_loss(loss, "the loss loss_fn returns")
+      raise ValueError(_NO_BATCH_STATS.format(_validation.describe(batch_stats))) from err
+    _, rest = _validation.check_loss_output(out, True, "loss_fn", _LOSS_FORM)
+    new_stats, _ = _validation.check_pair(rest, "loss_fn", _LOSS_FORM, returned=out)
     if has_stats:
       hint = "state.batch_stats (the 'batch_stats' of model.apply(..., mutable=['batch_stats']))"
-      check_like(new_stats, batch_stats, "the new_batch_stats loss_fn returns", hint)
+      _validation.check_like(new_stats, batch_stats, "the new_batch_stats loss_fn returns", hint)
     elif jax.tree.leaves(new_stats):
       raise ValueError(
-        f"loss_fn returns new_batch_stats {describe(new_stats)}, but state.batch_stats is "
-        f"{describe(batch_stats)}: a model without BatchNorm returns (loss, (None, aux)); for one with "
-        "BatchNorm, create the state with SAMTrainState.create(..., batch_stats=variables['batch_stats'])."
+        f"loss_fn returns new_batch_stats {_validation.describe(new_stats)}, but state.batch_stats is "
+        f"{_validation.describe(batch_stats)}: a model without BatchNorm returns (loss, (None, aux)); for "
+        "one with BatchNorm, create the state with SAMTrainState.create(..., "
+        "batch_stats=variables['batch_stats'])."
       )
     return out
 

@@ -21,7 +21,6 @@ from flax import nnx
 
 from optax_usam import _validation
 from optax_usam._passes import sam_passes
-from optax_usam._validation.outputs import check_pair, check_scalar_loss, describe
 from optax_usam.chain_order import check_sam_order
 
 __all__ = ["sam_update"]
@@ -133,16 +132,7 @@ def _checked(loss_fn: Callable[..., Any], has_aux: bool) -> Callable[..., Any]:
 
   def checked(model: nnx.Module, *args: Any) -> Any:
     out = loss_fn(model, *args)
-    if has_aux:
-      loss, _ = check_pair(out, "loss_fn", "(loss, aux) with has_aux=True")
-    elif isinstance(out, (tuple, list)):
-      raise TypeError(
-        f"loss_fn returns {describe(out)}, but with has_aux=False it must return the loss alone: pass "
-        "has_aux=True for (loss, aux)."
-      )
-    else:
-      loss = out
-    check_scalar_loss(loss, "the loss loss_fn returns")
+    _validation.check_loss_output(out, has_aux, "loss_fn", "(loss, aux) with has_aux=True")
     return out
 
   return checked

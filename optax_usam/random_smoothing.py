@@ -133,8 +133,9 @@ def random_smoothing_sam(
   Args:
     rho: perturbation radius, a float or a schedule, as in :func:`optax_usam.unified_sam`.
     noise_std: :math:`\sigma_t \ge 0`, a float or a schedule of the step count.
-    seed: seed of the PRNG key of the noise, an int in [-2**31, 2**32 - 1]
-      (JAX keeps 32 bits of a seed; 64 with ``jax_enable_x64``), read by
+    seed: seed of the PRNG key of the noise, an int in [-2**31, 2**31 - 1]
+      (JAX keeps 32 bits of a seed, so wider ones would share keys;
+      [-2**63, 2**63 - 1] with ``jax_enable_x64``), read by
       ``init`` only (under ``optax.inject_hyperparams`` pass it in
       ``static_args``: a value set in the state later would not reach the key).
     lambd_schedule: :math:`\lambda_t`, as in :func:`optax_usam.unified_sam`;

@@ -160,6 +160,9 @@ def unified_sam(
       finite wherever :math:`x_t` is (:math:`e_t` can overflow float16),
       with ``checkify.debug_check``; they report under
       ``jax.experimental.checkify.checkify(step, errors=checkify.user_checks)``.
+      The last one also fires when the gradient :math:`g_t` itself holds
+      NaN or inf: with ``optax.apply_if_finite`` in the chain, checkify
+      reports an error on exactly the steps it skips.
       Off by default: it costs jit's fast dispatch path (see :func:`perturb`).
     direction: an :class:`optax_usam.AscentDirection`: normalize its
       :math:`d_t` instead of :math:`g_t` (:func:`optax_usam.vasso`,
@@ -237,7 +240,7 @@ def unified_sam(
     _validation.check_state(state, UnifiedSAMState)
     dtype = state.grad_norm.dtype
     g = _validation.check_update_args(
-      updates, params, grad_fn, eps, dtype, rho, fresh_gradient=fresh_gradient
+      updates, params, grad_fn, eps, dtype, rho_fn.first, fresh_gradient=fresh_gradient
     )
     rho_t, lambd_t = (jnp.asarray(schedule(state.count), dtype) for schedule in (rho_fn, lambd_fn))
     if average_first:

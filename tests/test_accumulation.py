@@ -161,7 +161,7 @@ _loss = lambda p, b: jnp.mean((b["x"] @ p["w"] - b["y"]) ** 2)
       jax.value_and_grad(lambda p, b: (_loss(p, b), None), has_aux=True),
       {"with_loss": True},
       TypeError,
-      r"the loss batch_grad_fn returns must be a real floating scalar",
+      r"the loss batch_grad_fn returns must be a real floating scalar, not a tuple: pass has_aux=True",
     ),
     (lambda p, b: (jnp.ones(3), p), {"with_loss": True}, ValueError, r"must be a scalar.*got shape \(3,\)"),
     (lambda p, b: (jnp.ones((), jnp.int32), p), {"with_loss": True}, TypeError, "real floating scalar"),

@@ -96,9 +96,10 @@ def test_bad_arguments(build, error, match):
     build(optax_usam.sam(0.1))
 
 
+# Step 0 of each is a SAM step: reuse_sam's first step, and every step of randomized_sam with p = 1.
 WRAPPERS = {
   "reuse_sam": lambda s: optax_usam.reuse_sam(s, 2),
-  "randomized_sam": lambda s: optax_usam.randomized_sam(s, 0.5),
+  "randomized_sam": lambda s: optax_usam.randomized_sam(s, 1.0),
 }
 FAMILY = {
   "unified_sam": lambda: optax_usam.unified_sam(0.1, "1-1/t"),
@@ -115,11 +116,19 @@ FAMILY = {
 @pytest.mark.parametrize("wrapper", WRAPPERS)
 @pytest.mark.parametrize("member", FAMILY)
 def test_wrappers_take_every_member_of_the_family(wrapper, member):
+  """The wrapper's SAM step is the member's own update: its output and its state."""
   params = {"w": jnp.array([1.0, -2.0])}
-  grad = jax.grad(lambda p: jnp.sum(jnp.cos(p["w"])))
-  tx = WRAPPERS[wrapper](FAMILY[member]())
-  out, _ = tx.update(grad(params), tx.init(params), params, grad_fn=grad)
-  chex.assert_tree_all_finite(out)
+  grad = jax.grad(lambda p: jnp.sum(jnp.cos(p["w"])) + 0.5 * jnp.sum(p["w"] ** 2))
+  sam = FAMILY[member]()
+  tx = WRAPPERS[wrapper](sam)
+  out, state = tx.update(grad(params), tx.init(params), params, grad_fn=grad)
+  want, want_state = sam.update(grad(params), sam.init(params), params, grad_fn=grad)
+  chex.assert_trees_all_close(out, want, rtol=1e-6)
+  chex.assert_trees_all_close(state.inner, want_state, rtol=1e-6)
+  assert int(optax_usam.get_diagnostics(state)["count"]) == 1
+  # Returning the plain gradient instead would fail above; momentum_sam's first ascent direction, its
+  # previous SAM gradient, is 0, so there the SAM gradient is the plain one.
+  assert member == "momentum_sam" or not np.allclose(out["w"], grad(params)["w"])
 
 
 @pytest.mark.parametrize("wrapper", WRAPPERS)
@@ -165,9 +174,14 @@ def test_randomized_sam_under_inject_hyperparams_with_the_user_s_seed():
 
 
 def test_reuse_sam_under_inject_hyperparams_says_every_k_is_static():
+  """A traced every_k (jit) gets the hint; the concrete array of an eager init is the int it holds."""
   factory = optax.inject_hyperparams(optax_usam.reuse_sam, static_args=("sam",))
-  with pytest.raises(TypeError, match=r"every_k must be .*static_args"):
-    factory(sam=optax_usam.sam(0.1), every_k=2).init({"w": jnp.zeros(2)})
+  tx = factory(sam=optax_usam.sam(0.1), every_k=2)
+  params = {"w": jnp.array([1.0, -2.0])}
+  grad = jax.grad(lambda p: jnp.sum(jnp.cos(p["w"])))
+  state = tx.init(params)
+  with pytest.raises(TypeError, match=r"every_k must be .*got a traced int32 value.*static_args"):
+    jax.jit(lambda s: tx.update(grad(params), s, params, grad_fn=grad))(state)
 
 
 def test_reuse_sam_under_inject_hyperparams_with_a_traced_alpha():
@@ -203,11 +217,15 @@ def test_every_k_must_fit_the_int32_step_count(build, ok):
   "seed,x64,ok",
   [
     (-(2**31), False, True),
-    (2**32 - 1, False, True),
-    (2**32, False, False),  # JAX keeps the low 32 bits: the key of seed 0
+    (2**31 - 1, False, True),
+    (2**31, False, False),  # JAX keeps the low 32 bits: the key of seed -2**31
+    (2**32 - 1, False, False),  # the key of seed -1
+    (2**32, False, False),  # the key of seed 0
     (-(2**31) - 1, False, False),
-    (2**40, True, True),
+    (-(2**63), True, True),
+    (2**63 - 1, True, True),
     (2**63, True, False),  # OverflowError at init
+    (-(2**63) - 1, True, False),
     (2**70, False, False),
   ],
 )
@@ -228,37 +246,41 @@ def _checked_step(tx):
   return params, jax.jit(checkify.checkify(step, errors=checkify.user_checks))
 
 
+# What inject_hyperparams makes traced arrays of: a value each wrapper must refuse when the step runs.
+TRACED = {
+  "probability": (
+    lambda check_values: optax.inject_hyperparams(optax_usam.randomized_sam, static_args=("sam",))(
+      sam=optax_usam.sam(0.1, check_values=check_values), probability=0.5
+    ),
+    [-0.5, 1.5, float("nan")],
+    r"probability must be .*\[0\.0, 1\.0\]",
+  ),
+  "alpha": (
+    lambda check_values: optax.inject_hyperparams(optax_usam.reuse_sam, static_args=("sam", "every_k"))(
+      sam=optax_usam.sam(0.1, check_values=check_values), every_k=2, alpha=0.7
+    ),
+    [-1.0, float("nan")],
+    r"alpha must be a non-negative finite float",
+  ),
+}
+
+
 @pytest.mark.parametrize("check_values", [True, False])
-@pytest.mark.parametrize("probability", [-0.5, 1.5, float("nan")])
-def test_check_values_checks_the_traced_probability(check_values, probability):
-  """inject_hyperparams makes the probability a traced array: with check_values on, each p_t is checked."""
-  factory = optax.inject_hyperparams(optax_usam.randomized_sam, static_args=("sam",))
-  tx = factory(sam=optax_usam.sam(0.1, check_values=check_values), probability=0.5)
+@pytest.mark.parametrize(
+  ("name", "bad"), [(name, bad) for name, (_, values, _) in TRACED.items() for bad in values]
+)
+def test_check_values_checks_the_traced_hyperparameters(name, bad, check_values):
+  """With the wrapped transformation's check_values on, each step checks the wrapper's traced values."""
+  build, _, message = TRACED[name]
+  tx = build(check_values)
   params, checked = _checked_step(tx)
   state = tx.init(params)
   err, state = checked(state)
   err.throw()
-  state.hyperparams["probability"] = jnp.asarray(probability, state.hyperparams["probability"].dtype)
+  state.hyperparams[name] = jnp.asarray(bad, state.hyperparams[name].dtype)
   err, _ = checked(state)
   if check_values:
-    with pytest.raises(checkify.JaxRuntimeError, match=r"probability must be .*\[0\.0, 1\.0\]"):
-      err.throw()
-  else:
-    err.throw()
-
-
-@pytest.mark.parametrize("check_values", [True, False])
-def test_check_values_checks_a_traced_alpha(check_values):
-  factory = optax.inject_hyperparams(optax_usam.reuse_sam, static_args=("sam", "every_k"))
-  tx = factory(sam=optax_usam.sam(0.1, check_values=check_values), every_k=2, alpha=0.7)
-  params, checked = _checked_step(tx)
-  state = tx.init(params)
-  err, state = checked(state)
-  err.throw()
-  state.hyperparams["alpha"] = jnp.asarray(-1.0)
-  err, _ = checked(state)
-  if check_values:
-    with pytest.raises(checkify.JaxRuntimeError, match=r"alpha must be a non-negative finite float"):
+    with pytest.raises(checkify.JaxRuntimeError, match=message):
       err.throw()
   else:
     err.throw()

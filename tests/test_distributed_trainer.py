@@ -419,13 +419,22 @@ def trainer(loss=loss_fn, base=None, **kwargs):
   [
     (lambda: trainer(data_axis="batch"), ValueError, "data_axis='batch' is not an axis"),
     (lambda: trainer(per_device_perturbation=1), TypeError, "per_device_perturbation must be a bool"),
-    (lambda: trainer(loss=None), TypeError, "loss_fn must be callable"),
+    (
+      lambda: trainer(loss=None),
+      TypeError,
+      r"loss_fn must be callable \(\(params, batch\) -> loss\); got NoneType",
+    ),
     (
       lambda: distributed.make_sharded_trainer(
         loss_fn, None, {"w": np.ones(2)}, mesh=distributed.make_mesh()
       ),
       TypeError,
       r"base_optimizer must be an optax.GradientTransformation, e.g. optax.sgd\(0.1\); got None",
+    ),
+    (
+      lambda: trainer(base="sgd"),
+      TypeError,
+      r"base_optimizer must be an optax.GradientTransformation, .*; got 'sgd'",
     ),
     (lambda: trainer(mesh=None), TypeError, "mesh must be a jax.sharding.Mesh, .* got NoneType"),
     (lambda: trainer(mesh="data"), TypeError, "mesh must be a jax.sharding.Mesh, .* got str"),

@@ -4,6 +4,7 @@ import functools
 import subprocess
 import sys
 
+import flax.core
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -373,6 +374,68 @@ def test_batch_leaves_of_different_leading_sizes_are_refused(ascent_fraction):
     ValueError, match=r"batch must be a pytree of arrays sharing their leading axis; .*\[31, 32\]"
   ):
     linen_train_step(state, batch, _loss_fn, jax.random.key(0), ascent_fraction=ascent_fraction)
+
+
+def _data_loss(batch):
+  """``_loss_fn`` on ``batch``'s x and y whatever batch it is given: its data comes by closure."""
+  return lambda params, batch_stats, _, rng: _loss_fn(params, batch_stats, batch, rng)
+
+
+def _scaled_loss(params, batch_stats, batch, rng):
+  """``_loss_fn`` with its logits divided by ``batch["temperature"]``, a 0-d leaf of the batch."""
+  _, (stats, logits) = _loss_fn(params, batch_stats, {"x": batch["x"], "y": batch["y"]}, rng)
+  logits = logits / batch["temperature"]
+  return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean(), (stats, logits)
+
+
+@pytest.mark.parametrize(
+  ("make_batch", "loss_fn"),
+  [
+    (lambda batch: {**batch, "temperature": 1.0}, _scaled_loss),
+    (lambda batch: {**batch, "temperature": jnp.float32(1.0)}, _scaled_loss),
+    (lambda batch: {}, _data_loss),
+    (lambda batch: None, _data_loss),
+    (lambda batch: (), _data_loss),
+  ],
+  ids=["python_scalar_leaf", "0d_array_leaf", "empty_dict", "none", "empty_tuple"],
+)
+def test_a_batch_with_0d_leaves_or_none_trains_as_the_plain_batch(make_batch, loss_fn):
+  """0-d leaves and a batch without leaves (loss_fn closes over its data) reach loss_fn unchanged."""
+  state, batch = _setup(optax.chain(optax_usam.sam(RHO), optax.sgd(LR)))
+  rng = jax.random.key(0)
+  want, want_out = jax.jit(functools.partial(linen_train_step, loss_fn=_loss_fn))(state, batch, rng=rng)
+  fn = loss_fn(batch) if loss_fn is _data_loss else loss_fn
+  got, got_out = jax.jit(functools.partial(linen_train_step, loss_fn=fn))(state, make_batch(batch), rng=rng)
+  jax.tree.map(np.testing.assert_array_equal, (got.params, got.batch_stats), (want.params, want.batch_stats))
+  np.testing.assert_array_equal(got_out.loss, want_out.loss)
+
+
+@pytest.mark.parametrize(
+  ("make_batch", "shown"),
+  [
+    (lambda batch: {**batch, "temperature": 1.0}, r"\{'temperature': float32\[\], 'x': float32\[32,5\]"),
+    (lambda batch: {}, r"\{\}"),
+  ],
+  ids=["0d_leaf", "no_leaves"],
+)
+def test_ascent_fraction_needs_a_leading_axis_on_every_leaf(make_batch, shown):
+  state, batch = _setup(optax.chain(optax_usam.sam(RHO), optax.sgd(LR)))
+  with pytest.raises(
+    ValueError,
+    match=rf"ascent_fraction takes the first examples of every leaf of batch, .*; got batch {shown}",
+  ):
+    linen_train_step(state, make_batch(batch), _loss_fn, jax.random.key(0), ascent_fraction=0.5)
+
+
+def test_a_state_with_frozen_batch_stats_trains_as_the_plain_one():
+  """model.apply(..., mutable=...) returns plain dicts; a state built from flax.core.freeze(variables) has
+  FrozenDicts: the same statistics by key path and shape."""
+  state, batch = _setup(optax.chain(optax_usam.sam(RHO), optax.sgd(LR)))
+  frozen = state.replace(batch_stats=flax.core.freeze(state.batch_stats))
+  step = jax.jit(functools.partial(linen_train_step, loss_fn=_loss_fn))
+  want, _ = step(state, batch, rng=jax.random.key(0))
+  got, _ = step(frozen, batch, rng=jax.random.key(0))
+  jax.tree.map(np.testing.assert_array_equal, (got.params, got.batch_stats), (want.params, want.batch_stats))
 
 
 SAM_SECOND = optax.chain(optax.adamw(1e-3), optax_usam.unified_sam(RHO, "1-1/t"))

@@ -46,16 +46,16 @@ def test_random_smoothing_noise_follows_the_documented_keys():
     (lambda: optax_usam.random_smoothing_sam(RHO, float("inf")), ValueError, "noise_std"),
     (lambda: optax_usam.random_smoothing_sam(RHO, 0.1, gradient_weight=0), ValueError, "gradient_weight"),
     (lambda: optax_usam.random_smoothing_sam(RHO, 0.01, seed=1.5), TypeError, "seed"),
-    # Accepted, then an OverflowError at init; 2**32 would be the key of seed 0.
+    # Accepted, then an OverflowError at init; 2**31 would be the key of seed -2**31 (JAX keeps 32 bits).
     (
       lambda: optax_usam.random_smoothing_sam(RHO, 0.01, seed=2**70),
       ValueError,
       r"seed must be an int in \[",
     ),
     (
-      lambda: optax_usam.random_smoothing_sam(RHO, 0.01, seed=2**32),
+      lambda: optax_usam.random_smoothing_sam(RHO, 0.01, seed=2**31),
       ValueError,
-      r"seed must be an int in \[",
+      r"seed must be an int in \[-2147483648, 2147483647\]",
     ),
     (lambda: optax_usam.random_smoothing_sam(RHO, 0.01, filter_wise=1), TypeError, "filter_wise"),
   ],

@@ -736,8 +736,18 @@ def test_inject_hyperparams_reaches_every_numeric_hyperparameter(name):
   assert step._cache_size() == 1
 
 
-@pytest.mark.parametrize("rho", [1e39, 10**40])
-def test_a_rho_the_parameters_dtype_cannot_hold_is_refused(rho):
+@pytest.mark.parametrize(
+  ("rho", "value"),
+  [
+    (1e39, 1e39),
+    (10**40, 1e40),
+    # A schedule's value at count 0: it was used as inf, with only NumPy's overflow warning.
+    (lambda count: 1e39, 1e39),
+    (lambda count: np.float64(1e40), 1e40),
+  ],
+  ids=["float", "int", "schedule", "numpy-schedule"],
+)
+def test_a_rho_the_parameters_dtype_cannot_hold_is_refused(rho, value):
   # In float32 the step would compute with rho = inf; float64 parameters hold it.
   grad_fn = lambda p: {"w": 2 * p["w"]}
   params = {"w": jnp.array([3.0, 4.0])}
@@ -748,8 +758,34 @@ def test_a_rho_the_parameters_dtype_cannot_hold_is_refused(rho):
     params = {"w": jnp.array([3.0, 4.0], jnp.float64)}
     _, state = tx.update(grad_fn(params), tx.init(params), params, grad_fn=grad_fn)
     np.testing.assert_allclose(
-      float(optax_usam.get_diagnostics(state)["perturbation_norm"]), float(rho), rtol=1e-12
+      float(optax_usam.get_diagnostics(state)["perturbation_norm"]), value, rtol=1e-12
     )
+
+
+@pytest.mark.parametrize("x64", [False, True])
+def test_check_values_reports_a_later_rho_beyond_the_parameters_dtype(x64):
+  """rho_2 = 1e39 with float32 parameters: inf in float32 arithmetic (reported as rho), or, computed in
+  float64 under x64, an ascent point the float32 step cannot hold (reported there)."""
+  grad_fn = lambda p: {"w": 2 * p["w"]}
+  with jax.enable_x64(x64):
+    params = {"w": jnp.array([3.0, 4.0], jnp.float32)}
+    # 0.1, 0.1, then 0.1 * 1e40 = 1e39 (computed, so no constant is cast to float32 with a NumPy warning).
+    rho = lambda c: 0.1 * jnp.where(c >= 2, 1e20, 1.0) ** 2
+    tx = optax_usam.unified_sam(rho, 1.0, check_values=True)
+    run = lambda s: tx.update(grad_fn(params), s, params, grad_fn=grad_fn)[1]
+    step = jax.jit(checkify.checkify(run, errors=checkify.user_checks))
+    state = tx.init(params)
+    for _ in range(2):
+      err, state = step(state)
+      err.throw()
+    err, state = step(state)
+  want = (
+    r"params \+ e is not finite at leaf \['w'\].*float32"
+    if x64
+    else r"rho must be .*got inf when the step ran"
+  )
+  with pytest.raises(checkify.JaxRuntimeError, match=want):
+    err.throw()
 
 
 # What a traced hyperparameter of each member must not be, and what NaN is for all of them.

@@ -33,12 +33,45 @@ def test_a_direction_is_none_or_a_transform_with_a_known_source():
   assert options.check_direction(None, SOURCES) is None
   pair = _Pair(optax.identity(), "grad_fn")
   assert options.check_direction(pair, SOURCES) is pair
-  with pytest.raises(TypeError, match="whose transform is an optax GradientTransformation"):
+  with pytest.raises(
+    TypeError,
+    match=r"^direction.transform must be an optax.GradientTransformation, e.g. optax.ema\(0.9\); got",
+  ):
     options.check_direction(_Pair(lambda g: g, "gradient"), SOURCES)
-  with pytest.raises(TypeError, match="direction must be None"):
+  with pytest.raises(
+    TypeError,
+    match=r"^direction must be None or an optax_usam.AscentDirection\(transform, source\); got 'ema'",
+  ):
     options.check_direction("ema", SOURCES)
   with pytest.raises(ValueError, match=r"direction.source must be one of \('gradient', .*; got 'new'"):
     options.check_direction(_Pair(optax.identity(), "new"), SOURCES)
+
+
+class _Duck:
+  """Not an optax.GradientTransformation, but has its two methods."""
+
+  def init(self, params):
+    return ()
+
+  def update(self, updates, state, params=None):
+    return updates, state
+
+
+@pytest.mark.parametrize("tx", [optax.sgd(0.1), optax.chain(optax.sgd(0.1)), _Duck()])
+def test_check_transformation_takes_what_has_init_and_update(tx):
+  options.check_transformation(tx, "base_optimizer", "optax.sgd(0.1)")
+
+
+@pytest.mark.parametrize(
+  ("tx", "shown"),
+  [(None, "None"), ("sgd", "'sgd'"), (optax.sgd, "<function sgd"), (_Pair(None, None), "_Pair")],
+)
+def test_check_transformation_names_the_argument_and_an_example(tx, shown):
+  with pytest.raises(
+    TypeError,
+    match=rf"^base_optimizer must be an optax.GradientTransformation, e.g. optax.sgd\(0.1\); got {shown}",
+  ):
+    options.check_transformation(tx, "base_optimizer", "optax.sgd(0.1)")
 
 
 def test_sam_options_are_returned_checked():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import flax.core
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,6 +63,42 @@ def test_check_scalar_loss_refuses_the_rest(loss, error, match):
     outputs.check_scalar_loss(loss, "the loss")
 
 
+@pytest.mark.parametrize(
+  ("out", "has_aux", "want"),
+  [
+    (jnp.zeros(()), False, (0.0, None)),
+    (1.0, False, (1.0, None)),
+    ((jnp.zeros(()), {"logits": 2.0}), True, (0.0, {"logits": 2.0})),
+    ([1.0, None], True, (1.0, None)),
+  ],
+)
+def test_check_loss_output_gives_the_loss_and_aux(out, has_aux, want):
+  assert outputs.check_loss_output(out, has_aux, "loss_fn", "(loss, aux)") == want
+
+
+@pytest.mark.parametrize(
+  ("out", "has_aux", "returned", "error", "match"),
+  [
+    (jnp.zeros(()), True, None, TypeError, r"^loss_fn must return \(loss, aux\); got float32\[\]\.$"),
+    (
+      (jnp.zeros(()), jnp.zeros(3)),
+      False,
+      None,
+      TypeError,
+      r"^loss_fn returns \(float32\[\], float32\[3\]\), but with has_aux=False the loss loss_fn returns must "
+      r"be a real floating scalar, not a tuple: pass has_aux=True if it comes with an aux\.$",
+    ),
+    # A part of what was returned (the value of (value, gradients)): the whole is shown.
+    ([1.0, None], False, ([1.0, None], {"w": 0.0}), TypeError, r"returns \(\[float32\[\], None\], \{'w'"),
+    ((jnp.zeros(3), None), True, None, ValueError, r"^the loss loss_fn returns must be a scalar"),
+    (jnp.zeros((), jnp.int32), False, None, TypeError, r"^the loss loss_fn returns must be a real floating"),
+  ],
+)
+def test_check_loss_output_refuses_the_rest(out, has_aux, returned, error, match):
+  with pytest.raises(error, match=match):
+    outputs.check_loss_output(out, has_aux, "loss_fn", "(loss, aux)", returned=returned)
+
+
 def test_check_like_compares_structure_and_shapes():
   reference = {"mean": jnp.zeros(4), "var": jnp.ones(4)}
   outputs.check_like(
@@ -74,3 +111,12 @@ def test_check_like_compares_structure_and_shapes():
       outputs.check_like(tree, reference, "stats", "the state's")
   with pytest.raises(ValueError, match=r"got \{'mean': float32\[5\], 'var': float32\[4\]\}"):
     outputs.check_like({"mean": jnp.zeros(5), "var": jnp.ones(4)}, reference, "stats", "the state's")
+
+
+def test_check_like_compares_key_paths_not_containers():
+  """A FrozenDict state (flax.core.freeze(variables)) and the plain dict model.apply returns are alike."""
+  stats = {"BatchNorm_0": {"mean": jnp.zeros(4), "var": jnp.ones(4)}}
+  outputs.check_like(stats, flax.core.freeze(stats), "stats", "the state's")
+  outputs.check_like(flax.core.freeze(stats), stats, "stats", "the state's")
+  with pytest.raises(ValueError, match=r"got \{'BatchNorm_1'"):
+    outputs.check_like({"BatchNorm_1": stats["BatchNorm_0"]}, flax.core.freeze(stats), "stats", "the state's")

@@ -76,6 +76,25 @@ def test_ints_are_ints_in_range_and_not_bools():
     scalars.check_int(0, "k", 1, bounds="a positive int")
 
 
+@pytest.mark.parametrize("value", [np.array(2), jnp.asarray(2), np.int64(2)])
+def test_a_concrete_integer_scalar_array_is_an_int(value):
+  """np.array(2) got the hint for inject_hyperparams' traced ints although nothing was traced."""
+  out = scalars.check_int(value, "num_microbatches", 1, bounds="a positive int")
+  assert type(out) is int and out == 2
+  with pytest.raises(ValueError, match="num_microbatches must be a positive int; got 0"):
+    scalars.check_int(value * 0, "num_microbatches", 1, bounds="a positive int")
+
+
+def test_only_a_traced_int_gets_the_static_args_hint():
+  check = lambda v: scalars.check_int(v, "every_k", 1, bounds="a positive int")
+  with pytest.raises(TypeError, match=r"every_k must be a positive int, fixed when .*static_args"):
+    jax.jit(check)(2)
+  for value in (np.array([2]), np.array(2.0)):
+    with pytest.raises(TypeError, match=r"every_k must be a positive int; got array\(") as info:
+      check(value)
+    assert "static_args" not in str(info.value)
+
+
 def test_choices_and_seeds():
   assert scalars.check_choice("b", "rule", ("a", "b")) == "b"
   with pytest.raises(TypeError, match="of type int"):
@@ -86,6 +105,31 @@ def test_choices_and_seeds():
   assert scalars.check_seed(seed) is seed
   with pytest.raises(TypeError, match="seed"):
     scalars.check_seed(jnp.asarray(7.0))
+
+
+# Seeds at and beyond the ends of each mode's range, and pairs whose low bits agree (-1 and 2**32 - 1).
+SEEDS = {
+  False: [-(2**31) - 1, -(2**31), -1, 0, 2**31 - 1, 2**31, 2**32 - 1, 2**32],
+  True: [-(2**63) - 1, -(2**63), -1, 0, 2**31, 2**32 - 1, 2**32, 2**63 - 1, 2**63, 2**64 - 1],
+}
+
+
+@pytest.mark.parametrize("x64", [False, True])
+def test_two_accepted_seeds_never_give_the_same_key(x64):
+  """Without x64 JAX keeps a seed's low 32 bits: key(-1) was key(2**32 - 1), and both were accepted."""
+  with jax.enable_x64(x64):
+    keys = {}
+    for seed in SEEDS[x64]:
+      try:
+        scalars.check_seed(seed)
+      except ValueError as err:
+        assert "seed must be an int in [" in str(err)
+        continue
+      key = tuple(np.asarray(jax.random.key_data(jax.random.key(seed))).tolist())
+      assert key not in keys, f"seeds {keys.get(key)} and {seed} give the same key"
+      keys[key] = seed
+  low, high = (-(2**63), 2**63 - 1) if x64 else (-(2**31), 2**31 - 1)
+  assert sorted(keys.values()) == [s for s in SEEDS[x64] if low <= s <= high]
 
 
 @pytest.mark.parametrize(("eps", "dtype", "ok"), [(1e-40, jnp.float32, False), (1e-40, jnp.float64, True)])
@@ -109,6 +153,22 @@ def test_a_schedule_is_checked_at_count_zero_when_it_can_be():
     jnp.array([2.0])
   )
   np.testing.assert_array_equal(swept, [2.0])
+
+
+@pytest.mark.parametrize(
+  ("value", "first"),
+  [(0.5, 0.5), (np.float64(1e39), 1e39), (lambda count: 1e39, 1e39), (lambda count: 0.1 * (count + 1), 0.1)],
+)
+def test_a_bounded_schedule_keeps_its_value_at_count_zero(value, first):
+  """What the step checks against its parameters' dtype: a schedule's rho(0) = 1e39 was inf in float32."""
+  assert scalars.bounded_schedule(value, "rho", 0.0, np.inf).first == pytest.approx(first)
+  # Traced (a vmapped sweep, inject_hyperparams under jit): nothing concrete to keep.
+  firsts = []
+  jax.vmap(lambda v: firsts.append(scalars.bounded_schedule(v, "rho", 0.0, np.inf).first) or v)(jnp.ones(2))
+  jax.vmap(lambda v: firsts.append(scalars.bounded_schedule(lambda c: v, "rho", 0.0, np.inf).first) or v)(
+    jnp.ones(2)
+  )
+  assert firsts == [None, None]
 
 
 def test_non_scalars_are_named():

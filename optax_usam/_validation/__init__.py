@@ -7,7 +7,14 @@ each reads as a few lines of checks followed by the method. Bad input is a
 when a transformation is built or, for trees, at trace time.
 """
 
-from optax_usam._validation.options import check_direction, check_sam_options
+from optax_usam._validation.options import check_direction, check_sam_options, check_transformation
+from optax_usam._validation.outputs import (
+  check_like,
+  check_loss_output,
+  check_pair,
+  check_scalar_loss,
+  describe,
+)
 from optax_usam._validation.scalars import (
   bounded_schedule,
   check_at_run_time,
@@ -61,9 +68,12 @@ __all__ = [
   "check_interval",
   "check_inverse_t",
   "check_lambda_string",
+  "check_like",
+  "check_loss_output",
   "check_mask",
   "check_matches_params",
   "check_nonnegative",
+  "check_pair",
   "check_params_given",
   "check_perturb_values",
   "check_pl_caps",
@@ -71,6 +81,7 @@ __all__ = [
   "check_positive",
   "check_real",
   "check_sam_options",
+  "check_scalar_loss",
   "check_scalars",
   "check_scales",
   "check_seed",
@@ -78,9 +89,11 @@ __all__ = [
   "check_smoothness",
   "check_state",
   "check_summable_powers",
+  "check_transformation",
   "check_unit_interval",
   "check_update_args",
   "checking_traced_values",
+  "describe",
   "expand_perturb_mask",
   "leading_size",
   "leaf_mask",

@@ -9,18 +9,27 @@ from optax_usam._validation.scalars import check_bools, check_eps, check_nonnega
 from optax_usam._validation.trees import check_mask
 
 
+def check_transformation(x: Any, name: str, example: str) -> None:
+  """Raises TypeError unless ``x`` has an optax transformation's callable ``init`` and ``update``.
+
+  Duck-typed, as optax itself is: any object with the two methods works, not only the
+  ``optax.GradientTransformation`` tuple. ``example``: one the user could pass, for the message.
+  """
+  if not (callable(getattr(x, "init", None)) and callable(getattr(x, "update", None))):
+    raise TypeError(f"{name} must be an optax.GradientTransformation, e.g. {example}; got {x!r}.")
+
+
 def check_direction(direction: Any, sources: tuple[str, ...]) -> Any:
   """``direction`` if it is None or an ``AscentDirection``-like pair (transform, source); raises otherwise."""
   if direction is None:
     return None
-  transform, source = getattr(direction, "transform", None), getattr(direction, "source", None)
-  if not (callable(getattr(transform, "init", None)) and callable(getattr(transform, "update", None))):
+  if not (hasattr(direction, "transform") and hasattr(direction, "source")):
     raise TypeError(
-      "direction must be None or an optax_usam.AscentDirection(transform, source) whose transform is an "
-      f"optax GradientTransformation; got {direction!r}."
+      f"direction must be None or an optax_usam.AscentDirection(transform, source); got {direction!r}."
     )
-  if not isinstance(source, str) or source not in sources:
-    raise ValueError(f"direction.source must be one of {sources}; got {source!r}.")
+  check_transformation(direction.transform, "direction.transform", "optax.ema(0.9)")
+  if not isinstance(direction.source, str) or direction.source not in sources:
+    raise ValueError(f"direction.source must be one of {sources}; got {direction.source!r}.")
   return direction
 
 

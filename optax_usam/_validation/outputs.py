@@ -53,9 +53,43 @@ def check_scalar_loss(loss: Any, name: str) -> None:
     raise ValueError(f"{name} must be a scalar (a mean over the batch); got shape {np.shape(loss)}.")
 
 
+def check_loss_output(out: Any, has_aux: bool, name: str, form: str, returned: Any = None) -> tuple[Any, Any]:
+  """``(loss, aux)`` of what ``name`` returned: with ``has_aux`` the pair ``out``, else ``(out, None)``.
+
+  The loss must be a real floating scalar, as ``jax.grad`` needs. ``form``: what ``name`` returns with
+  ``has_aux``, for the message; ``returned``: what ``name`` returned, shown in the messages, when ``out`` is a
+  part of it (the value of ``(value, gradients)``).
+
+  Raises:
+    TypeError: with ``has_aux``, ``out`` is not a pair; without, it is a tuple or list (the message points to
+      ``has_aux=True``); or the loss is not real floating.
+    ValueError: the loss is not a scalar.
+  """
+  if has_aux:
+    loss, aux = check_pair(out, name, form, returned=returned)
+  elif isinstance(out, (tuple, list)):
+    raise TypeError(
+      f"{name} returns {describe(out if returned is None else returned)}, but with has_aux=False the loss "
+      f"{name} returns must be a real floating scalar, not a {type(out).__name__}: pass has_aux=True if it "
+      "comes with an aux."
+    )
+  else:
+    loss, aux = out, None
+  check_scalar_loss(loss, f"the loss {name} returns")
+  return loss, aux
+
+
+def _shapes_by_path(tree: Any) -> dict[str, tuple[int, ...]]:
+  return {
+    jax.tree_util.keystr(path): np.shape(leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
+
+
 def check_like(tree: Any, reference: Any, name: str, hint: str) -> None:
-  """Raises ValueError unless ``tree`` has the structure and shapes of ``reference``, which ``hint`` names."""
-  if jax.tree.structure(tree) != jax.tree.structure(reference) or any(
-    np.shape(a) != np.shape(b) for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(reference), strict=True)
-  ):
+  """Raises ValueError unless ``tree`` has the key paths and shapes of ``reference``, which ``hint`` names.
+
+  Key paths, not tree definitions: a ``FrozenDict`` reference (a state built from ``flax.core.freeze``) and
+  the plain dict ``model.apply(..., mutable=...)`` returns are alike. Dtypes may differ.
+  """
+  if _shapes_by_path(tree) != _shapes_by_path(reference):
     raise ValueError(f"{name} must have the structure and shapes of {hint}; got {describe(tree)}.")

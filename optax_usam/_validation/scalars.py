@@ -144,6 +144,10 @@ def bounded_schedule(value: float | Schedule, name: str, low: float, high: float
   Every value a schedule returns must be a real scalar, checked as it is traced (at no run-time cost). Built
   inside :func:`checking_traced_values`, the schedule also checks the range of each value when the step runs,
   and a traced number is checked then.
+
+  The returned function's ``first`` is its value at count 0 as a float when that is concrete (a number, or a
+  schedule that does not close over traced values), else None: the step checks it against the dtype it
+  computes in (:func:`check_representable`), which is not known here.
   """
   bounds = _interval(low, high)
   allowed = f"a finite float in {bounds} or a schedule (callable count -> {name})"
@@ -160,9 +164,16 @@ def bounded_schedule(value: float | Schedule, name: str, low: float, high: float
     first = _concrete_at_zero(checked)
     if first is not None and not _inside(first, low, high):
       raise ValueError(f"{name} schedule must give values in {bounds}; {name}(0) = {first}.")
-    return checked
-  number = _check_range(value, name, allowed, low, high, traced=True)
-  return lambda count: number
+  else:
+    number = _check_range(value, name, allowed, low, high, traced=True)
+    first = number if isinstance(number, float) else None
+
+    def checked(count: chex.Numeric) -> chex.Numeric:
+      del count
+      return number
+
+  checked.first = first  # type: ignore[attr-defined]
+  return checked
 
 
 def check_lambda_string(lambd: str, allowed: tuple[str, ...]) -> str:
@@ -238,17 +249,24 @@ def check_unit_interval(value: Any, name: str, *, open_at_zero: bool = False) ->
 
 
 def check_int(value: Any, name: str, low: float = -math.inf, high: float = math.inf, *, bounds: str) -> int:
-  """``value`` as an int (a bool is not one) in [low, high]; ``bounds`` words that range."""
-  if isinstance(value, (jax.Array, np.ndarray)) and jnp.issubdtype(value.dtype, jnp.integer):
-    # The user passed an int: optax.inject_hyperparams made it an array (traced under jit).
+  """``value`` as an int (a bool is not one; a concrete 0-d integer array is) in [low, high]; ``bounds``
+  words that range."""
+  if isinstance(value, jax.core.Tracer) and jnp.issubdtype(value.dtype, jnp.integer):
+    # The user passed an int: optax.inject_hyperparams made it an array, traced under jit.
     raise TypeError(
-      f"{name} must be {bounds}, fixed when the transformation is built; got an {value.dtype} array. "
+      f"{name} must be {bounds}, fixed when the transformation is built; got a traced {value.dtype} value. "
       f"Under optax.inject_hyperparams, list {name!r} in static_args."
     )
+  if (
+    isinstance(value, (jax.Array, np.ndarray))
+    and value.shape == ()
+    and jnp.issubdtype(value.dtype, jnp.integer)
+  ):
+    value = int(value)
   if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
     raise TypeError(f"{name} must be {bounds}; got {value!r}.")
   if not low <= value <= high:
-    raise ValueError(f"{name} must be {bounds}; got {value!r}.")
+    raise ValueError(f"{name} must be {bounds}; got {int(value)}.")
   return int(value)
 
 
@@ -262,11 +280,12 @@ def check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
 
 
 def check_seed(seed: Any) -> int | jax.Array:
-  """A PRNG seed: an int that ``jax.random.key`` keeps whole, or a scalar integer array
+  """A PRNG seed: an int that gives a key no other accepted seed gives, or a scalar integer array
   (``optax.inject_hyperparams`` turns ints into those).
 
-  Without ``jax_enable_x64`` JAX keeps the low 32 bits of a seed (2**32 gives the key of 0); with it, a seed
-  beyond int64 overflows.
+  Without ``jax_enable_x64`` JAX keeps the low 32 bits of a seed, so -1 and 2**32 - 1 give one key: the
+  int32 range [-2**31, 2**31 - 1] (what inject_hyperparams makes of a seed anyway) holds each key once. With
+  it, the int64 range, beyond which a seed overflows.
   """
   is_array = isinstance(seed, (jax.Array, np.ndarray))
   if is_array and seed.shape == () and jnp.issubdtype(seed.dtype, jnp.integer):
@@ -274,7 +293,7 @@ def check_seed(seed: Any) -> int | jax.Array:
   if jax.config.jax_enable_x64:
     low, high, kept = -(2**63), 2**63 - 1, "64-bit seeds"
   else:
-    low, high, kept = -(2**31), 2**32 - 1, "32 bits of a seed without jax_enable_x64"
+    low, high, kept = -(2**31), 2**31 - 1, "32 bits of a seed without jax_enable_x64"
   return check_int(seed, "seed", low, high, bounds=f"an int in [{low}, {high}] (JAX keeps {kept})")
 
 

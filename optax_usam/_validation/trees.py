@@ -235,7 +235,9 @@ def check_update_args(
 ) -> Any:
   """Params and ``grad_fn`` given, no ``optax.MaskedNode`` in params (``grad_fn`` would fail on them).
 
-  ``eps`` and a constant ``rho``, when given, are checked against ``dtype``, the dtype of the step.
+  ``eps`` and ``rho``, when given, are checked against ``dtype``, the dtype of the step; ``rho`` is the
+  concrete value at count 0 of a constant or a schedule (the ``first`` of
+  :func:`~optax_usam._validation.scalars.bounded_schedule`).
 
   Returns ``updates``, or None when they are absent: None, or, where the ascent direction does not read
   them (``fresh_gradient=False``), a tree without leaves (``nnx.Optimizer.update(model, None)`` passes one).

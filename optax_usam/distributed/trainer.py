@@ -12,6 +12,7 @@ import jax
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from optax_usam import _validation
 from optax_usam._collectives import pmean
 from optax_usam._passes import sam_passes
 from optax_usam.chain_order import sam_state_paths
@@ -161,12 +162,8 @@ def make_sharded_trainer(
     >>> print(f"{float(loss):.4f}")
     0.1283
   """
-  if not callable(loss_fn):
-    raise TypeError(f"loss_fn must be callable (params, batch) -> loss; got {type(loss_fn).__name__}.")
-  if not all(callable(getattr(base_optimizer, name, None)) for name in ("init", "update")):
-    raise TypeError(
-      f"base_optimizer must be an optax.GradientTransformation, e.g. optax.sgd(0.1); got {base_optimizer!r}."
-    )
+  _validation.check_callable(loss_fn, "loss_fn", "(params, batch) -> loss")
+  _validation.check_transformation(base_optimizer, "base_optimizer", "optax.sgd(0.1)")
   if not isinstance(mesh, Mesh):
     raise TypeError(
       f"mesh must be a jax.sharding.Mesh, e.g. optax_usam.distributed.make_mesh(); got {type(mesh).__name__}."
