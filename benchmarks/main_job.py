@@ -13,10 +13,10 @@ table unchanged.
   python -m benchmarks.main_job --quick         # 2 epochs, 1 seed, SGD and SAM, 1 round
   python -m benchmarks.main_job --skip-torch    # our job only
 
-The PyTorch side needs the ``bench`` extra and the CPU wheel of torch
-(``pip install torch==2.13.0 unifiedsam==1.0.0``); without them it is reported as not installed. A full
-run writes ``benchmarks/results/main_job/main_job.json``; any other run writes under
-``benchmarks/results/main_job/quick/`` unless ``--out`` says otherwise.
+The PyTorch side needs the ``bench`` extra, with the CPU wheel of torch
+(``pip install -e ".[bench]" --extra-index-url https://download.pytorch.org/whl/cpu``); without them it
+is reported as not installed. A full run writes ``benchmarks/results/main_job/main_job.json``; any other
+run writes under ``benchmarks/results/main_job/quick/`` unless ``--out`` says otherwise.
 """
 
 from __future__ import annotations

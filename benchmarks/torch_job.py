@@ -13,9 +13,9 @@ not the same numbers, so single runs differ from the JAX job's as two seeds do.
 
 Prints the table of final test accuracy (mean +- std over seeds, then per seed) and the median time of one
 training step after warm-up (:func:`steady_state_step_ms`); ``--json`` also writes them. Needs ``torch``
-(the CPU wheel) and ``unifiedsam``, which the project does not install::
+(the CPU wheel) and ``unifiedsam``, the ``bench`` extra::
 
-  pip install torch==2.13.0 unifiedsam==1.0.0
+  pip install -e ".[bench]" --extra-index-url https://download.pytorch.org/whl/cpu
   python -m benchmarks.torch_job
   python -m benchmarks.torch_job --methods sgd,sam --seeds 1 --epochs 5 --json /tmp/torch_job.json
 """
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
   import torch
 
 PROG = "torch_job"
-INSTALL = "pip install torch==2.13.0 unifiedsam==1.0.0"
+INSTALL = 'pip install -e ".[bench]" --extra-index-url https://download.pytorch.org/whl/cpu'
 DEFAULT_METHODS = "sgd,usam,sam,0.5,1/t,1-1/t"
 # The settings of python -m examples.train's default digits job.
 NOISE = 0.4
@@ -114,10 +114,7 @@ def _modules() -> tuple[Any, Any]:
     import torch
     from unifiedsam import unifiedSAM
   except ImportError as err:
-    raise ModuleNotFoundError(
-      f"this job needs torch and unifiedsam: {INSTALL} "
-      "(torch as the CPU wheel, from https://download.pytorch.org/whl/cpu where PyPI's pulls CUDA)"
-    ) from err
+    raise ModuleNotFoundError(f"this job needs torch and unifiedsam: {INSTALL}") from err
   return torch, unifiedSAM
 
 

@@ -11,6 +11,7 @@ import functools
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,12 +52,15 @@ def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
 def test_missing_dependency_exits_2_with_the_install_line(missing, monkeypatch, capsys):
   monkeypatch.setitem(sys.modules, missing, None)  # `import missing` now raises ImportError
   assert torch_job.main(["--seeds", "1", "--epochs", "1"]) == 2
-  assert "pip install torch==2.13.0 unifiedsam==1.0.0" in _one_error_line(capsys)
+  assert (
+    'pip install -e ".[bench]" --extra-index-url https://download.pytorch.org/whl/cpu'
+    in _one_error_line(capsys)
+  )
 
 
 def test_steady_state_without_torch_says_how_to_install(monkeypatch):
   monkeypatch.setitem(sys.modules, "torch", None)
-  with pytest.raises(ModuleNotFoundError, match=r"pip install torch==2\.13\.0 unifiedsam==1\.0\.0"):
+  with pytest.raises(ModuleNotFoundError, match=re.escape(torch_job.INSTALL)):
     torch_job.steady_state_step_ms("sgd")
 
 

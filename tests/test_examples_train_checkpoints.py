@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import shutil
 import signal
+import threading
+import time
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
-from examples.train.checkpoints import RUN_DIR_ENTRIES
+from examples.train.checkpoints import RUN_DIR_ENTRIES, quiet_failed_writes
+from examples.train.cli import CommandError, write_errors
 from tests.train_helpers import cifar, cifar_subprocess, final_checkpoint, last_line, only_line, run_dir
 
 METHOD = ["--methods", "1-1/t"]
@@ -179,7 +183,8 @@ def test_a_file_where_the_run_keeps_a_folder_or_the_reverse_is_one_line_and_exit
 def test_a_full_disk_during_a_resume_is_one_line_and_the_next_resume_equals_a_straight_run(
   error, reference_runs, tmp_path, capsys, monkeypatch
 ):
-  from orbax.checkpoint._src.path import atomicity
+  # orbax's public module of the commit of a checkpoint: its TemporaryPath.finalize runs in orbax's thread.
+  from orbax.checkpoint.path import atomicity
 
   out = _copy(reference_runs, "stopped", tmp_path / "stopped")
   finalize = atomicity.AtomicRenameTemporaryPath.finalize
@@ -190,6 +195,7 @@ def test_a_full_disk_during_a_resume_is_one_line_and_the_next_resume_equals_a_st
       raise error
     await finalize(self)
 
+  asyncio_filters = list(logging.getLogger("asyncio").filters)
   monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", full_disk)
   assert cifar([*METHOD, "--resume"], out) == 1
   last_line(
@@ -198,6 +204,55 @@ def test_a_full_disk_during_a_resume_is_one_line_and_the_next_resume_equals_a_st
     "the checkpoints written before are intact: continue with --resume",
   )
   assert "6" not in {p.name for p in (run_dir(out) / "checkpoints").iterdir()}
+  assert logging.getLogger("asyncio").filters == asyncio_filters  # nothing left behind in this process
   monkeypatch.undo()  # space freed
   assert cifar([*METHOD, "--resume"], out) == 0
   _assert_same_as_straight(out, reference_runs)
+
+
+class _AbandonedTask:
+  """Stands for a task that orbax leaves with the error of its write unretrieved: asyncio reports such a task,
+  with its traceback, when it is collected. Held in a reference cycle, as orbax's are: only the garbage
+  collector frees it."""
+
+  def __init__(self, error: BaseException, collected: list[BaseException]) -> None:
+    self.error, self.collected, self.cycle = error, collected, self
+
+  def __del__(self) -> None:
+    self.collected.append(self.error)
+    _report_unretrieved(self.error)
+
+
+def _report_unretrieved(error: BaseException) -> None:
+  logging.getLogger("asyncio").error("Task exception was never retrieved", exc_info=error)
+
+
+def _write_failing(error: BaseException, collected: list[BaseException]) -> None:
+  task = _AbandonedTask(error, collected)  # held by this frame, which the error's traceback holds
+  raise task.error
+
+
+def test_reports_of_failed_writes_are_dropped_while_the_runs_last_and_no_longer(tmp_path):
+  logger = logging.getLogger("asyncio")
+  filters = list(logger.filters)
+  reports: list[logging.LogRecord] = []
+  handler = logging.Handler()
+  handler.emit = reports.append
+  logger.addHandler(handler)
+  full_disk, bug = OSError(errno.ENOSPC, "No space left on device"), ValueError("not a write")
+  collected: list[BaseException] = []
+  try:
+    with pytest.raises(CommandError), quiet_failed_writes(), write_errors(tmp_path):
+      _report_unretrieved(bug)  # not a failed write: reported as ever
+      # Another writer of the failed checkpoint fails after the first error has left.
+      late = threading.Thread(target=lambda: (time.sleep(0.2), _report_unretrieved(full_disk)))
+      late.start()
+      _write_failing(full_disk, collected)
+    # The failed writes' reports came before the error left, and were dropped.
+    assert collected == [full_disk] and not late.is_alive()
+    assert [r.exc_info[1] for r in reports] == [bug]
+    assert logger.filters == filters
+    _report_unretrieved(full_disk)  # after the runs: reported
+    assert [r.exc_info[1] for r in reports] == [bug, full_disk]
+  finally:
+    logger.removeHandler(handler)

@@ -14,6 +14,8 @@ from examples.train import cli
 def _parser() -> cli.Parser:
   p = cli.Parser(prog="example.py")
   p.add_argument("--epochs", type=cli.positive_int, default=1)
+  p.add_argument("--seed", type=cli.non_negative_int, default=0)
+  p.add_argument("--at-least-3", type=cli.int_at_least(3), default=3)
   p.add_argument("--noise", type=cli.float_in(0.0, 1.0), default=0.0)
   p.add_argument("--lr", type=cli.positive_float, default=0.1)
   p.add_argument("--weight-decay", type=cli.non_negative_float, default=0.0)
@@ -26,6 +28,9 @@ def _parser() -> cli.Parser:
   [
     (["--epochs", "0"], "argument --epochs: must be a positive integer; got 0"),
     (["--epochs", "1.5"], "argument --epochs: invalid int value: '1.5'"),
+    (["--seed", "-1"], "argument --seed: must be a non-negative integer; got -1"),
+    (["--seed", "x"], "argument --seed: invalid int value: 'x'"),
+    (["--at-least-3", "2"], "argument --at-least-3: must be an integer >= 3; got 2"),
     (["--noise", "1"], "argument --noise: must be in [0, 1); got 1"),
     (["--lr", "nan"], "argument --lr: must be a positive number; got nan"),
     (["--weight-decay", "-1"], "argument --weight-decay: must be non-negative; got -1"),
@@ -39,8 +44,8 @@ def test_parse_errors_are_usage_errors_naming_the_flag(argv, message):
 
 
 def test_types_parse_only_types():
-  args = _parser().parse_args(["--epochs", "3", "--weight-decay", "inf", "--lambd", "1-1/t"])
-  assert (args.epochs, args.weight_decay, args.lambd) == (3, float("inf"), "1-1/t")
+  args = _parser().parse_args(["--epochs", "3", "--seed", "0", "--weight-decay", "inf", "--lambd", "1-1/t"])
+  assert (args.epochs, args.seed, args.weight_decay, args.lambd) == (3, 0, float("inf"), "1-1/t")
   # The range of a lambda, and what an unknown string means, are the library's to say.
   assert _parser().parse_args(["--lambd", "2"]).lambd == 2.0
   assert _parser().parse_args(["--lambd", "sam"]).lambd == "sam"

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import ast
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
 import tomllib
 import venv
 from pathlib import Path
+
+from tests._markdown import shell_commands
 
 ROOT = Path(__file__).resolve().parent.parent
 # What the sdist is built from; copied, so that the build leaves nothing (egg-info, build/) in the repository.
@@ -106,13 +110,33 @@ def test_wheel_installs_and_imports_with_the_core_dependencies_only(tmp_path):
   assert run(python, "-c", CHECK_INSTALLED, version, cwd=tmp_path).strip() == "ok"
 
 
-def test_the_bench_extra_pins_the_cpu_torch_the_docs_install():
-  """unifiedsam requires torch unpinned, which resolves to the newest torch, a CUDA build of several GB: the
-  extra pins the version whose wheel on the project's package index is the CPU build, and the documented
-  install goes through the extra."""
+# PyTorch's index of CPU wheels. On PyPI, torch==2.13.0 for Linux is the CUDA build (several GB of nvidia
+# packages); searched beside PyPI, this index's 2.13.0+cpu wins, as a local version sorts above the plain one.
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+BENCH_INSTALL = f'pip install -e ".[bench]" --extra-index-url {TORCH_CPU_INDEX}'
+
+
+def test_the_bench_extra_is_installed_with_the_cpu_torch_wherever_it_is_documented():
+  """unifiedsam requires torch unpinned: the extra pins the version measured, and every documented install of
+  it, and every hint of the benchmarks that lack torch, adds PyTorch's CPU index (pip's own configuration
+  must not be what picks the CPU wheel)."""
   bench = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["bench"]
   assert {"torch==2.13.0", "unifiedsam==1.0.0"} <= set(bench), bench
-  for page in ("docs/benchmarks.md", "docs/getting_started.md"):
+  for page in ("README.md", *(str(p.relative_to(ROOT)) for p in sorted((ROOT / "docs").rglob("*.md")))):
     text = (ROOT / page).read_text()
-    assert 'pip install -e ".[bench]"' in text, page
-    assert "unifiedsam==1.0.0 --no-deps" not in text and "\npip install torch" not in text, page
+    installs = [
+      words
+      for _, words in shell_commands(text)
+      if words[:2] == ["pip", "install"] and any(w in (".[bench]", "optax_usam[bench]") for w in words)
+    ]
+    if page in ("docs/benchmarks.md", "docs/getting_started.md"):
+      assert installs, f"{page} does not install the bench extra"
+    for words in installs:
+      assert words == shlex.split(BENCH_INSTALL), (page, words)
+    assert "\npip install torch" not in text and "unifiedsam==1.0.0 --no-deps" not in text, page
+  hints = [
+    (path.name, hint)
+    for path in sorted((ROOT / "benchmarks").rglob("*.py"))
+    for hint in re.findall(r"pip install[^`\n]*", path.read_text())
+  ]
+  assert hints and all(hint.startswith(BENCH_INSTALL) for _, hint in hints), hints

@@ -21,6 +21,9 @@ import numpy as np
 from benchmarks import hlo, models
 from benchmarks.overhead import steps
 
+# The rows (e) need the bench extra, with torch as the CPU wheel (docs/benchmarks.md).
+INSTALL = 'pip install -e ".[bench]" --extra-index-url https://download.pytorch.org/whl/cpu'
+
 
 @dataclass
 class Runner:
@@ -53,7 +56,7 @@ def torch_runners(spec: models.ModelSpec, threads: int) -> tuple[list[Runner], s
   try:
     import torch
   except ImportError:
-    return [], "torch is not installed (pip install torch==2.13.0, the CPU wheel): rows (e) skipped"
+    return [], f"torch is not installed ({INSTALL}): rows (e) skipped"
   try:
     from unifiedsam import unifiedSAM
   except ImportError:
@@ -77,7 +80,7 @@ def torch_runners(spec: models.ModelSpec, threads: int) -> tuple[list[Runner], s
 
   runners = [Runner("torch_sgd", run_sgd)]
   if unifiedSAM is None:
-    return runners, "unifiedsam is not installed (pip install unifiedsam==1.0.0 --no-deps): no torch_usam"
+    return runners, f"unifiedsam is not installed ({INSTALL}): no torch_usam"
   sam_net = models.build_torch(spec)
   sam_net.load_state_dict(base.state_dict())
   sam_opt = unifiedSAM(

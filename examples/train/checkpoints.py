@@ -10,16 +10,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import os
 import sys
+import threading
 import time
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from examples.train.cli import UsageError, os_error_code
+from examples.train.cli import UsageError, error_chain, os_error_code
 from examples.train.methods import Method
 from examples.train.training import all_finite
 from optax_usam.flax_linen import SAMTrainState
@@ -192,11 +195,48 @@ class _DropFailedWrites(logging.Filter):
     return exc is None or os_error_code(exc) is None
 
 
-def drop_failed_write_reports() -> None:
-  """Installs :class:`_DropFailedWrites` on asyncio's logger, once."""
+# How long a failed checkpoint's other writers are waited for: one stuck for good must not hold the command.
+WRITERS_WAIT_S = 60.0
+
+
+def _wait_for_writers(threads: set[threading.Thread]) -> None:
+  """Joins those of ``threads`` that a checkpoint write may have started, with absl's log quiet."""
+  deadline = time.monotonic() + WRITERS_WAIT_S
+  with quiet_absl():
+    for thread in threads:
+      if thread.daemon:
+        continue  # no writer (a progress bar's monitor), and it may never end
+      with contextlib.suppress(Exception):  # orbax's threads raise the error of their write from join
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+
+@contextlib.contextmanager
+def quiet_failed_writes() -> Iterator[None]:
+  """Keeps a checkpoint write that fails in the operating system (a full disk) to the one line that reports
+  it, for the runs inside and no longer.
+
+  A failed checkpoint leaves orbax's tasks with their errors unretrieved, which asyncio reports with a
+  traceback when it collects them, and writer threads that fail in turn and log it through absl. Inside,
+  asyncio's reports of failed writes are dropped (:class:`_DropFailedWrites`). When the error of a failed
+  write leaves, the writers still running are waited for, absl quiet, and the tasks collected before the
+  filter goes: the error holds them through its traceback's frames, whose variables are cleared (not its
+  lines).
+  """
   logger = logging.getLogger("asyncio")
-  if not any(isinstance(f, _DropFailedWrites) for f in logger.filters):
-    logger.addFilter(_DropFailedWrites())
+  drop = _DropFailedWrites()
+  before = set(threading.enumerate())
+  logger.addFilter(drop)
+  try:
+    yield
+  except Exception as err:
+    if os_error_code(err) is not None:
+      _wait_for_writers(set(threading.enumerate()) - before)
+      for error in error_chain(err):
+        traceback.clear_frames(error.__traceback__)
+    raise
+  finally:
+    gc.collect()
+    logger.removeFilter(drop)
 
 
 def _one_line(err: BaseException, limit: int = 160) -> str:

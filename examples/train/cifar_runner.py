@@ -23,9 +23,9 @@ from examples.train.checkpoints import (
   CifarRun,
   check_run_dir,
   cifar_runs,
-  drop_failed_write_reports,
   open_manager,
   quiet_absl,
+  quiet_failed_writes,
   restore_newest_intact,
   save_args,
   write_atomic,
@@ -221,14 +221,13 @@ def run_cifar(args: argparse.Namespace) -> dict[str, Any] | None:
   # checkpoint being written stays uncommitted (orbax commits a step by renaming its temporary folder, and
   # removes such folders when it opens the run again), so --resume continues from the one before.
   advice = "; the checkpoints written before are intact: continue with --resume once it can be written"
-  drop_failed_write_reports()
   results: dict[str, Any] = {}
   stopped = False
   for method in args.methods:
     per_seed = []
     for run in runs:
       if run.method == method:
-        with write_errors(run.dir, advice), quiet_absl():
+        with quiet_failed_writes(), write_errors(run.dir, advice), quiet_absl():
           per_seed.append(run_cifar_one(args, dataset, run, mesh))
     if any(r is None for r in per_seed):
       stopped = True

@@ -131,19 +131,25 @@ def check_folder(path: Path, flag: str) -> None:
     raise UsageError(f"argument {flag}: cannot write into {existing}: {err.strerror}") from err
 
 
-def os_error_code(err: BaseException) -> int | None:
-  """The operating system's error code behind ``err``, if any: an ``OSError`` it is or was raised from, or the
-  code tensorstore (orbax's writer) reports in its message as ``[os_error_code='28']``."""
+def error_chain(err: BaseException) -> Iterator[BaseException]:
+  """``err``, then each error it was raised from (or while handling), each once."""
   seen: set[int] = set()
   current: BaseException | None = err
   while current is not None and id(current) not in seen:
     seen.add(id(current))
+    yield current
+    current = current.__cause__ or current.__context__
+
+
+def os_error_code(err: BaseException) -> int | None:
+  """The operating system's error code behind ``err``, if any: an ``OSError`` it is or was raised from, or the
+  code tensorstore (orbax's writer) reports in its message as ``[os_error_code='28']``."""
+  for current in error_chain(err):
     if isinstance(current, OSError) and current.errno:
       return current.errno
     match = re.search(r"os_error_code='(\d+)'", str(current))
     if match:
       return int(match[1])
-    current = current.__cause__ or current.__context__
   return None
 
 
@@ -162,15 +168,27 @@ def write_errors(folder: Path, advice: str = "") -> Iterator[None]:
     raise CommandError(f"cannot write into {folder}: {os.strerror(code)} (OSError {name}){advice}") from err
 
 
-def positive_int(text: str) -> int:
-  """``type=`` for a count: an integer >= 1."""
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-  if value < 1:
-    raise argparse.ArgumentTypeError(f"must be a positive integer; got {value}")
-  return value
+def int_at_least(low: int) -> Callable[[str], int]:
+  """``type=`` for an integer >= ``low``: :data:`positive_int` for a count, :data:`non_negative_int` for a
+  seed."""
+  allowed = {0: "a non-negative integer", 1: "a positive integer"}.get(low, f"an integer >= {low}")
+
+  def parse(text: str) -> int:
+    try:
+      value = int(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < low:
+      raise argparse.ArgumentTypeError(f"must be {allowed}; got {value}")
+    return value
+
+  parse.__name__ = f"int_at_least_{low}"
+  return parse
+
+
+positive_int = int_at_least(1)
+# NumPy's generators take no negative seed.
+non_negative_int = int_at_least(0)
 
 
 def _number(text: str) -> float:

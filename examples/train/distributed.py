@@ -26,8 +26,10 @@ and a cluster that cannot be found end in one ``error:`` line and exit status 2.
 
 A process of a multi-process run trains in a child process: JAX's distributed
 service ends a process with SIGABRT and a native stack when the others do not
-all join within ``--timeout`` seconds, or when one of them stops, and only a
-parent can turn that into one ``error:`` line (exit status 1).
+all join within ``--timeout`` seconds, or when one of them stops (silent for
+``--timeout`` seconds, 10 at least), and only a parent can turn that into one
+``error:`` line (exit status 1). The child's stderr shows as it comes, up to
+the first line that reports an error.
 """
 
 from __future__ import annotations
@@ -35,13 +37,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from typing import IO, Any, TextIO
 
 import jax
 import jax.numpy as jnp
@@ -60,23 +63,20 @@ MODULE = "examples.train.distributed"
 FLAGS = {"rho": "--rho", "lambd": "--lambd", "num_model": "--num-model", "batch": "--batch-size"}
 TRAIN_ROWS = 1500
 DEFAULT_TIMEOUT_S = 120
+# The waits of JAX's distributed service that --timeout never shortens below these (see service_timeouts).
+MIN_HEARTBEAT_TIMEOUT_S = 10
+JAX_SHUTDOWN_TIMEOUT_S = 300
 # The settings that may differ between the processes of a run: which process this is, how it finds the
 # coordinator, and how long it waits. Every other flag must be process 0's.
 PER_PROCESS = ("process_id", "coordinator", "auto_cluster", "timeout")
 # Set in a worker's environment: the descriptor of its end of the link to the command that started it.
 WORKER_FD = "EXAMPLES_TRAIN_DISTRIBUTED_WORKER_FD"
 JOINED = b"joined"
-
-
-def non_negative_int(text: str) -> int:
-  """``type=`` for a seed: an integer >= 0 (NumPy's generators take no negative seed)."""
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-  if value < 0:
-    raise argparse.ArgumentTypeError(f"must be a non-negative integer; got {value}")
-  return value
+# The first line of an error report on a worker's stderr: its own error line, a Python traceback, or an error
+# or fatal line of absl's log (JAX's runtime, which writes a native stack after a fatal one).
+ERROR_REPORT = re.compile(
+  rf"{PROG}: error: |Traceback \(most recent call last\):|Fatal Python error|[EF]\d{{4}} \d\d:\d\d:\d\d"
+)
 
 
 def check_batch_split(batch_size: int, processes: int) -> None:
@@ -121,14 +121,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     help=f"a float in [0, 1] or one of {', '.join(LAMBDA_STRINGS)}",
   )
   p.add_argument("--lr", type=cli.positive_float, default=0.1)
-  p.add_argument("--seed", type=non_negative_int, default=0)
+  p.add_argument("--seed", type=cli.non_negative_int, default=0)
   p.add_argument("--log-every", type=cli.positive_int, default=100)
   p.add_argument(
     "--timeout",
     type=cli.positive_int,
     default=None,
-    help="multi-process runs: seconds to wait for every process to join, and for a silent one before "
-    f"giving up (default: {DEFAULT_TIMEOUT_S})",
+    help=f"multi-process runs: seconds to wait for every process to join (default: {DEFAULT_TIMEOUT_S}), "
+    f"and for a silent one (at least {MIN_HEARTBEAT_TIMEOUT_S})",
   )
   args = p.parse_args(argv)
 
@@ -175,6 +175,22 @@ def first_line(err: BaseException) -> str:
   return lines[0] if lines else type(err).__name__
 
 
+def service_timeouts(timeout: int) -> dict[str, int]:
+  """The timeouts of ``jax.distributed.initialize()`` for ``--timeout``, whose defaults (300 s to join, 100 s
+  of silence) make a process started alone or left alone wait minutes before JAX aborts it.
+
+  ``timeout`` bounds the join. A process that stops ends the others once its heartbeats have been missed for
+  ``timeout`` seconds (a step may find its connection reset sooner), but never fewer than
+  ``MIN_HEARTBEAT_TIMEOUT_S``: a healthy process on a loaded machine can send one late. The processes of a
+  healthy run may reach the shutdown barrier seconds apart: JAX's 300 s, or ``timeout`` if longer.
+  """
+  return {
+    "initialization_timeout": timeout,
+    "heartbeat_timeout_seconds": max(timeout, MIN_HEARTBEAT_TIMEOUT_S),
+    "shutdown_timeout_seconds": max(timeout, JAX_SHUTDOWN_TIMEOUT_S),
+  }
+
+
 def join_cluster(args: argparse.Namespace) -> None:
   """``jax.distributed.initialize()`` from the flags; its failures become one-line usage errors."""
   if args.process_id == 0 and port_in_use(int(args.coordinator.rpartition(":")[2])):
@@ -188,12 +204,7 @@ def join_cluster(args: argparse.Namespace) -> None:
   # The preemption service turns SIGTERM into a notice for preemption sync points, which this
   # script never polls: with it on, SIGTERM would not stop a run (only SIGKILL would).
   jax.config.update("jax_enable_preemption_service", False)
-  # Without these JAX waits 300 s for the others to join and 100 s for a silent one, then aborts.
-  timeouts = {
-    "initialization_timeout": args.timeout,
-    "heartbeat_timeout_seconds": args.timeout,
-    "shutdown_timeout_seconds": args.timeout,
-  }
+  timeouts = service_timeouts(args.timeout)
   try:
     if args.auto_cluster:
       jax.distributed.initialize(**timeouts)
@@ -386,13 +397,30 @@ class WorkerError(cli.CommandError):
     self.exit_code = exit_code
 
 
+def relay_stderr(stream: IO[bytes], sink: TextIO, held: list[str]) -> None:
+  """Copies a worker's stderr to ``sink`` line by line as it comes, until a line reports an error
+  (:data:`ERROR_REPORT`): that line and every later one go to ``held`` instead, up to the end of ``stream``.
+
+  The warnings and logs of a long run show at once; what a failing worker writes as it ends, a native stack
+  included, is left to :func:`supervise`, which makes it one line.
+  """
+  for raw in iter(stream.readline, b""):
+    line = raw.decode(errors="replace")
+    if held or ERROR_REPORT.match(line):
+      held.append(line)
+    else:
+      sink.write(line)
+      sink.flush()
+
+
 def supervise(argv: list[str], args: argparse.Namespace) -> None:
   """Runs this process of a multi-process run as a worker child; raises :class:`WorkerError` if it fails.
 
   JAX's distributed service ends a process with SIGABRT and a native stack when the processes do not all
   join within the timeout, or when one of them stops; no handler in that process can stop it. Here the
-  worker's stdout passes through, its stderr is held back and shown only if it succeeds: a worker that
-  failed is one line, its own ``error:`` line if it wrote one.
+  worker's stdout passes through, and its stderr as it comes up to the first line that reports an error
+  (:func:`relay_stderr`); the rest is written at the end if the worker succeeds. A worker that failed is one
+  line, its own ``error:`` line if it wrote one.
   """
   ours, theirs = socket.socketpair()
   env = {**os.environ, WORKER_FD: str(theirs.fileno())}
@@ -400,15 +428,20 @@ def supervise(argv: list[str], args: argparse.Namespace) -> None:
     child = subprocess.Popen(
       [sys.executable, "-m", MODULE, *argv], env=env, stderr=subprocess.PIPE, pass_fds=(theirs.fileno(),)
     )
-  with ours:
+  held: list[str] = []
+  relay = threading.Thread(target=relay_stderr, args=(child.stderr, sys.stderr, held), daemon=True)
+  relay.start()
+  with ours, child.stderr:
     try:
-      _, err = child.communicate()
+      code = child.wait()
     except KeyboardInterrupt:
       child.kill()
       child.wait()
       raise cli.CommandError("interrupted") from None
+    finally:
+      relay.join()  # to the end of the worker's stderr, which comes as it exits
     joined = ours.recv(len(JOINED)) == JOINED
-  text, code = err.decode(errors="replace"), child.returncode
+  text = "".join(held)
   if code == 0:
     sys.stderr.write(text)
     return
