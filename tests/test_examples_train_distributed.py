@@ -325,25 +325,25 @@ def test_a_worker_stderr_passes_live_up_to_the_first_error_report(report):
   assert held == [*report, "a line after the report\n"]
 
 
+def refused_before_joining(argv: list[str], env: dict[str, str]) -> str:
+  """The stderr of one process of the example that must exit 2 with one line, before joining any other."""
+  done = subprocess.run(
+    [*COMMAND, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, start_new_session=True
+  )
+  assert done.returncode == 2, done.stderr[-2000:]
+  assert done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
+  return done.stderr
+
+
 def test_auto_cluster_off_a_cluster_is_one_line_and_exit_2():
   env = {
     k: v
     for k, v in example_env().items()
     if not k.startswith(("SLURM_", "OMPI_", "PMI_", "KUBERNETES_", "JAX_", "TPU_"))
   }
-  done = subprocess.run(
-    [*COMMAND, "--auto-cluster", "--cpu-devices", "2"],
-    cwd=ROOT,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=120,
-    start_new_session=True,
-  )
-  assert done.returncode == 2, done.stderr[-2000:]
-  assert done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
-  assert done.stderr.startswith("distributed: error: --auto-cluster found no cluster environment")
-  assert "--coordinator" in done.stderr and "Traceback" not in done.stderr
+  stderr = refused_before_joining(["--auto-cluster", "--cpu-devices", "2"], env)
+  assert stderr.startswith("distributed: error: --auto-cluster found no cluster environment")
+  assert "--coordinator" in stderr and "Traceback" not in stderr
 
 
 def test_coordinator_port_in_use_is_one_line_and_exit_2():
@@ -352,18 +352,8 @@ def test_coordinator_port_in_use_is_one_line_and_exit_2():
     taken.bind(("127.0.0.1", 0))
     taken.listen()
     address = f"127.0.0.1:{taken.getsockname()[1]}"
-    done = subprocess.run(
-      [*COMMAND, *two_processes(address)[0]],
-      cwd=ROOT,
-      env=example_env(),
-      capture_output=True,
-      text=True,
-      timeout=120,
-      start_new_session=True,
-    )
-  assert done.returncode == 2, done.stderr[-2000:]
-  assert done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
-  assert done.stderr.startswith(f"distributed: error: --coordinator {address}: the port is in use")
+    stderr = refused_before_joining(two_processes(address)[0], example_env())
+  assert stderr.startswith(f"distributed: error: --coordinator {address}: the port is in use")
 
 
 def test_processes_started_with_different_flags_are_each_refused(tmp_path):
